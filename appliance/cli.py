@@ -1,0 +1,236 @@
+"""The command line: ``appliance <command>``. Each command parses flags and calls the
+library; the admin commands talk to the running daemon over its HTTP API."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import httpx
+
+from appliance import __version__
+from appliance.config import ConfigError, Settings, load, resolve_state_dir
+from appliance.statedir import StateDir
+
+STATE_DIR_HELP = "state directory [env APPLIANCE_STATE_DIR; default ./appliance-state]"
+
+
+def _state_option(f: Any) -> Any:
+    return click.option("--state-dir", type=click.Path(file_okay=False), default=None,
+                        help=STATE_DIR_HELP)(f)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"appliance: {message}", err=True)
+    sys.exit(code)
+
+
+def load_settings(state_dir: str | None, config: str | None,
+                  overrides: dict[str, Any] | None = None) -> tuple[Settings, StateDir]:
+    state = StateDir(resolve_state_dir(state_dir))
+    try:
+        settings = load(state.root, Path(config) if config else None, overrides)
+    except ConfigError as exc:
+        _fail(f"config error: {exc}")
+    return settings, state
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="appliance")
+def cli() -> None:
+    """An MLOps appliance for one box: drop data in, get a served model out."""
+
+
+@cli.command()
+@_state_option
+@click.option("--config", type=click.Path(dir_okay=False), default=None,
+              help="config file [default <state>/appliance.toml when present]")
+@click.option("--host", default=None, help="address to bind [default 127.0.0.1]")
+@click.option("--port", type=int, default=None, help="port to listen on [default 8080]")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default=None, help="log level [default info]")
+def run(state_dir: str | None, config: str | None, host: str | None, port: int | None,
+        log_level: str | None) -> None:
+    """Run the daemon in the foreground (what systemd starts).
+
+    Example: appliance run --state-dir /var/lib/appliance --port 8080
+    """
+    from appliance import logs
+    from appliance.daemon import StartupError
+    from appliance.daemon import run as run_daemon
+
+    settings, state = load_settings(state_dir, config, {
+        "server.host": host, "server.port": port, "log.level": log_level,
+    })
+    logs.setup(settings.log.level)
+    try:
+        sys.exit(run_daemon(settings, state))
+    except StartupError as exc:
+        _fail(str(exc), 1)
+
+
+@cli.command()
+@_state_option
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--interval", type=float, default=20.0, show_default=True,
+              help="seconds between the sample files fed to the inbox")
+def demo(state_dir: str | None, port: int, interval: float) -> None:
+    """Run the whole appliance on the sample data, in a fresh state directory.
+
+    The sample files are dropped into the inbox one after another; the first one trains
+    version 1, which is then served on http://127.0.0.1:PORT.
+    """
+    from appliance.demo import run_demo
+
+    sys.exit(run_demo(Path(state_dir) if state_dir else None, port, interval))
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--pipeline", required=True, help="the pipeline that receives the file")
+@_state_option
+def ingest(file: str, pipeline: str, state_dir: str | None) -> None:
+    """Drop FILE into the inbox of a pipeline, as if copied there by hand.
+
+    The file is copied under a temporary name and renamed into place, so the daemon takes
+    it at once and never sees it half written.
+
+    Example: appliance ingest readings.csv --pipeline machines
+    """
+    from appliance.config import PIPELINE_NAME
+
+    if not PIPELINE_NAME.match(pipeline):
+        _fail(f"`{pipeline}` is not a valid pipeline name (letters, digits, '_', '.', '-')")
+    state = StateDir(resolve_state_dir(state_dir))
+    folder = state.inbox / pipeline
+    folder.mkdir(parents=True, exist_ok=True)
+    src = Path(file)
+    tmp = folder / f".{src.name}.part"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, folder / src.name)
+    click.echo(f"dropped {src.name} into {folder}")
+
+
+# --- commands that talk to the running daemon ----------------------------------------------
+
+
+class Client:
+    def __init__(self, url: str | None, state_dir: str | None) -> None:
+        state = StateDir(resolve_state_dir(state_dir))
+        if url is None:
+            try:
+                url = json.loads((state.root / "daemon.json").read_text())["url"]
+            except (OSError, ValueError, KeyError):
+                url = "http://127.0.0.1:8080"
+        self.url = url.rstrip("/")
+        try:
+            self.token = os.environ.get("APPLIANCE_TOKEN") or state.token_file.read_text().strip()
+        except OSError:
+            self.token = None
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        try:
+            resp = httpx.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
+        except httpx.HTTPError as exc:
+            _fail(f"cannot reach the daemon at {self.url} ({exc}); is `appliance run` running?",
+                  1)
+        body = resp.json() if resp.headers.get("content-type", "").startswith(
+            "application/json") else resp.text
+        if resp.status_code >= 400:
+            message = body.get("message") if isinstance(body, dict) else body
+            _fail(f"{resp.status_code}: {message}", 1)
+        return body
+
+
+def _client_options(f: Any) -> Any:
+    f = click.option("--url", default=None,
+                     help="the daemon's API [default: from the state dir, else :8080]")(f)
+    return _state_option(f)
+
+
+@cli.command()
+@_client_options
+@click.option("--json", "as_json", is_flag=True, help="print the raw JSON")
+def status(url: str | None, state_dir: str | None, as_json: bool) -> None:
+    """One screen of the daemon's state, for scripts and ssh."""
+    client = Client(url, state_dir)
+    body = client.call("GET", "/v1/pipelines")
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+        return
+    click.echo(f"daemon {client.url}")
+    rows = body["pipelines"]
+    if not rows:
+        click.echo("no pipelines yet: drop a CSV into <state>/inbox/<pipeline>/")
+    for p in rows:
+        metric = (f"{p['primary_metric']}={p['primary_metric_value']:.4f}"
+                  if p.get("primary_metric_value") is not None else "-")
+        click.echo(f"  {p['name']:<20} {p['status']:<18} production=v{p['production_version']}"
+                   f"  {metric}  datasets={p['datasets']} rows={p['rows']}")
+
+
+@cli.command()
+@click.argument("name")
+@_client_options
+def train(name: str, url: str | None, state_dir: str | None) -> None:
+    """Start a training job for pipeline NAME."""
+    body = Client(url, state_dir).call("POST", f"/v1/pipelines/{name}/retrain")
+    click.echo(body["message"])
+
+
+@cli.command()
+@click.argument("name")
+@_client_options
+@click.option("--json", "as_json", is_flag=True, help="print the raw JSON")
+def models(name: str, url: str | None, state_dir: str | None, as_json: bool) -> None:
+    """List the model versions of pipeline NAME with metrics and stage."""
+    body = Client(url, state_dir).call("GET", f"/v1/pipelines/{name}/models")
+    if as_json:
+        click.echo(json.dumps(body, indent=2))
+        return
+    for m in body["models"]:
+        metrics = " ".join(f"{k}={v:.4f}" for k, v in m["metrics"].items()
+                           if isinstance(v, float))
+        click.echo(f"v{m['version']:<4} {m['stage']:<11} {m['task']:<11} {metrics}")
+        if m.get("decision"):
+            click.echo(f"      {m['decision']}")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("version", type=int)
+@_client_options
+def promote(name: str, version: int, url: str | None, state_dir: str | None) -> None:
+    """Make VERSION of pipeline NAME the production model (rollback too)."""
+    body = Client(url, state_dir).call("POST", f"/v1/pipelines/{name}/models/{version}/promote")
+    click.echo(f"{name}: v{body['version']} is production (was v{body['previous_version']})")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--json", "rows_json", required=True,
+              help='a row or a list of rows, e.g. \'{"temperature_c": 71.5, ...}\'; '
+                   "@FILE reads it from a file")
+@_client_options
+def predict(name: str, rows_json: str, url: str | None, state_dir: str | None) -> None:
+    """Predict with pipeline NAME's production model."""
+    text = Path(rows_json[1:]).read_text() if rows_json.startswith("@") else rows_json
+    try:
+        rows = json.loads(text)
+    except ValueError as exc:
+        _fail(f"--json is not valid JSON: {exc}")
+    if isinstance(rows, dict):
+        rows = rows["rows"] if "rows" in rows and isinstance(rows["rows"], list) else [rows]
+    body = Client(url, state_dir).call("POST", f"/v1/pipelines/{name}/predict",
+                                       json={"rows": rows})
+    click.echo(json.dumps(body, indent=2))
+
+
+def main() -> None:
+    cli(prog_name="appliance")

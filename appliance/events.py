@@ -1,0 +1,44 @@
+"""The event log: one call writes an event to SQLite and to the log, so the TUI's feed,
+``GET /v1/events`` and the journal always agree."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from appliance.logs import event as log_event
+from appliance.store import Store
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+           "error": logging.ERROR}
+
+log = logging.getLogger("appliance")
+
+# The kinds of event, with what each means; the README lists them from here.
+KINDS = {
+    "started": "the daemon started",
+    "stopped": "the daemon stopped",
+    "ingested": "a file was accepted as a new data set version",
+    "duplicate": "a file identical to one already taken was archived, not ingested again",
+    "refused": "a file was refused; the reason is in rejected/<pipeline>/<file>.reason.json",
+    "training_started": "a training job started",
+    "trained": "a training job registered a new model version",
+    "training_failed": "a training job failed",
+    "promoted": "a model version was made production",
+    "not_promoted": "a new model version was kept out of production by the gate",
+    "model_loaded": "a production model was loaded for serving",
+    "model_load_failed": "a model could not be loaded; the previous one keeps serving",
+}
+
+
+class Events:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def emit(
+        self, kind: str, message: str, *, pipeline: str | None = None, level: str = "info",
+        **details: Any,
+    ) -> None:
+        self.store.add_event(kind, level, message, pipeline=pipeline, details=details)
+        log_event(log, _LEVELS.get(level, logging.INFO), kind, pipeline=pipeline,
+                  msg=message, **details)

@@ -1,0 +1,314 @@
+"""Column roles and the one encoding of features shared by training and serving.
+
+A :class:`FeatureSpec` is decided from the training data and stored with the model
+(``model.json``), so that a served version encodes rows exactly as it was trained:
+
+- numeric and boolean columns are used as they are (booleans as 0/1);
+- string columns are LightGBM categorical features: each category seen in training gets a
+  code (most frequent first, at most ``MAX_CATEGORIES``); a category never seen in training
+  is treated as missing, never as an error;
+- date and datetime columns other than the pipeline's timestamp are expanded into parts
+  (month, day of month, day of week, and hour for datetimes). The year is left out on
+  purpose: a tree can't extrapolate it to the years it will serve in.
+
+The target, the ``id`` column and the ``timestamp`` column are never features.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date, datetime
+from typing import Any, Literal
+
+import msgspec
+import numpy as np
+import polars as pl
+
+from appliance.config import PipelineSettings
+from appliance.errors import ApplianceError
+
+MAX_CATEGORIES = 1000
+MULTICLASS_MAX_CLASSES = 50
+
+Kind = Literal["numeric", "boolean", "categorical", "datetime", "date"]
+
+DATETIME_PARTS = ("month", "day", "weekday", "hour")
+DATE_PARTS = ("month", "day", "weekday")
+
+
+class Feature(msgspec.Struct, kw_only=True):
+    name: str
+    kind: Kind
+    dtype: str
+    categories: list[str] | None = None
+
+    def columns(self) -> list[str]:
+        """Names of the model's input columns that this feature becomes."""
+        if self.kind == "datetime":
+            return [f"{self.name}.{p}" for p in DATETIME_PARTS]
+        if self.kind == "date":
+            return [f"{self.name}.{p}" for p in DATE_PARTS]
+        return [self.name]
+
+
+class FeatureSpec(msgspec.Struct, kw_only=True):
+    task: Literal["binary", "multiclass", "regression"]
+    target: str
+    classes: list[Any] | None
+    features: list[Feature]
+
+    @property
+    def columns(self) -> list[str]:
+        return [c for f in self.features for c in f.columns()]
+
+    @property
+    def categorical_indices(self) -> list[int]:
+        out, i = [], 0
+        for f in self.features:
+            n = len(f.columns())
+            if f.kind == "categorical":
+                out.append(i)
+            i += n
+        return out
+
+    @property
+    def positive_class(self) -> Any:
+        return self.classes[1] if self.task == "binary" and self.classes else None
+
+
+def infer_task(y: pl.Series) -> tuple[str, str]:
+    """Guess the task from the target's type and cardinality; returns (task, why)."""
+    values = y.drop_nulls()
+    n_unique = values.n_unique()
+    dtype = y.dtype
+    if dtype == pl.Boolean:
+        return "binary", "the target is boolean"
+    if dtype in (pl.String, pl.Categorical, pl.Enum):
+        if n_unique <= 2:
+            return "binary", f"the target is text with {n_unique} distinct values"
+        return "multiclass", f"the target is text with {n_unique} distinct values"
+    if dtype.is_integer():
+        if n_unique <= 2:
+            return "binary", f"the target is integer with {n_unique} distinct values"
+        lo, hi = values.min(), values.max()
+        if n_unique <= min(MULTICLASS_MAX_CLASSES, 20) and lo >= 0 and hi < 2 * n_unique:
+            return "multiclass", (
+                f"the target is integer with {n_unique} distinct small values ({lo}..{hi})"
+            )
+        return "regression", f"the target is integer with {n_unique} distinct values"
+    if dtype.is_float():
+        return "regression", "the target is a float"
+    raise ApplianceError(
+        "target_type",
+        f"the target column `{y.name}` has type {dtype}, which no task can learn; "
+        "use numbers, booleans or text",
+    )
+
+
+def feature_kind(dtype: pl.DataType) -> Kind | None:
+    if dtype == pl.Boolean:
+        return "boolean"
+    if dtype.is_numeric():
+        return "numeric"
+    if dtype in (pl.String, pl.Categorical, pl.Enum):
+        return "categorical"
+    if dtype == pl.Datetime or isinstance(dtype, pl.Datetime):
+        return "datetime"
+    if dtype == pl.Date:
+        return "date"
+    return None
+
+
+def build_spec(df: pl.DataFrame, settings: PipelineSettings, task: str) -> FeatureSpec:
+    """Decide features and encodings from the training frame."""
+    if settings.target not in df.columns:
+        raise ApplianceError(
+            "missing_target", f"the target column `{settings.target}` is not in the data",
+            {"column": settings.target},
+        )
+    skip = {settings.target, settings.id, settings.timestamp}
+    features: list[Feature] = []
+    for name, dtype in df.schema.items():
+        if name in skip:
+            continue
+        kind = feature_kind(dtype)
+        if kind is None:
+            continue  # nested or binary columns carry nothing a tree can split on
+        categories = None
+        if kind == "categorical":
+            counts = (
+                df.get_column(name).cast(pl.String).drop_nulls().value_counts(sort=True)
+                .head(MAX_CATEGORIES)
+            )
+            # Most frequent first; ties broken by the value, so the order is reproducible.
+            counts = counts.sort(["count", name], descending=[True, False])
+            categories = counts.get_column(name).to_list()
+        features.append(Feature(name=name, kind=kind, dtype=str(dtype), categories=categories))
+    if not features:
+        raise ApplianceError(
+            "no_features", "the data has no usable feature column besides the target, id "
+            "and timestamp", {"columns": df.columns},
+        )
+    classes = None
+    if task in ("binary", "multiclass"):
+        classes = sorted(df.get_column(settings.target).drop_nulls().unique().to_list())
+        if task == "binary" and len(classes) != 2:
+            raise ApplianceError(
+                "target_classes",
+                f"a binary target needs exactly 2 classes; `{settings.target}` has "
+                f"{len(classes)} ({classes[:5]})",
+                {"column": settings.target, "classes": len(classes)},
+            )
+        if task == "multiclass" and len(classes) > MULTICLASS_MAX_CLASSES:
+            raise ApplianceError(
+                "target_classes",
+                f"`{settings.target}` has {len(classes)} classes; at most "
+                f"{MULTICLASS_MAX_CLASSES} are supported for multiclass",
+            )
+    return FeatureSpec(task=task, target=settings.target, classes=classes, features=features)
+
+
+def _feature_exprs(spec: FeatureSpec) -> list[pl.Expr]:
+    exprs: list[pl.Expr] = []
+    for f in spec.features:
+        col = pl.col(f.name)
+        if f.kind == "categorical":
+            codes = {c: float(i) for i, c in enumerate(f.categories or [])}
+            exprs.append(
+                col.cast(pl.String)
+                .replace_strict(codes, default=None, return_dtype=pl.Float64)
+                .alias(f.name)
+            )
+        elif f.kind in ("datetime", "date"):
+            parts = {"month": col.dt.month(), "day": col.dt.day(), "weekday": col.dt.weekday(),
+                     "hour": col.dt.hour()}
+            names = DATETIME_PARTS if f.kind == "datetime" else DATE_PARTS
+            exprs += [parts[p].cast(pl.Float64).alias(f"{f.name}.{p}") for p in names]
+        else:
+            exprs.append(col.cast(pl.Float64).alias(f.name))
+    return exprs
+
+
+def to_matrix(df: pl.DataFrame, spec: FeatureSpec) -> np.ndarray:
+    """The model's input matrix (float64, C order, NaN for missing) from a frame."""
+    missing = [f.name for f in spec.features if f.name not in df.columns]
+    if missing:
+        raise ApplianceError(
+            "missing_features", f"the data lacks feature columns {missing}", {"columns": missing}
+        )
+    out = df.select(_feature_exprs(spec)).fill_nan(None)
+    return np.ascontiguousarray(out.to_numpy(), dtype=np.float64)
+
+
+def encode_target(y: pl.Series, spec: FeatureSpec) -> np.ndarray:
+    if spec.task == "regression":
+        return y.cast(pl.Float64).to_numpy()
+    codes = {c: i for i, c in enumerate(spec.classes or [])}
+    return np.array([codes[v] for v in y.to_list()], dtype=np.float64)
+
+
+# --- serving: one JSON row at a time ------------------------------------------------------
+
+
+class RowError(ApplianceError):
+    def __init__(self, row: int, field: str, expected: str, got: Any) -> None:
+        shown = repr(got)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        super().__init__(
+            "invalid_row",
+            f"row {row}: field `{field}` expected {expected}, got {shown}",
+            {"row": row, "field": field, "expected": expected},
+            status=422,
+        )
+
+
+def _parse_time(value: Any, row: int, f: Feature) -> datetime | date | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return parsed.date() if f.kind == "date" else parsed
+        except ValueError:
+            pass
+    raise RowError(row, f.name, "an ISO 8601 date or time string, or null", value)
+
+
+class RowEncoder:
+    """Encodes request rows for one model; built once when the model is loaded."""
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.spec = spec
+        self.width = len(spec.columns)
+        self._codes = {
+            f.name: {c: float(i) for i, c in enumerate(f.categories or [])}
+            for f in spec.features if f.kind == "categorical"
+        }
+
+    def encode(self, rows: list[Any]) -> np.ndarray:
+        out = np.empty((len(rows), self.width), dtype=np.float64)
+        for r, values in enumerate(rows):
+            if not isinstance(values, dict):
+                raise RowError(r, "(row)", "an object of feature values", values)
+            self._encode_row(values, r, out[r])
+        return out
+
+    def _encode_row(self, values: dict[str, Any], row: int, out: np.ndarray) -> None:
+        """Validate one request row and write its encoding into ``out``.
+
+        A feature sent as null is missing; a feature not sent at all is an error, so a
+        typo in a field name can't silently become a missing value. Fields that are not
+        features (an id, a timestamp) are ignored.
+        """
+        i = 0
+        for f in self.spec.features:
+            if f.name not in values:
+                raise ApplianceError(
+                    "missing_feature",
+                    f"row {row}: feature `{f.name}` is missing; send it, or null if unknown",
+                    {"row": row, "field": f.name, "expected": f.kind},
+                    status=422,
+                )
+            v = values[f.name]
+            if f.kind == "numeric":
+                if v is None:
+                    out[i] = math.nan
+                elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                    x = float(v)
+                    if not math.isfinite(x):
+                        raise RowError(row, f.name, "a finite number or null", v)
+                    out[i] = x
+                else:
+                    raise RowError(row, f.name, "a number or null", v)
+                i += 1
+            elif f.kind == "categorical":
+                if v is None:
+                    out[i] = math.nan
+                elif isinstance(v, str):
+                    out[i] = self._codes[f.name].get(v, math.nan)
+                else:
+                    raise RowError(row, f.name, "a string or null", v)
+                i += 1
+            elif f.kind == "boolean":
+                if v is None:
+                    out[i] = math.nan
+                elif isinstance(v, bool):
+                    out[i] = 1.0 if v else 0.0
+                else:
+                    raise RowError(row, f.name, "true, false or null", v)
+                i += 1
+            else:
+                t = _parse_time(v, row, f)
+                for p in DATETIME_PARTS if f.kind == "datetime" else DATE_PARTS:
+                    if t is None:
+                        out[i] = math.nan
+                    elif p == "month":
+                        out[i] = t.month
+                    elif p == "day":
+                        out[i] = t.day
+                    elif p == "weekday":
+                        out[i] = t.isoweekday()
+                    else:
+                        out[i] = t.hour  # type: ignore[union-attr]
+                    i += 1

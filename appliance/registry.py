@@ -1,0 +1,171 @@
+"""Model versions on disk and their stages.
+
+A version is ``models/<pipeline>/<version>/`` with ``model.txt`` (LightGBM's text format)
+and ``model.json`` (task, features and encodings, metrics, params, lineage, library
+versions). Both are written under a temporary name, flushed and renamed, and their SHA-256
+is kept in SQLite; loading checks the hashes before LightGBM parses anything, because
+LightGBM aborts the whole process on some truncated model files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightgbm as lgb
+import msgspec
+import numpy as np
+import polars as pl
+
+from appliance import __version__
+from appliance.errors import ApplianceError
+from appliance.features import FeatureSpec
+from appliance.predictor import LoadedModel
+from appliance.statedir import StateDir
+from appliance.store import ModelRecord, Store, now_iso
+from appliance.train import Candidate
+
+TMP_PREFIX = ".tmp-"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Registry:
+    def __init__(self, state: StateDir, store: Store) -> None:
+        self.state = state
+        self.store = store
+
+    def pipeline_root(self, pipeline: str) -> Path:
+        return self.state.pipeline_dir(self.state.models, pipeline)
+
+    def cleanup(self) -> list[Path]:
+        """Remove what a crash left half-written: temp dirs, and version dirs SQLite never
+        registered. Returns what was removed."""
+        removed = []
+        if not self.state.models.exists():
+            return removed
+        for pipe_dir in self.state.models.iterdir():
+            if not pipe_dir.is_dir():
+                continue
+            known = self.store.model_versions(pipe_dir.name)
+            for child in pipe_dir.iterdir():
+                stale = child.name.startswith(TMP_PREFIX) or (
+                    child.name.isdigit() and int(child.name) not in known
+                )
+                if stale:
+                    shutil.rmtree(child, ignore_errors=True)
+                    removed.append(child)
+        return removed
+
+    def register(self, pipeline: str, candidate: Candidate, lineage: dict[str, Any]) -> ModelRecord:
+        root = self.pipeline_root(pipeline)
+        on_disk = [int(p.name) for p in root.iterdir() if p.name.isdigit()]
+        version = max([self.store.max_model_version(pipeline), *on_disk]) + 1
+        tmp = root / f"{TMP_PREFIX}{version}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        model_bytes = candidate.booster.model_to_string().encode()
+        meta = {
+            "pipeline": pipeline,
+            "version": version,
+            "created_at": now_iso(),
+            "task": candidate.spec.task,
+            "task_reason": candidate.task_reason,
+            "spec": msgspec.to_builtins(candidate.spec),
+            "params": candidate.params,
+            "best_iteration": candidate.best_iteration,
+            "metrics": candidate.metrics,
+            "baseline_metrics": candidate.baseline,
+            "feature_importance": candidate.importance,
+            "train_rows": candidate.train_rows,
+            "valid_rows": candidate.valid_rows,
+            "training_seconds": candidate.seconds,
+            "lineage": lineage,
+            "versions": {
+                "appliance": __version__, "lightgbm": lgb.__version__,
+                "polars": pl.__version__, "numpy": np.__version__,
+                "python": platform.python_version(),
+            },
+        }
+        meta_bytes = json.dumps(meta, indent=2, default=str).encode()
+        _write_synced(tmp / "model.txt", model_bytes)
+        _write_synced(tmp / "model.json", meta_bytes)
+        _fsync_dir(tmp)
+        final = root / str(version)
+        os.rename(tmp, final)
+        _fsync_dir(root)
+        metrics = dict(candidate.metrics)
+        return self.store.add_model(
+            pipeline=pipeline, version=version, task=candidate.spec.task,
+            path=str(final.relative_to(self.state.root)),
+            model_sha256=hashlib.sha256(model_bytes).hexdigest(),
+            meta_sha256=hashlib.sha256(meta_bytes).hexdigest(),
+            metrics=metrics, lineage=lineage,
+        )
+
+    def load(self, pipeline: str, version: int) -> LoadedModel:
+        """Verify a registered version's files against their hashes, then load it."""
+        record = self.store.model(pipeline, version)
+        if record is None:
+            raise ApplianceError(
+                "unknown_model", f"pipeline `{pipeline}` has no model version {version}",
+                {"pipeline": pipeline, "version": version}, status=404,
+            )
+        folder = self.state.root / record.path
+        files = {"model.txt": record.model_sha256, "model.json": record.meta_sha256}
+        for name, expected in files.items():
+            path = folder / name
+            try:
+                actual = sha256_file(path)
+            except OSError as exc:
+                raise ApplianceError(
+                    "model_unreadable", f"{path}: {exc.strerror}",
+                    {"pipeline": pipeline, "version": version, "file": str(path)}, status=409,
+                ) from None
+            if actual != expected:
+                raise ApplianceError(
+                    "model_corrupt",
+                    f"{path} does not match the hash recorded when it was registered; "
+                    "it will not be served",
+                    {"pipeline": pipeline, "version": version, "file": str(path)}, status=409,
+                )
+        meta = json.loads((folder / "model.json").read_bytes())
+        booster = lgb.Booster(model_str=(folder / "model.txt").read_text())
+        spec = msgspec.convert(meta["spec"], FeatureSpec)
+        model = LoadedModel(pipeline=pipeline, version=version, booster=booster, spec=spec,
+                            meta=meta)
+        # Warm it: the first call allocates LightGBM's predictor.
+        model.predict_matrix(np.zeros((1, len(spec.columns))))
+        return model
+
+    def promote(self, pipeline: str, version: int, decision: str) -> None:
+        self.store.set_production(pipeline, version, decision)
+
+    def reject(self, pipeline: str, version: int, decision: str) -> None:
+        self.store.set_model_stage(pipeline, version, "rejected", decision)

@@ -1,0 +1,60 @@
+"""The SQLite store: WAL, a schema version, migrations that run once, the state layout."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+
+from appliance.statedir import StateDir
+from appliance.store import SCHEMA_VERSION, Store
+
+
+def test_state_dir_layout_and_token(tmp_path):
+    state = StateDir(tmp_path / "s")
+    state.create()
+    for sub in ("inbox", "archive", "rejected", "datasets", "models"):
+        assert (state.root / sub).is_dir()
+    token = state.token_file.read_text().strip()
+    assert len(token) >= 43  # 256 bits, URL-safe base64
+    assert stat.S_IMODE(os.stat(state.token_file).st_mode) == 0o600
+    state.create()
+    assert state.token_file.read_text().strip() == token
+
+
+def test_wal_schema_version_and_migrations_once(tmp_path):
+    path = tmp_path / "a.db"
+    store = Store.open(path)
+    assert store.journal_mode() == "wal"
+    assert store.schema_version() == SCHEMA_VERSION
+    store.ensure_pipeline("p")
+    store.close()
+    store = Store.open(path)  # migrations already applied: nothing runs twice
+    assert [p.name for p in store.pipelines()] == ["p"]
+    store.close()
+    applied = sqlite3.connect(path).execute(
+        "SELECT name FROM _sqlite_migrations WHERE migration_set = 'appliance'"
+    ).fetchall()
+    assert applied == [("0001_initial",)]
+
+
+def test_one_production_model_per_pipeline(tmp_path):
+    store = Store.open(tmp_path / "a.db")
+    for v in (1, 2):
+        store.add_model(pipeline="p", version=v, task="binary", path=f"models/p/{v}",
+                        model_sha256="x", meta_sha256="y", metrics={}, lineage={})
+    store.set_production("p", 1, "first")
+    store.set_production("p", 2, "better")
+    stages = {m.version: m.stage for m in store.models("p")}
+    assert stages == {1: "archived", 2: "production"}
+    assert store.production_model("p").version == 2
+
+
+def test_ingestion_and_dataset_version_are_recorded_together(tmp_path):
+    store = Store.open(tmp_path / "a.db")
+    a = store.record_ingestion(pipeline="p", file_name="a.csv", status="accepted",
+                               received_at="t", dataset=("datasets/p/v1", 10, "h1"))
+    b = store.record_ingestion(pipeline="p", file_name="b.csv", status="accepted",
+                               received_at="t", dataset=("datasets/p/v2", 5, "h2"))
+    assert (a.dataset_version, b.dataset_version) == (1, 2)
+    assert store.rows_since("p", 1) == 5
