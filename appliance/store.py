@@ -22,7 +22,7 @@ import msgspec
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 migrations = Migrations("appliance")
 
@@ -114,6 +114,32 @@ def _m0001(db: sqlite_utils.Database) -> None:
         )""")
     db.execute("CREATE INDEX jobs_pipeline ON jobs (pipeline, id)")
     db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+@migrations(name="0002_prediction_log_and_feedback")
+def _m0002(db: sqlite_utils.Database) -> None:
+    # Every prediction served; ``inputs`` is kept only for the sampled ones (for drift).
+    db.execute("""
+        CREATE TABLE predictions (
+            id TEXT PRIMARY KEY,
+            pipeline TEXT NOT NULL,
+            ts REAL NOT NULL,               -- unix seconds
+            model_version INTEGER NOT NULL,
+            output TEXT NOT NULL,           -- JSON, as answered
+            inputs TEXT                     -- JSON row, for sampled predictions only
+        )""")
+    db.execute("CREATE INDEX predictions_pipeline_ts ON predictions (pipeline, ts)")
+    # True outcomes of earlier predictions, from feedback files.
+    db.execute("""
+        CREATE TABLE feedback (
+            id INTEGER PRIMARY KEY,
+            pipeline TEXT NOT NULL,
+            prediction_id TEXT NOT NULL,
+            outcome TEXT NOT NULL,          -- JSON value
+            received_at REAL NOT NULL,
+            ingestion_id INTEGER
+        )""")
+    db.execute("CREATE INDEX feedback_prediction ON feedback (pipeline, prediction_id)")
 
 
 def now_iso() -> str:
@@ -507,6 +533,66 @@ class Store:
             row["details"] = _loads(row.pop("details_json"), {})
             out.append(msgspec.convert(row, EventRecord))
         return out
+
+    # --- prediction log and feedback ----------------------------------------------------
+
+    def insert_predictions(
+        self, rows: list[tuple[str, str, float, int, str, str | None]]
+    ) -> None:
+        """Write a batch of (id, pipeline, ts, model_version, output_json, inputs_json|None)
+        in one transaction."""
+        if not rows:
+            return
+        with self._atomic() as db:
+            db.conn.executemany(
+                "INSERT OR IGNORE INTO predictions (id, pipeline, ts, model_version, output,"
+                " inputs) VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def prediction_inputs(
+        self, pipeline: str, since_ts: float, limit: int = 10_000
+    ) -> list[tuple[float, int, dict[str, Any], Any]]:
+        """The sampled inputs since ``since_ts``, newest first: (ts, version, row, output)."""
+        rows = self._rows(
+            "SELECT ts, model_version, inputs, output FROM predictions WHERE pipeline = ?"
+            " AND ts >= ? AND inputs IS NOT NULL ORDER BY ts DESC LIMIT ?",
+            [pipeline, since_ts, limit],
+        )
+        return [(r["ts"], r["model_version"], json.loads(r["inputs"]), json.loads(r["output"]))
+                for r in rows]
+
+    def count_predictions(self, pipeline: str) -> int:
+        return self._rows(
+            "SELECT COUNT(*) AS n FROM predictions WHERE pipeline = ?", [pipeline]
+        )[0]["n"]
+
+    def add_feedback(
+        self, pipeline: str, outcomes: list[tuple[str, Any]], ingestion_id: int | None = None
+    ) -> int:
+        """Record (prediction_id, outcome) pairs; returns how many were written."""
+        now = time.time()
+        with self._atomic() as db:
+            db.conn.executemany(
+                "INSERT INTO feedback (pipeline, prediction_id, outcome, received_at,"
+                " ingestion_id) VALUES (?, ?, ?, ?, ?)",
+                [(pipeline, pid, _dumps(outcome), now, ingestion_id) for pid, outcome in outcomes],
+            )
+        return len(outcomes)
+
+    def feedback_joined(
+        self, pipeline: str, since_ts: float = 0.0
+    ) -> list[tuple[str, float, int, Any, Any]]:
+        """Feedback joined to its predictions: (prediction_id, predicted_ts, model_version,
+        output, outcome), for predictions made since ``since_ts``."""
+        rows = self._rows(
+            "SELECT p.id, p.ts, p.model_version, p.output, f.outcome FROM feedback f"
+            " JOIN predictions p ON p.id = f.prediction_id AND p.pipeline = f.pipeline"
+            " WHERE f.pipeline = ? AND p.ts >= ? ORDER BY p.ts",
+            [pipeline, since_ts],
+        )
+        return [(r["id"], r["ts"], r["model_version"], json.loads(r["output"]),
+                 json.loads(r["outcome"])) for r in rows]
 
     # --- jobs ----------------------------------------------------------------------------
 

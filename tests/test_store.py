@@ -35,7 +35,7 @@ def test_wal_schema_version_and_migrations_once(tmp_path):
     applied = sqlite3.connect(path).execute(
         "SELECT name FROM _sqlite_migrations WHERE migration_set = 'appliance'"
     ).fetchall()
-    assert applied == [("0001_initial",)]
+    assert applied == [("0001_initial",), ("0002_prediction_log_and_feedback",)]
 
 
 def test_one_production_model_per_pipeline(tmp_path):
@@ -58,3 +58,17 @@ def test_ingestion_and_dataset_version_are_recorded_together(tmp_path):
                                received_at="t", dataset=("datasets/p/v2", 5, "h2"))
     assert (a.dataset_version, b.dataset_version) == (1, 2)
     assert store.rows_since("p", 1) == 5
+
+
+def test_prediction_log_and_feedback_join(tmp_path):
+    store = Store.open(tmp_path / "a.db")
+    store.insert_predictions([
+        ("a1", "p", 100.0, 1, "0.9", '{"x": 1}'),
+        ("a2", "p", 101.0, 1, "0.2", None),
+        ("b1", "q", 102.0, 3, "0.5", '{"x": 2}'),
+    ])
+    assert store.count_predictions("p") == 2
+    assert store.prediction_inputs("p", 0) == [(100.0, 1, {"x": 1}, 0.9)]
+    assert store.add_feedback("p", [("a1", 1), ("a2", 0), ("zz", 1)]) == 3
+    joined = store.feedback_joined("p")
+    assert [(j[0], j[3], j[4]) for j in joined] == [("a1", 0.9, 1), ("a2", 0.2, 0)]
