@@ -66,6 +66,12 @@ class PipelineSummary(msgspec.Struct, kw_only=True):
     datasets: int
     rows: int
     last_ingestion: str | None
+    # Filled by monitoring: over the last minute of traffic, and the latest drift check.
+    requests_per_s: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    error_rate: float | None = None
+    drift_status: str | None = None  # "ok" | "drift" | None when not checked yet
 
 
 class PipelineList(msgspec.Struct, kw_only=True):
@@ -132,3 +138,117 @@ class RetrainResponse(msgspec.Struct, kw_only=True):
     pipeline: str
     started: bool
     message: str
+
+
+# --- monitoring ----------------------------------------------------------------------------
+
+
+class DriftFeature(msgspec.Struct, kw_only=True):
+    feature: str
+    kind: str  # "numeric" | "categorical" | "prediction"
+    psi: float | None
+    ks: float | None = None  # numeric: two-sample Kolmogorov-Smirnov statistic
+    js: float | None = None  # categorical: Jensen-Shannon distance
+    threshold: float  # the PSI above which the feature drifts
+    drifted: bool
+
+
+class DriftReport(msgspec.Struct, kw_only=True):
+    pipeline: str
+    model_version: int | None
+    computed_at: str
+    source: str  # "predictions" (sampled request inputs) | "ingestion" (a new data set)
+    rows: int
+    drifted: bool  # at least half of the features drifted
+    drifted_share: float
+    features: list[DriftFeature]
+    prediction: DriftFeature | None = None
+
+
+class DriftHistoryPoint(msgspec.Struct, kw_only=True):
+    computed_at: str
+    source: str
+    model_version: int | None
+    drifted: bool
+    drifted_share: float
+    psi: dict[str, float]  # feature -> PSI
+
+
+class DriftResponse(msgspec.Struct, kw_only=True):
+    pipeline: str
+    latest: DriftReport | None
+    history: list[DriftHistoryPoint]
+
+
+class MetricsWindow(msgspec.Struct, kw_only=True):
+    start: float  # unix seconds
+    seconds: float  # 10 for raw windows, 3600 for hourly roll-ups
+    requests: int
+    rows: int
+    errors_4xx: int
+    errors_5xx: int
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+
+
+class LivePerformancePoint(msgspec.Struct, kw_only=True):
+    start: float
+    seconds: float
+    metric: str
+    value: float
+    labelled: int
+    validation_value: float | None
+
+
+class PipelineMetrics(msgspec.Struct, kw_only=True):
+    pipeline: str
+    windows: list[MetricsWindow]
+    live_performance: list[LivePerformancePoint] = []
+
+
+class ResourceSample(msgspec.Struct, kw_only=True):
+    ts: float
+    process_cpu_percent: float
+    process_rss_bytes: int
+    process_threads: int
+    process_open_files: int
+    cpu_percent: float
+    memory_available_bytes: int
+    memory_percent: float
+    load_1m: float
+    disk_free_bytes: int
+    temperature_c: float | None = None
+
+
+class SystemResponse(msgspec.Struct, kw_only=True):
+    samples: list[ResourceSample]
+
+
+# --- jobs --------------------------------------------------------------------------------
+
+
+class JobInfo(msgspec.Struct, kw_only=True):
+    id: int
+    pipeline: str
+    kind: str
+    trigger: str
+    status: str  # running | succeeded | failed | cancelled
+    started_at: str
+    finished_at: str | None
+    model_version: int | None
+    error: str | None
+
+
+class ScheduledJob(msgspec.Struct, kw_only=True):
+    id: str
+    pipeline: str | None
+    name: str
+    schedule: str  # how it is triggered, e.g. "cron 0 3 * * *" or "every 60s"
+    next_run: str | None
+
+
+class JobsResponse(msgspec.Struct, kw_only=True):
+    pipeline: str
+    scheduled: list[ScheduledJob]
+    history: list[JobInfo]

@@ -25,6 +25,8 @@ from appliance.api_types import (
     Health,
     IngestionInfo,
     IngestionList,
+    JobInfo,
+    JobsResponse,
     ModelInfo,
     ModelList,
     PipelineDetail,
@@ -229,6 +231,20 @@ def create_app(services: Services) -> Litestar:
             for r in records
         ])
 
+    @get("/v1/pipelines/{name:str}/jobs", sync_to_thread=False, tags=["jobs"],
+         responses=ERRORS_PIPELINE)
+    def jobs(name: FromPath[str], limit: FromQuery[int] = 50) -> JobsResponse:
+        """Scheduled jobs with their next run, and the history of job runs, newest first."""
+        known(name)
+        history = [
+            JobInfo(id=j.id, pipeline=j.pipeline, kind=j.kind, trigger=j.trigger,
+                    status=j.status, started_at=j.started_at, finished_at=j.finished_at,
+                    model_version=j.model_version, error=j.error)
+            for j in store.jobs(name, limit=max(1, min(limit, 1000)))
+        ]
+        return JobsResponse(pipeline=name, scheduled=services.scheduled_jobs(name),
+                            history=history)
+
     @get("/v1/events", sync_to_thread=False, tags=["events"])
     def events(pipeline: FromQuery[str | None] = None, after: FromQuery[int] = 0,
                limit: FromQuery[int] = 200) -> EventList:
@@ -265,7 +281,7 @@ def create_app(services: Services) -> Litestar:
 
     return Litestar(
         route_handlers=[health, ready, pipelines, pipeline, predict, models, promote, retrain,
-                        ingestions, events],
+                        ingestions, jobs, events],
         exception_handlers={
             ApplianceError: on_appliance_error,
             ValidationException: on_validation_error,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from appliance.api_types import ScheduledJob
 from appliance.config import Settings
 from appliance.events import Events
 from appliance.ingest import Ingester
@@ -61,3 +62,8 @@ class Services:
     def pipeline_names(self) -> list[str]:
         names = {p.name for p in self.store.pipelines()} | set(self.settings.pipelines)
         return sorted(names)
+
+    def scheduled_jobs(self, pipeline: str) -> list[ScheduledJob]:
+        """Jobs the scheduler will run for this pipeline. Until periodic retraining exists
+        (the retraining issue), training runs only on new data and on request."""
+        return []

@@ -92,3 +92,14 @@ def test_second_start_finds_data_and_model_without_retraining(machines_state, st
     assert [m["version"] for m in again.get("/v1/pipelines/machines/models").json()["models"]] \
         == [1]
     assert len(list((machines_state / "datasets/machines").glob("*.parquet"))) == 1
+
+
+def test_job_history_records_trigger_and_version(machines_state, start_daemon):
+    daemon = start_daemon(machines_state)
+    drop(machines_state, "machines", SAMPLES / "machines_01.csv")
+    daemon.wait_ready_model("machines", 1)
+    jobs = daemon.get("/v1/pipelines/machines/jobs").json()
+    assert [(j["trigger"], j["status"], j["model_version"]) for j in jobs["history"]] == [
+        ("new_data", "succeeded", 1)
+    ]
+    assert daemon.get("/v1/pipelines/nope/jobs").status_code == 404
