@@ -122,7 +122,7 @@ def test_manual_trigger_needs_the_token(machines_state, start_daemon):
     daemon = start_daemon(machines_state)
     drop(machines_state, "machines", SAMPLES / "machines_01.csv")
     daemon.wait_ready_model("machines", 1)
-    wait_for(lambda: not daemon.get("/v1/pipelines/machines").json()["status"] == "training",
+    wait_for(lambda: daemon.get("/v1/pipelines/machines").json()["status"] != "training",
              timeout=30)
     assert daemon.post("/v1/pipelines/machines/retrain").status_code == 401
     resp = daemon.post("/v1/pipelines/machines/retrain", admin=True)
