@@ -73,12 +73,10 @@ def test_min_new_rows_decides_when_new_data_retrains(machines_state, start_daemo
              timeout=30, what="the second data set")
     time.sleep(1.0)
     assert len(history(daemon)) == 1
-    src = pl.read_csv(SAMPLES / "machines_03_drifted.csv")
     drop(machines_state, "machines", SAMPLES / "machines_03_drifted.csv")  # 3000 since v1
     wait_for(lambda: len(history(daemon)) == 2 and history(daemon)[1]["status"] != "running",
              timeout=60, what="the retraining")
     assert [j["trigger"] for j in history(daemon)] == ["new_data", "new_data"]
-    assert src.height == 1500
 
 
 def test_failed_training_is_recorded_and_retried_with_backoff(state_root, start_daemon,
