@@ -82,6 +82,17 @@ class TrainSettings(_Section):
     ] = 0.0
 
 
+class JobsSettings(_Section):
+    retry_attempts: Annotated[
+        int, _doc("a failed training job is retried this many times, with backoff"),
+        msgspec.Meta(ge=0),
+    ] = 3
+    retry_backoff_seconds: Annotated[
+        float, _doc("wait before the first retry; doubled at each further one"),
+        msgspec.Meta(gt=0),
+    ] = 30.0
+
+
 class LogSettings(_Section):
     level: Annotated[LogLevel, _doc("log level on stderr")] = "info"
 
@@ -110,6 +121,7 @@ class Settings(_Section):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     ingest: IngestSettings = msgspec.field(default_factory=IngestSettings)
     train: TrainSettings = msgspec.field(default_factory=TrainSettings)
+    jobs: JobsSettings = msgspec.field(default_factory=JobsSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
     pipelines: dict[str, PipelineSettings] = msgspec.field(default_factory=dict)
 
@@ -192,6 +204,16 @@ def parse(raw: dict[str, Any], path: Path | None = None) -> Settings:
             message, key = _split_validation_error(exc)
             full = f"pipelines.{name}" + (f".{key}" if key else "")
             raise ConfigError(message, key=full, path=path) from None
+        cron = pipelines[name].retrain.cron
+        if cron is not None:
+            try:
+                cron_trigger(cron)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"not a crontab schedule ({exc}); five fields, e.g. \"0 3 * * *\" for "
+                    "03:00 every day (a sixth, leading field gives seconds)",
+                    key=f"pipelines.{name}.retrain.cron", path=path,
+                ) from None
     rest = {k: v for k, v in raw.items() if k != "pipelines"}
     try:
         settings = msgspec.convert(rest, Settings)
@@ -200,6 +222,20 @@ def parse(raw: dict[str, Any], path: Path | None = None) -> Settings:
         raise ConfigError(message, key=key, path=path) from None
     settings.pipelines = pipelines
     return settings
+
+
+def cron_trigger(expr: str) -> Any:
+    """An APScheduler trigger from a crontab line: five fields, or six with seconds first."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    fields = expr.split()
+    if len(fields) == 5:
+        return CronTrigger.from_crontab(expr)
+    if len(fields) == 6:
+        second, minute, hour, day, month, dow = fields
+        return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month,
+                           day_of_week=dow)
+    raise ValueError(f"{len(fields)} fields")
 
 
 def _split_validation_error(exc: msgspec.ValidationError) -> tuple[str, str | None]:
@@ -235,7 +271,7 @@ def reference() -> list[tuple[str, Any, str]]:
             text = next((m.description for m in metas if getattr(m, "description", None)), "")
             out.append((prefix + f.name, f.default, text))
 
-    for section in ("server", "ingest", "train", "log"):
+    for section in ("server", "ingest", "train", "jobs", "log"):
         walk(f"{section}.", type(getattr(Settings(), section)))
     walk("pipelines.NAME.", PipelineSettings)
     return out

@@ -103,6 +103,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         self.watcher.start()
+        services.scheduler.start()
         serving = asyncio.create_task(self.server.serve(sockets=[sock]))
         while not self.server.started and not serving.done():
             await asyncio.sleep(0.01)
@@ -114,6 +115,7 @@ class Daemon:
         try:
             await serving
         finally:
+            services.scheduler.shutdown()
             await asyncio.to_thread(self._shutdown)
             sock.close()
         return 0

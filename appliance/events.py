@@ -24,6 +24,8 @@ KINDS = {
     "training_started": "a training job started",
     "trained": "a training job registered a new model version",
     "training_failed": "a training job failed",
+    "training_cancelled": "a training job was cancelled because the daemon stopped",
+    "training_retry_scheduled": "a failed training job will be retried after a backoff",
     "promoted": "a model version was made production",
     "not_promoted": "a new model version was kept out of production by the gate",
     "model_loaded": "a production model was loaded for serving",

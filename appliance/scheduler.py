@@ -1,26 +1,51 @@
-"""Training jobs: when to retrain, and the job that gathers data, trains, registers and
-promotes through the gate.
+"""Training jobs and the schedule that starts them.
 
-At most one training runs per pipeline; a request that arrives while one runs is folded
-into a single follow-up run. Jobs run on one worker thread, so serving keeps its core.
+:class:`Trainer` runs the retraining job (gather the data, train, register, promote through
+the gate). At most one training runs per pipeline; requests that arrive while one runs fold
+into a single follow-up run. Jobs run on one worker thread, so serving keeps its core. A
+failed job is recorded and retried with backoff; stopping the daemon cancels a running
+training between two boosting rounds, so nothing half-made is registered.
+
+:class:`JobScheduler` is APScheduler inside the daemon: the per-pipeline cron retraining and
+every periodic job (registered by the other parts with :meth:`JobScheduler.every`), rebuilt
+from the config at start and on reload.
+
+Triggers recorded on each job: ``new_data``, ``drift``, ``schedule``, ``manual``, ``retry``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from appliance.config import Settings
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from appliance.api_types import ScheduledJob
+from appliance.config import Settings, cron_trigger
 from appliance.errors import ApplianceError
 from appliance.events import Events
 from appliance.predictor import LiveModels
 from appliance.registry import Registry
 from appliance.statedir import StateDir
 from appliance.store import IngestionRecord, ModelRecord, Store
-from appliance.train import decide, read_datasets, train
+from appliance.train import TrainingCancelled, decide, read_datasets, train
 
 log = logging.getLogger("appliance.scheduler")
+
+
+def lower_thread_priority(niceness: int = 10) -> None:
+    """Run the calling thread (and the threads it starts) at a lower CPU priority, so that
+    serving wins the cores when training or ingestion is busy. Linux only; elsewhere a no-op.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):
+        pass
 
 
 class Trainer:
@@ -32,11 +57,16 @@ class Trainer:
         self.events = events
         self.settings = settings
         self.live = live
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="train")
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="train",
+                                            initializer=lower_thread_priority)
         self._lock = threading.Lock()
         self._running: set[str] = set()
         self._follow_up: dict[str, str] = {}
+        self._failures: dict[str, int] = {}
         self._closed = False
+        self._stopping = threading.Event()
+        # Set by the daemon: called as retry(pipeline, delay_seconds) after a failed job.
+        self.schedule_retry: Callable[[str, float], None] | None = None
 
     # --- triggers ------------------------------------------------------------------------
 
@@ -46,6 +76,19 @@ class Trainer:
         new_rows = self.store.rows_since(pipeline, seen)
         if new_rows >= self.settings.pipeline(pipeline).retrain.min_new_rows:
             self.request(pipeline, "new_data")
+
+    def on_drift(self, pipeline: str) -> bool:
+        """Drift: retrain when the pipeline asks for it and there is labelled data newer
+        than what the production model was trained on."""
+        if not self.settings.pipeline(pipeline).retrain.on_drift:
+            return False
+        production = self.store.production_model(pipeline)
+        seen = production.lineage.get("max_dataset_version", 0) if production else 0
+        if self.store.rows_since(pipeline, seen) <= 0:
+            log.info("drift_retrain_skipped pipeline=%s: no labelled data newer than the "
+                     "production model", pipeline)
+            return False
+        return self.request(pipeline, "drift")
 
     def last_trained_dataset(self, pipeline: str) -> int:
         models = self.store.models(pipeline)
@@ -70,9 +113,13 @@ class Trainer:
             return pipeline in self._running
 
     def shutdown(self, wait: bool = True) -> None:
+        """Stop: queued runs are dropped, a running training is cancelled at its next
+        boosting round (recorded as cancelled), and with ``wait`` this returns once the
+        worker is idle."""
         with self._lock:
             self._closed = True
             self._follow_up.clear()
+        self._stopping.set()
         self._executor.shutdown(wait=wait, cancel_futures=True)
 
     # --- the job -------------------------------------------------------------------------
@@ -93,23 +140,45 @@ class Trainer:
                          trigger=trigger, job=job)
         try:
             record = self.train_and_gate(pipeline, trigger)
-        except ApplianceError as err:
-            self.store.finish_job(job, "failed", error=err.message)
-            self.events.emit("training_failed", err.message, pipeline=pipeline, level="error",
-                             code=err.code, job=job)
+        except TrainingCancelled:
+            self.store.finish_job(job, "cancelled", error="the daemon stopped during the job")
+            self.events.emit("training_cancelled", "training cancelled: the daemon is stopping",
+                             pipeline=pipeline, level="warning", job=job)
         except Exception as exc:  # a failed job is recorded; it never stops the daemon
-            log.exception("training_crashed pipeline=%s", pipeline)
-            self.store.finish_job(job, "failed", error=f"{type(exc).__name__}: {exc}")
-            self.events.emit("training_failed", f"{type(exc).__name__}: {exc}",
-                             pipeline=pipeline, level="error", job=job)
+            if isinstance(exc, ApplianceError):
+                message, code = exc.message, exc.code
+            else:
+                log.exception("training_crashed pipeline=%s", pipeline)
+                message, code = f"{type(exc).__name__}: {exc}", "crash"
+            self.store.finish_job(job, "failed", error=message)
+            self.events.emit("training_failed", message, pipeline=pipeline, level="error",
+                             code=code, job=job)
+            self._retry_later(pipeline)
         else:
+            self._failures.pop(pipeline, None)
             self.store.finish_job(job, "succeeded", model_version=record.version)
+
+    def _retry_later(self, pipeline: str) -> None:
+        jobs = self.settings.jobs
+        attempt = self._failures.get(pipeline, 0) + 1
+        if attempt > jobs.retry_attempts or self.schedule_retry is None or self._closed:
+            self._failures.pop(pipeline, None)
+            if jobs.retry_attempts:
+                log.warning("training_gave_up pipeline=%s attempts=%d", pipeline, attempt - 1)
+            return
+        self._failures[pipeline] = attempt
+        delay = jobs.retry_backoff_seconds * 2 ** (attempt - 1)
+        self.events.emit("training_retry_scheduled",
+                         f"retry {attempt} of {jobs.retry_attempts} in {delay:g}s",
+                         pipeline=pipeline, level="warning", attempt=attempt, delay_s=delay)
+        self.schedule_retry(pipeline, delay)
 
     def train_and_gate(self, pipeline: str, trigger: str) -> ModelRecord:
         datasets = self.store.datasets(pipeline)
         frame = read_datasets([self.state.root / d.path for d in datasets])
         settings = self.settings.pipeline(pipeline)
-        candidate = train(frame, settings, self.settings.train)
+        candidate = train(frame, settings, self.settings.train,
+                          should_stop=self._stopping.is_set)
         lineage = {
             "trigger": trigger,
             "datasets": [
@@ -162,3 +231,108 @@ class Trainer:
             return False
         return not self._running
 
+
+
+class JobScheduler:
+    """APScheduler on the daemon's event loop: cron retraining and the periodic jobs.
+
+    Jobs only *start* work here: training goes through :meth:`Trainer.request` (its own
+    worker thread), and periodic jobs are plain functions that APScheduler runs in the
+    loop's thread pool, so the event loop never waits for them.
+    """
+
+    def __init__(self, trainer: Trainer, settings: Settings) -> None:
+        self.trainer = trainer
+        self.settings = settings
+        self._aps = AsyncIOScheduler(job_defaults={
+            "coalesce": True, "max_instances": 1, "misfire_grace_time": 300,
+        })
+        self._periodic: dict[str, tuple[str, Callable[[], Any], float, str | None]] = {}
+        trainer.schedule_retry = self.retry
+
+    def every(self, job_id: str, name: str, func: Callable[[], Any], seconds: float,
+              pipeline: str | None = None) -> None:
+        """Register a periodic job (before or after start)."""
+        self._periodic[job_id] = (name, func, seconds, pipeline)
+        if self._aps.running:
+            self._add_periodic(job_id)
+
+    def _add_periodic(self, job_id: str) -> None:
+        name, func, seconds, _ = self._periodic[job_id]
+        self._aps.add_job(self._guard(name, func), "interval", seconds=seconds, id=job_id,
+                          name=name, replace_existing=True)
+
+    @staticmethod
+    def _guard(name: str, func: Callable[[], Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            try:
+                return func()
+            except Exception:  # a failing periodic job is logged; it runs again next time
+                log.exception("periodic_job_failed job=%s", name)
+                return None
+
+        run.__name__ = name
+        return run
+
+    def start(self) -> None:
+        """Start on the running event loop, with the jobs from the config."""
+        self._aps.start()
+        self.configure(self.settings)
+
+    def configure(self, settings: Settings) -> None:
+        """(Re)build every job from ``settings``; called at start and on config reload."""
+        self.settings = settings
+        self.trainer.settings = settings
+        for job in self._aps.get_jobs():
+            if job.id.startswith("retrain:"):
+                job.remove()
+        for pipeline, cfg in settings.pipelines.items():
+            if cfg.retrain.cron:
+                self._aps.add_job(
+                    self.trainer.request, cron_trigger(cfg.retrain.cron),
+                    args=[pipeline, "schedule"], id=f"retrain:{pipeline}",
+                    name=f"retrain {pipeline}", replace_existing=True,
+                )
+        for job_id in self._periodic:
+            self._add_periodic(job_id)
+
+    def retry(self, pipeline: str, delay: float) -> None:
+        """Run a training for ``pipeline`` again in ``delay`` seconds (thread-safe)."""
+        when = datetime.now(UTC) + timedelta(seconds=delay)
+        self._aps.add_job(self.trainer.request, "date", run_date=when,
+                          args=[pipeline, "retry"], id=f"retry:{pipeline}",
+                          name=f"retry training {pipeline}", replace_existing=True)
+
+    def scheduled(self, pipeline: str | None = None) -> list[ScheduledJob]:
+        """Jobs with their next run time; with ``pipeline``, its own and the box-wide ones."""
+        out = []
+        for job in self._aps.get_jobs() if self._aps.running else []:
+            owner = self._owner(job.id)
+            if pipeline is not None and owner not in (pipeline, None):
+                continue
+            nxt = job.next_run_time
+            out.append(ScheduledJob(
+                id=job.id, pipeline=owner, name=job.name, schedule=self._describe(job),
+                next_run=nxt.astimezone(UTC).isoformat(timespec="seconds").replace(
+                    "+00:00", "Z") if nxt else None,
+            ))
+        return sorted(out, key=lambda j: (j.next_run or "~", j.id))
+
+    def _owner(self, job_id: str) -> str | None:
+        if job_id.startswith(("retrain:", "retry:")):
+            return job_id.split(":", 1)[1]
+        entry = self._periodic.get(job_id)
+        return entry[3] if entry else None
+
+    def _describe(self, job: Any) -> str:
+        if job.id.startswith("retrain:"):
+            cfg = self.settings.pipeline(job.id.split(":", 1)[1])
+            return f"cron {cfg.retrain.cron}"
+        if job.id.startswith("retry:"):
+            return "once, after a failed training"
+        entry = self._periodic.get(job.id)
+        return f"every {entry[2]:g}s" if entry else str(job.trigger)
+
+    def shutdown(self) -> None:
+        if self._aps.running:
+            self._aps.shutdown(wait=False)

@@ -10,7 +10,7 @@ from appliance.events import Events
 from appliance.ingest import Ingester
 from appliance.predictor import LiveModels
 from appliance.registry import Registry
-from appliance.scheduler import Trainer
+from appliance.scheduler import JobScheduler, Trainer
 from appliance.statedir import StateDir
 from appliance.store import Store
 
@@ -25,6 +25,7 @@ class Services:
     live: LiveModels
     trainer: Trainer
     ingester: Ingester
+    scheduler: JobScheduler
     token: str
     started: bool = False
     load_failures: dict[str, str] = field(default_factory=dict)
@@ -40,7 +41,7 @@ class Services:
         ingester = Ingester(state, store, events, settings, on_accepted=trainer.on_ingested)
         return cls(settings=settings, state=state, store=store, events=events,
                    registry=registry, live=live, trainer=trainer, ingester=ingester,
-                   token=state.ensure_token())
+                   scheduler=JobScheduler(trainer, settings), token=state.ensure_token())
 
     def load_production_models(self) -> None:
         """Load every pipeline's production model; one that fails is reported, not served."""
@@ -64,6 +65,5 @@ class Services:
         return sorted(names)
 
     def scheduled_jobs(self, pipeline: str) -> list[ScheduledJob]:
-        """Jobs the scheduler will run for this pipeline. Until periodic retraining exists
-        (the retraining issue), training runs only on new data and on request."""
-        return []
+        """Jobs the scheduler will run for this pipeline, and the box-wide ones."""
+        return self.scheduler.scheduled(pipeline)

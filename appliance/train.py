@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,18 @@ from appliance.features import FeatureSpec, build_spec, encode_target, infer_tas
 from appliance.predictor import LoadedModel
 
 MIN_ROWS = 20
+
+
+class TrainingCancelled(Exception):
+    """Raised inside LightGBM's loop when the daemon is stopping; nothing is registered."""
+
+
+def _stop_callback(should_stop: Callable[[], bool]) -> Callable[[Any], None]:
+    def check(_env: Any) -> None:
+        if should_stop():
+            raise TrainingCancelled("the daemon is stopping")
+
+    return check
 
 
 @dataclass
@@ -83,7 +96,8 @@ def split(df: pl.DataFrame, settings: PipelineSettings, fraction: float, seed: i
 
 
 def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
-          params_override: dict[str, Any] | None = None) -> Candidate:
+          params_override: dict[str, Any] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> Candidate:
     started = time.monotonic()
     target = settings.target
     if target not in df.columns:
@@ -130,7 +144,8 @@ def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
     valid_set = lgb.Dataset(x_valid, y_valid, reference=train_set)
     booster = lgb.train(
         params, train_set, num_boost_round=ts.num_boost_round, valid_sets=[valid_set],
-        callbacks=[lgb.early_stopping(ts.early_stopping_rounds, verbose=False)],
+        callbacks=[lgb.early_stopping(ts.early_stopping_rounds, verbose=False),
+                   *([_stop_callback(should_stop)] if should_stop else [])],
     )
     if booster.best_iteration > 0:
         # Keep only the trees early stopping chose, so the saved model predicts the same.
