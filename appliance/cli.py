@@ -64,12 +64,15 @@ def run(state_dir: str | None, config: str | None, host: str | None, port: int |
     from appliance.daemon import StartupError
     from appliance.daemon import run as run_daemon
 
-    settings, state = load_settings(state_dir, config, {
-        "server.host": host, "server.port": port, "log.level": log_level,
-    })
+    overrides = {"server.host": host, "server.port": port, "log.level": log_level}
+    settings, state = load_settings(state_dir, config, overrides)
     logs.setup(settings.log.level)
+
+    def reload_settings() -> Settings:  # SIGHUP: the same file and flags, read again
+        return load(state.root, Path(config) if config else None, overrides)
+
     try:
-        sys.exit(run_daemon(settings, state))
+        sys.exit(run_daemon(settings, state, reload_settings))
     except StartupError as exc:
         _fail(str(exc), 1)
 

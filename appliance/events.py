@@ -24,10 +24,13 @@ KINDS = {
     "training_started": "a training job started",
     "trained": "a training job registered a new model version",
     "training_failed": "a training job failed",
+    "training_cancelled": "a training job was stopped because the daemon shut down",
     "promoted": "a model version was made production",
     "not_promoted": "a new model version was kept out of production by the gate",
     "model_loaded": "a production model was loaded for serving",
     "model_load_failed": "a model could not be loaded; the previous one keeps serving",
+    "config_reloaded": "the config was re-read (SIGHUP); the message lists what changed",
+    "config_reload_failed": "the config could not be re-read; the running config is kept",
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 
 from appliance.config import Settings
 from appliance.errors import ApplianceError
@@ -18,7 +19,7 @@ from appliance.predictor import LiveModels
 from appliance.registry import Registry
 from appliance.statedir import StateDir
 from appliance.store import IngestionRecord, ModelRecord, Store
-from appliance.train import decide, read_datasets, train
+from appliance.train import TrainingCancelled, decide, read_datasets, train
 
 log = logging.getLogger("appliance.scheduler")
 
@@ -37,6 +38,8 @@ class Trainer:
         self._running: set[str] = set()
         self._follow_up: dict[str, str] = {}
         self._closed = False
+        self._cancel = threading.Event()
+        self._futures: set[Future[None]] = set()
 
     # --- triggers ------------------------------------------------------------------------
 
@@ -62,8 +65,16 @@ class Trainer:
                 self._follow_up[pipeline] = trigger
                 return False
             self._running.add(pipeline)
-        self._executor.submit(self._loop, pipeline, trigger)
+            future = self._executor.submit(self._loop, pipeline, trigger)
+            self._futures.add(future)
+        future.add_done_callback(lambda f, p=pipeline: self._forget(f, p))
         return True
+
+    def _forget(self, future: Future[None], pipeline: str) -> None:
+        with self._lock:
+            self._futures.discard(future)
+            if future.cancelled():  # never started: stop() cancelled it
+                self._running.discard(pipeline)
 
     def busy(self, pipeline: str) -> bool:
         with self._lock:
@@ -74,6 +85,19 @@ class Trainer:
             self._closed = True
             self._follow_up.clear()
         self._executor.shutdown(wait=wait, cancel_futures=True)
+
+    def stop(self) -> None:
+        """Take no more jobs, drop queued ones and cancel a running training (it stops at
+        its next boosting round). Returns at once; :meth:`join` waits."""
+        self._cancel.set()
+        self.shutdown(wait=False)
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the jobs to end; True when none is left."""
+        with self._lock:
+            futures = set(self._futures)
+        _, pending = wait_futures(futures, timeout=timeout)
+        return not pending
 
     # --- the job -------------------------------------------------------------------------
 
@@ -93,6 +117,10 @@ class Trainer:
                          trigger=trigger, job=job)
         try:
             record = self.train_and_gate(pipeline, trigger)
+        except TrainingCancelled as err:
+            self.store.finish_job(job, "cancelled", error=err.message)
+            self.events.emit("training_cancelled", err.message, pipeline=pipeline,
+                             level="warning", job=job)
         except ApplianceError as err:
             self.store.finish_job(job, "failed", error=err.message)
             self.events.emit("training_failed", err.message, pipeline=pipeline, level="error",
@@ -109,7 +137,8 @@ class Trainer:
         datasets = self.store.datasets(pipeline)
         frame = read_datasets([self.state.root / d.path for d in datasets])
         settings = self.settings.pipeline(pipeline)
-        candidate = train(frame, settings, self.settings.train)
+        candidate = train(frame, settings, self.settings.train,
+                          should_stop=self._cancel.is_set)
         lineage = {
             "trigger": trigger,
             "datasets": [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,27 @@ def split(df: pl.DataFrame, settings: PipelineSettings, fraction: float, seed: i
     return df.filter(~pl.Series(mask)), df.filter(pl.Series(mask))
 
 
+class TrainingCancelled(ApplianceError):
+    """Training was stopped from outside (the daemon is shutting down)."""
+
+    def __init__(self) -> None:
+        super().__init__("cancelled", "training was stopped because the daemon is shutting "
+                         "down; nothing was registered")
+
+
+def _cancel_callback(should_stop: Callable[[], bool]) -> Callable[[Any], None]:
+    def check(_env: Any) -> None:
+        if should_stop():
+            raise TrainingCancelled()
+    check.order = 1  # type: ignore[attr-defined]  # before early stopping
+    return check
+
+
 def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
-          params_override: dict[str, Any] | None = None) -> Candidate:
+          params_override: dict[str, Any] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> Candidate:
+    """``should_stop`` is polled at every boosting round; when it answers True the training
+    raises :class:`TrainingCancelled`."""
     started = time.monotonic()
     target = settings.target
     if target not in df.columns:
@@ -130,7 +150,8 @@ def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
     valid_set = lgb.Dataset(x_valid, y_valid, reference=train_set)
     booster = lgb.train(
         params, train_set, num_boost_round=ts.num_boost_round, valid_sets=[valid_set],
-        callbacks=[lgb.early_stopping(ts.early_stopping_rounds, verbose=False)],
+        callbacks=[lgb.early_stopping(ts.early_stopping_rounds, verbose=False),
+                   *([_cancel_callback(should_stop)] if should_stop else [])],
     )
     if booster.best_iteration > 0:
         # Keep only the trees early stopping chose, so the saved model predicts the same.
