@@ -220,12 +220,15 @@ class Daemon:
         deadline; True when nothing is left running."""
         self.watcher.stop()
         self._ingest_pool.shutdown(wait=False, cancel_futures=True)
-        with self._ingest_lock:
-            ingests = set(self._ingest_futures)
-        deadline = self._stop_deadline or time.monotonic()
-        _, pending = wait_futures(ingests, timeout=max(0.0, deadline - time.monotonic()))
-        trained = self.services.trainer.join(max(0.0, deadline - time.monotonic()))
-        return not pending and trained
+        while True:
+            with self._ingest_lock:
+                ingests = set(self._ingest_futures)
+            _, pending = wait_futures(ingests, timeout=0.05)
+            if not pending and self.services.trainer.join(0.05):
+                return True
+            # Re-read each time: a second signal moves the deadline to now.
+            if time.monotonic() >= (self._stop_deadline or 0.0):
+                return False
 
     def reload(self) -> bool:
         """SIGHUP: read the config again and apply what can change live. Returns whether

@@ -233,3 +233,55 @@ def load_from(text: str):
     from appliance.config import parse
 
     return parse(tomllib.loads(text))
+
+
+# A daemon whose ingestion of one file takes 60 s and can't be interrupted (as a huge file
+# in Polars would): the stop must not wait for it.
+STUCK_INGEST = """
+import sys, time
+from appliance import ingest
+original = ingest.Ingester.process
+def slow(self, claimed, pipeline):
+    if "stuck" in claimed.name:
+        time.sleep(60)
+    return original(self, claimed, pipeline)
+ingest.Ingester.process = slow
+from appliance.cli import main
+sys.argv = ["appliance", "run", "--state-dir", sys.argv[1], "--port", "0"]
+main()
+"""
+
+
+def test_a_job_that_cannot_stop_is_left_for_the_next_start(machines_state, start_daemon,
+                                                            tmp_path):
+    import subprocess
+    import sys
+
+    log = open(tmp_path / "stuck.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_INGEST, str(machines_state)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for((machines_state / "daemon.json").exists, timeout=30, what="the start")
+        drop(machines_state, "machines", SAMPLES / "machines_01.csv", name="stuck.csv")
+        processing = machines_state / "processing" / "machines"
+        wait_for(lambda: processing.exists() and list(processing.iterdir()), timeout=10,
+                 what="the file to be claimed")
+        time.sleep(0.3)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(12) == 0
+        took = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    assert 7 < took < 10
+    text = (tmp_path / "stuck.log").read_text()
+    assert "was left to be redone at the next start" in text
+
+    # The next start (a normal daemon) ingests the claimed file: nothing was lost.
+    daemon = start_daemon(machines_state)
+    archived = machines_state / "archive/machines/stuck.csv"
+    wait_for(archived.exists, timeout=30, what="the file to be ingested after the restart")
+    ingestions = daemon.get("/v1/pipelines/machines/ingestions").json()["ingestions"]
+    assert [(i["file_name"], i["status"]) for i in ingestions] == [("stuck.csv", "accepted")]
