@@ -233,13 +233,20 @@ class Daemon:
     def reload(self) -> bool:
         """SIGHUP: read the config again and apply what can change live. Returns whether
         the new config was taken; a broken one is logged and the running one kept."""
-        sdnotify.reloading("reloading the config")
+        if self._stop_deadline is not None:
+            log.info("reload_ignored reason=stopping")
+            return False
+        # Before READY=1 (models still loading) systemd must not hear READY=1 from a reload.
+        notify = self.services.started
+        if notify:
+            sdnotify.reloading("reloading the config")
         try:
             new = self._reload_settings()
         except ConfigError as exc:
             message = f"{exc}; the running config is kept"
             self.services.events.emit("config_reload_failed", message, level="error")
-            sdnotify.ready(self.status_line())
+            if notify:
+                sdnotify.ready(self.status_line())
             return False
         keys = changed_keys(self.settings, new)
         live = [k for k in keys if is_live(k)]
@@ -260,7 +267,8 @@ class Daemon:
             "config_reloaded", message, level="warning" if restart else "info",
             applied=live or None, needs_restart=restart or None,
         )
-        sdnotify.ready(self.status_line())
+        if notify:
+            sdnotify.ready(self.status_line())
         return True
 
     def status_line(self) -> str:
