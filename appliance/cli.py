@@ -64,12 +64,15 @@ def run(state_dir: str | None, config: str | None, host: str | None, port: int |
     from appliance.daemon import StartupError
     from appliance.daemon import run as run_daemon
 
-    settings, state = load_settings(state_dir, config, {
-        "server.host": host, "server.port": port, "log.level": log_level,
-    })
+    overrides = {"server.host": host, "server.port": port, "log.level": log_level}
+    settings, state = load_settings(state_dir, config, overrides)
     logs.setup(settings.log.level)
+
+    def reload_settings() -> Settings:  # SIGHUP: the same file and flags, read again
+        return load(state.root, Path(config) if config else None, overrides)
+
     try:
-        sys.exit(run_daemon(settings, state))
+        sys.exit(run_daemon(settings, state, reload_settings))
     except StartupError as exc:
         _fail(str(exc), 1)
 
@@ -112,8 +115,23 @@ def ingest(file: str, pipeline: str, state_dir: str | None) -> None:
     src = Path(file)
     tmp = folder / f".{src.name}.part"
     shutil.copyfile(src, tmp)
+    _hand_to_service(state, folder, tmp)
     os.replace(tmp, folder / src.name)
     click.echo(f"dropped {src.name} into {folder}")
+
+
+def _hand_to_service(state: StateDir, *paths: Path) -> None:
+    """Under sudo, on a box where the service runs as its own user (systemd's DynamicUser),
+    give what we made to the owner of the inbox: the daemon must be able to move it."""
+    if os.geteuid() != 0:
+        return
+    try:
+        owner = state.inbox.stat()
+    except OSError:
+        return
+    for path in paths:
+        if owner.st_uid != 0 and path.stat().st_uid != owner.st_uid:
+            os.chown(path, owner.st_uid, owner.st_gid)
 
 
 # --- commands that talk to the running daemon ----------------------------------------------
@@ -230,6 +248,61 @@ def predict(name: str, rows_json: str, url: str | None, state_dir: str | None) -
     body = Client(url, state_dir).call("POST", f"/v1/pipelines/{name}/predict",
                                        json={"rows": rows})
     click.echo(json.dumps(body, indent=2))
+
+
+# --- operating the box -------------------------------------------------------------------
+
+
+@cli.command()
+@_state_option
+@click.option("--config", type=click.Path(dir_okay=False), default=None,
+              help="config file [default <state>/appliance.toml when present]")
+@click.option("--host", default=None, help="check this address instead of the config's")
+@click.option("--port", type=int, default=None, help="check this port instead of the config's")
+def doctor(state_dir: str | None, config: str | None, host: str | None,
+           port: int | None) -> None:
+    """Check the config, the state dir and token permissions, free disk, the port and the
+    production models; print what to fix. Exit status 1 when something must be fixed.
+
+    Read-only; safe while the daemon runs. Under systemd, as root:
+
+    Example: sudo /opt/appliance/venv/bin/appliance doctor --state-dir /var/lib/appliance
+    """
+    from appliance.doctor import exit_code, render, run_checks
+
+    findings = run_checks(resolve_state_dir(state_dir), Path(config) if config else None,
+                          {"server.host": host, "server.port": port})
+    click.echo(render(findings))
+    sys.exit(exit_code(findings))
+
+
+@cli.command()
+@click.argument("dest", type=click.Path(file_okay=False))
+@_state_option
+@click.option("--without-originals", is_flag=True,
+              help="leave out archive/ and rejected/ (the dropped files as they came)")
+def backup(dest: str, state_dir: str | None, without_originals: bool) -> None:
+    """Copy the state directory to DEST (new or empty), safely while the daemon runs.
+
+    The database is copied with SQLite's online backup, then the models, data sets, config,
+    token and (unless --without-originals) the original files. To restore: stop the
+    service, put the copy in place of the state directory, start it.
+
+    Example: appliance backup /mnt/usb/appliance-2026-03-01 --state-dir /var/lib/appliance
+    """
+    from appliance.backup import backup as run_backup
+    from appliance.errors import ApplianceError
+
+    state = StateDir(resolve_state_dir(state_dir))
+    try:
+        result = run_backup(state, Path(dest), originals=not without_originals)
+    except ApplianceError as err:
+        _fail(err.message, 1)
+    click.echo(f"backed up {state.root} to {result.dest}: {result.files} files, "
+               f"{result.bytes / 1e6:.1f} MB in {result.seconds:.1f} s")
+    if result.vanished:
+        click.echo(f"{len(result.vanished)} file(s) moved while copying (taken by the "
+                   "running daemon); the database copy is consistent without them")
 
 
 def main() -> None:

@@ -2,6 +2,20 @@
 
 The Litestar app runs under uvicorn on the daemon's own event loop; file watching,
 ingestion and training run on threads so that serving never waits for them.
+
+Lifecycle, as systemd sees it (sd_notify, see :mod:`appliance.sdnotify`):
+
+- ``READY=1`` once the API listens and the production models are loaded, with a one-line
+  ``STATUS=`` that is kept up to date while running;
+- ``WATCHDOG=1`` every ``WATCHDOG_USEC / 2``, sent by a task on the event loop itself, so a
+  stuck loop stops the pings and systemd restarts the service;
+- SIGTERM or SIGINT: ``STOPPING=1``; the listening socket closes, requests in flight finish
+  (up to 5 s), no new file is claimed, a running training is cancelled at its next boosting
+  round, queued work is left for the next start (it is crash-safe by design), and the
+  process exits 0 within :data:`STOP_BUDGET_SECONDS`. A second signal stops waiting;
+- SIGHUP: ``RELOADING=1``, the config is read again and what can change live is applied
+  (see :data:`LIVE_KEYS`), then ``READY=1``. A broken config is logged and the running one
+  kept.
 """
 
 from __future__ import annotations
@@ -9,18 +23,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fnmatch
 import json
 import logging
 import os
 import signal
 import socket
-from collections.abc import Generator
-from concurrent.futures import ThreadPoolExecutor
+import sys
+import threading
+import time
+from collections.abc import Callable, Generator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import uvicorn
 
-from appliance.config import Settings
+from appliance import logs, sdnotify
+from appliance.config import ConfigError, Settings
+from appliance.config import load as load_config
 from appliance.errors import ApplianceError
 from appliance.ingest import InboxWatcher
 from appliance.serve import create_app
@@ -30,11 +53,86 @@ from appliance.statedir import StateDir
 log = logging.getLogger("appliance.daemon")
 
 
+# From the first SIGTERM to the exit: requests in flight get up to 5 s (uvicorn's graceful
+# timeout), jobs up to this budget; systemd's TimeoutStopSec is above it.
+STOP_BUDGET_SECONDS = 8.0
+
+# Settings a SIGHUP applies while running (shell-style patterns over dotted keys). Every other
+# key is read once at start, so a change to it is logged as needing a restart.
+LIVE_KEYS = ("log.level", "ingest.*", "train.*", "jobs.*", "pipelines.*",
+             "server.max_batch_rows")
+
+STATUS_SECONDS = 5.0  # how often the STATUS= line is refreshed (sent only when it changed)
+
+
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         # The daemon owns SIGTERM/SIGINT/SIGHUP; uvicorn only stops when told to.
         yield
+
+    async def main_loop(self) -> None:
+        # uvicorn wakes 10 times a second to look at ``should_exit``; an idle edge box
+        # should not. Wake once a second (the Date header's resolution) or when told to stop.
+        self.wakeup = asyncio.Event()
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            counter = (counter + 10) % 864000  # on_tick refreshes the Date header at % 10
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self.wakeup.wait()
+            should_exit = await self.on_tick(counter)
+
+    def request_exit(self, force: bool = False) -> None:
+        self.should_exit = True
+        if force:
+            self.force_exit = True
+        wakeup = getattr(self, "wakeup", None)
+        if wakeup is not None:
+            wakeup.set()
+
+
+async def ping_watchdog(interval: float) -> None:
+    """``WATCHDOG=1`` every ``interval`` seconds, from the event loop: if the loop is stuck,
+    the pings stop and systemd restarts the service."""
+    while True:
+        sdnotify.watchdog()
+        await asyncio.sleep(interval)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, sub in value.items():
+            out.update(_flatten(sub, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def changed_keys(old: Settings, new: Settings) -> list[str]:
+    """The dotted keys whose values differ (a pipeline added or removed counts)."""
+    a, b = _flatten(msgspec.to_builtins(old)), _flatten(msgspec.to_builtins(new))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, a) != b.get(k, b))
+
+
+def is_live(key: str) -> bool:
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in LIVE_KEYS)
+
+
+def apply_live(current: Settings, new: Settings, keys: list[str]) -> None:
+    """Copy the live ``keys`` from ``new`` into ``current`` in place, so every part that
+    holds ``current`` (or one of its sections) sees the new values."""
+    for key in keys:
+        target: Any = current
+        source: Any = new
+        *path, last = key.split(".")
+        for part in path:
+            if not isinstance(getattr(target, part), msgspec.Struct):
+                last = part  # a table of tables (pipelines): take the whole table
+                break
+            target, source = getattr(target, part), getattr(source, part)
+        setattr(target, last, getattr(source, last))
 
 
 class StartupError(Exception):
@@ -61,17 +159,35 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, state: StateDir) -> None:
+    def __init__(self, settings: Settings, state: StateDir,
+                 reload_settings: Callable[[], Settings] | None = None) -> None:
         self.settings = settings
         self.state = state
         self.services = Services.build(settings, state)
         self._ingest_pool = ThreadPoolExecutor(1, thread_name_prefix="ingest")
+        self._ingest_futures: set[Future[None]] = set()
+        self._ingest_lock = threading.Lock()
         self.watcher = InboxWatcher(state, settings.ingest, self._submit_file)
         self.server: _Server | None = None
         self.url: str | None = None
+        # SIGHUP re-reads the config this way (the CLI passes its --config and flags).
+        self._reload_settings = reload_settings or (lambda: load_config(state.root))
+        # Called after a reload applied live keys, with those keys.
+        self.on_reload: list[Callable[[list[str]], None]] = [self._reschedule]
+        self._stop_deadline: float | None = None
+        self._jobs_stopped: asyncio.Future[bool] | None = None
+        self.abandoned_jobs = False
+        self._last_status = ""
 
     def _submit_file(self, path: Path, pipeline: str) -> None:
-        self._ingest_pool.submit(self._ingest, path, pipeline)
+        with self._ingest_lock:
+            future = self._ingest_pool.submit(self._ingest, path, pipeline)
+            self._ingest_futures.add(future)
+        future.add_done_callback(self._ingest_done)
+
+    def _ingest_done(self, future: Future[None]) -> None:
+        with self._ingest_lock:
+            self._ingest_futures.discard(future)
 
     def _ingest(self, path: Path, pipeline: str) -> None:
         try:
@@ -81,53 +197,187 @@ class Daemon:
         except Exception:
             log.exception("ingest_crashed file=%s", path)
 
+    # --- lifecycle -------------------------------------------------------------------------
+
     def stop(self) -> None:
+        """SIGTERM/SIGINT: stop taking requests and work; finish or stop what runs."""
+        if self._stop_deadline is not None:
+            # A second signal: stop waiting for connections and jobs.
+            log.warning("stop_forced")
+            self._stop_deadline = time.monotonic()
+            if self.server is not None:
+                self.server.request_exit(force=True)
+            return
+        self._stop_deadline = time.monotonic() + STOP_BUDGET_SECONDS
+        sdnotify.stopping("stopping: finishing requests in flight, stopping jobs")
+        logs.event(log, logging.INFO, "stopping", pid=os.getpid())
         if self.server is not None:
-            self.server.should_exit = True
+            self.server.request_exit()
+        self.services.trainer.stop()
+        self._jobs_stopped = asyncio.get_running_loop().run_in_executor(None, self._stop_jobs)
+
+    def _stop_jobs(self) -> bool:
+        """Stop claiming files and cancel training, then wait for the work in hand until the
+        deadline; True when nothing is left running."""
+        self.watcher.stop()
+        self._ingest_pool.shutdown(wait=False, cancel_futures=True)
+        while True:
+            with self._ingest_lock:
+                ingests = set(self._ingest_futures)
+            _, pending = wait_futures(ingests, timeout=0.05)
+            if not pending and self.services.trainer.join(0.05):
+                return True
+            # Re-read each time: a second signal moves the deadline to now.
+            if time.monotonic() >= (self._stop_deadline or 0.0):
+                return False
+
+    def _reschedule(self, keys: list[str]) -> None:
+        """Cron schedules and retry settings come from the config: rebuild the jobs."""
+        if any(k.startswith(("pipelines.", "jobs.")) for k in keys):
+            self.services.scheduler.configure(self.settings)
+
+    def reload(self) -> bool:
+        """SIGHUP: read the config again and apply what can change live. Returns whether
+        the new config was taken; a broken one is logged and the running one kept."""
+        if self._stop_deadline is not None:
+            log.info("reload_ignored reason=stopping")
+            return False
+        # Before READY=1 (models still loading) systemd must not hear READY=1 from a reload.
+        notify = self.services.started
+        if notify:
+            sdnotify.reloading("reloading the config")
+        try:
+            new = self._reload_settings()
+        except ConfigError as exc:
+            message = f"{exc}; the running config is kept"
+            self.services.events.emit("config_reload_failed", message, level="error")
+            if notify:
+                sdnotify.ready(self.status_line())
+            return False
+        keys = changed_keys(self.settings, new)
+        live = [k for k in keys if is_live(k)]
+        restart = [k for k in keys if not is_live(k)]
+        apply_live(self.settings, new, live)
+        if "log.level" in live:
+            logs.set_level(self.settings.log.level)
+        for hook in self.on_reload:
+            try:
+                hook(live)
+            except Exception:
+                log.exception("reload_hook_failed hook=%r", hook)
+        message = f"applied {', '.join(live)}" if live else "nothing that can change live changed"
+        if restart:
+            message += (f"; {', '.join(restart)} changed but take(s) effect only after a "
+                        "restart (systemctl restart appliance)")
+        self.services.events.emit(
+            "config_reloaded", message, level="warning" if restart else "info",
+            applied=live or None, needs_restart=restart or None,
+        )
+        if notify:
+            sdnotify.ready(self.status_line())
+        return True
+
+    def status_line(self) -> str:
+        """The one line ``systemctl status`` shows."""
+        services = self.services
+        served = services.live.versions()
+        names = services.pipeline_names()
+        text = f"{len(names)} pipeline{'s' if len(names) != 1 else ''}, "
+        text += f"{len(served)} model{'s' if len(served) != 1 else ''} served"
+        if served:
+            shown = [f"{p} v{v}" for p, v in sorted(served.items())]
+            text += " (" + ", ".join(shown[:5]) + (", ..." if len(shown) > 5 else "") + ")"
+        training = [n for n in names if services.trainer.busy(n)]
+        if training:
+            text += f"; training {', '.join(training[:5])}"
+        if services.load_failures:
+            text += f"; {len(services.load_failures)} failed to load"
+        return f"{text}; API {self.url}"
+
+    async def _refresh_status(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_SECONDS)
+            try:
+                line = self.status_line()
+            except Exception:
+                log.debug("status_line_failed", exc_info=True)
+                continue
+            if line != self._last_status:
+                self._last_status = line
+                sdnotify.status(line)
 
     async def run(self) -> int:
         services = self.services
         sock = bind_socket(self.settings.server.host, self.settings.server.port)
         host, port = sock.getsockname()[:2]
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+        loop = asyncio.get_running_loop()
+        # Signals are ours from here on, so a SIGTERM while models load still stops cleanly.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        background: list[asyncio.Task[None]] = []
+        interval = sdnotify.watchdog_interval()
+        if interval:
+            background.append(asyncio.create_task(ping_watchdog(interval)))
         removed = services.registry.cleanup()
         abandoned = services.store.abandon_running_jobs("the daemon stopped during the job")
         if removed or abandoned:
             log.info("recovered removed=%d abandoned_jobs=%d", len(removed), abandoned)
+        sdnotify.status("loading models")
         await asyncio.to_thread(services.load_production_models)
         app = create_app(services)
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=5, server_header=False)
         self.server = _Server(config)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop)
-        self.watcher.start()
-        services.scheduler.start()
-        serving = asyncio.create_task(self.server.serve(sockets=[sock]))
-        while not self.server.started and not serving.done():
-            await asyncio.sleep(0.01)
-        if self.server.started:
+        serving: asyncio.Task[None] | None = None
+        if self._stop_deadline is None:  # no signal came while the models loaded
+            self.watcher.start()
+            services.scheduler.start()
+            serving = asyncio.create_task(self.server.serve(sockets=[sock]))
+            while not self.server.started and not serving.done():
+                await asyncio.sleep(0.01)
+        if self.server.started and self._stop_deadline is None:
             services.started = True
             self._write_runfile()
             services.events.emit("started", f"serving on {self.url}", url=self.url,
                                  pid=os.getpid())
+            self._last_status = self.status_line()
+            sdnotify.ready(self._last_status)
+            if sdnotify.enabled():
+                background.append(asyncio.create_task(self._refresh_status()))
         try:
-            await serving
+            if serving is not None:
+                await serving
         finally:
             services.scheduler.shutdown()
-            await asyncio.to_thread(self._shutdown)
+            if self._jobs_stopped is None:  # serving ended without a signal
+                self._stop_deadline = time.monotonic() + STOP_BUDGET_SECONDS
+                self.services.trainer.stop()
+                self._jobs_stopped = loop.run_in_executor(None, self._stop_jobs)
+            finished = await self._jobs_stopped
+            await asyncio.to_thread(self._shutdown, finished)
+            for task in background:
+                task.cancel()
             sock.close()
         return 0
 
-    def _shutdown(self) -> None:
-        self.watcher.stop()
-        self._ingest_pool.shutdown(wait=True, cancel_futures=False)
-        self.services.trainer.shutdown(wait=True)
-        self.services.events.emit("stopped", "stopped cleanly")
+    def _shutdown(self, finished: bool = True) -> None:
+        # Metrics and other buffers are flushed here, before the store closes.
+        if finished:
+            self.services.events.emit("stopped", "stopped cleanly")
+        else:
+            # A job outlived the budget. Its work is crash-safe (a claimed file is ingested
+            # again, a half-written model is removed and the job marked at the next start),
+            # so the process leaves it rather than overrun systemd's stop timeout.
+            self.abandoned_jobs = True
+            self.services.events.emit(
+                "stopped", f"stopped; a job still running after {STOP_BUDGET_SECONDS:.0f} s "
+                "was left to be redone at the next start", level="warning")
         with contextlib.suppress(FileNotFoundError):
             (self.state.root / "daemon.json").unlink()
-        self.services.store.close()
+        if finished:
+            self.services.store.close()
 
     def _write_runfile(self) -> None:
         """``daemon.json`` tells local tools (status, tui) where the API is."""
@@ -137,8 +387,9 @@ class Daemon:
         os.replace(tmp, path)
 
 
-def run(settings: Settings, state: StateDir) -> int:
-    daemon = Daemon(settings, state)
+def run(settings: Settings, state: StateDir,
+        reload_settings: Callable[[], Settings] | None = None) -> int:
+    daemon = Daemon(settings, state, reload_settings)
     try:
         import uvloop
 
@@ -146,4 +397,10 @@ def run(settings: Settings, state: StateDir) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency, but not on every OS
         factory = None
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(daemon.run())
+        code = runner.run(daemon.run())
+    if daemon.abandoned_jobs:
+        # The job threads can't be interrupted and would hold the interpreter open.
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -30,6 +30,8 @@ KINDS = {
     "not_promoted": "a new model version was kept out of production by the gate",
     "model_loaded": "a production model was loaded for serving",
     "model_load_failed": "a model could not be loaded; the previous one keeps serving",
+    "config_reloaded": "the config was re-read (SIGHUP); the message lists what changed",
+    "config_reload_failed": "the config could not be re-read; the running config is kept",
 }
 
 

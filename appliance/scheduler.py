@@ -20,6 +20,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -64,7 +65,8 @@ class Trainer:
         self._follow_up: dict[str, str] = {}
         self._failures: dict[str, int] = {}
         self._closed = False
-        self._stopping = threading.Event()
+        self._cancel = threading.Event()
+        self._futures: set[Future[None]] = set()
         # Set by the daemon: called as retry(pipeline, delay_seconds) after a failed job.
         self.schedule_retry: Callable[[str, float], None] | None = None
 
@@ -105,8 +107,16 @@ class Trainer:
                 self._follow_up[pipeline] = trigger
                 return False
             self._running.add(pipeline)
-        self._executor.submit(self._loop, pipeline, trigger)
+            future = self._executor.submit(self._loop, pipeline, trigger)
+            self._futures.add(future)
+        future.add_done_callback(lambda f, p=pipeline: self._forget(f, p))
         return True
+
+    def _forget(self, future: Future[None], pipeline: str) -> None:
+        with self._lock:
+            self._futures.discard(future)
+            if future.cancelled():  # never started: stop() cancelled it
+                self._running.discard(pipeline)
 
     def busy(self, pipeline: str) -> bool:
         with self._lock:
@@ -119,8 +129,21 @@ class Trainer:
         with self._lock:
             self._closed = True
             self._follow_up.clear()
-        self._stopping.set()
+        self._cancel.set()
         self._executor.shutdown(wait=wait, cancel_futures=True)
+
+    def stop(self) -> None:
+        """Take no more jobs, drop queued ones and cancel a running training (it stops at
+        its next boosting round). Returns at once; :meth:`join` waits."""
+        self._cancel.set()
+        self.shutdown(wait=False)
+
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the jobs to end; True when none is left."""
+        with self._lock:
+            futures = set(self._futures)
+        _, pending = wait_futures(futures, timeout=timeout)
+        return not pending
 
     # --- the job -------------------------------------------------------------------------
 
@@ -140,10 +163,10 @@ class Trainer:
                          trigger=trigger, job=job)
         try:
             record = self.train_and_gate(pipeline, trigger)
-        except TrainingCancelled:
-            self.store.finish_job(job, "cancelled", error="the daemon stopped during the job")
-            self.events.emit("training_cancelled", "training cancelled: the daemon is stopping",
-                             pipeline=pipeline, level="warning", job=job)
+        except TrainingCancelled as err:
+            self.store.finish_job(job, "cancelled", error=err.message)
+            self.events.emit("training_cancelled", err.message, pipeline=pipeline,
+                             level="warning", job=job)
         except Exception as exc:  # a failed job is recorded; it never stops the daemon
             if isinstance(exc, ApplianceError):
                 message, code = exc.message, exc.code
@@ -178,7 +201,7 @@ class Trainer:
         frame = read_datasets([self.state.root / d.path for d in datasets])
         settings = self.settings.pipeline(pipeline)
         candidate = train(frame, settings, self.settings.train,
-                          should_stop=self._stopping.is_set)
+                          should_stop=self._cancel.is_set)
         lineage = {
             "trigger": trigger,
             "datasets": [

@@ -631,6 +631,46 @@ class Store:
         )
         return [msgspec.convert(r, JobRecord) for r in rows]
 
+    # --- read-only access and backups (doctor, backup) -----------------------------------
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> Store:
+        """Open without migrating or writing, while the daemon may run (``doctor``,
+        ``backup``). When no ``-wal`` file exists (no daemon has it open, and the last one
+        stopped cleanly) the file is opened immutable, so SQLite creates no ``-wal``/``-shm``
+        files: made by root, they would lock out the service's own user."""
+        wal = path.with_name(path.name + "-wal")
+        flags = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+        conn = sqlite3.connect(f"file:{path}?{flags}", uri=True, check_same_thread=False,
+                               timeout=30, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout=30000")
+        return cls(path, conn)
+
+    def quick_check(self) -> str:
+        """``ok``, or the first problems SQLite's quick_check finds."""
+        rows = self._rows("PRAGMA quick_check")
+        problems = [r["quick_check"] for r in rows if r["quick_check"] != "ok"]
+        return "; ".join(problems[:5]) if problems else "ok"
+
+    def migration_state(self) -> tuple[list[str], list[str]]:
+        """(migrations this code has that the file lacks, migrations the file has that this
+        code does not know: it was used by a newer release)."""
+        known = [m.name for m in migrations.pending(sqlite_utils.Database(memory=True))]
+        with self._lock:
+            pending = [m.name for m in migrations.pending(self._db)]
+            applied = [m.name for m in migrations.applied(self._db)]
+        return pending, [name for name in applied if name not in known]
+
+    def backup_to(self, dest: Path) -> None:
+        """A consistent copy of the whole database, taken with SQLite's online backup while
+        others read and write it."""
+        target = sqlite3.connect(dest)
+        try:
+            with self._lock:
+                self._conn.backup(target)
+        finally:
+            target.close()
+
 
 def monotonic_ms(start: float) -> float:
     return round((time.monotonic() - start) * 1000, 3)

@@ -26,18 +26,6 @@ from appliance.predictor import LoadedModel
 MIN_ROWS = 20
 
 
-class TrainingCancelled(Exception):
-    """Raised inside LightGBM's loop when the daemon is stopping; nothing is registered."""
-
-
-def _stop_callback(should_stop: Callable[[], bool]) -> Callable[[Any], None]:
-    def check(_env: Any) -> None:
-        if should_stop():
-            raise TrainingCancelled("the daemon is stopping")
-
-    return check
-
-
 @dataclass
 class Candidate:
     spec: FeatureSpec
@@ -95,9 +83,27 @@ def split(df: pl.DataFrame, settings: PipelineSettings, fraction: float, seed: i
     return df.filter(~pl.Series(mask)), df.filter(pl.Series(mask))
 
 
+class TrainingCancelled(ApplianceError):
+    """Training was stopped from outside (the daemon is shutting down)."""
+
+    def __init__(self) -> None:
+        super().__init__("cancelled", "training was stopped because the daemon is shutting "
+                         "down; nothing was registered")
+
+
+def _cancel_callback(should_stop: Callable[[], bool]) -> Callable[[Any], None]:
+    def check(_env: Any) -> None:
+        if should_stop():
+            raise TrainingCancelled()
+    check.order = 1  # type: ignore[attr-defined]  # before early stopping
+    return check
+
+
 def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
           params_override: dict[str, Any] | None = None,
           should_stop: Callable[[], bool] | None = None) -> Candidate:
+    """``should_stop`` is polled at every boosting round; when it answers True the training
+    raises :class:`TrainingCancelled`."""
     started = time.monotonic()
     target = settings.target
     if target not in df.columns:
@@ -145,7 +151,7 @@ def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
     booster = lgb.train(
         params, train_set, num_boost_round=ts.num_boost_round, valid_sets=[valid_set],
         callbacks=[lgb.early_stopping(ts.early_stopping_rounds, verbose=False),
-                   *([_stop_callback(should_stop)] if should_stop else [])],
+                   *([_cancel_callback(should_stop)] if should_stop else [])],
     )
     if booster.best_iteration > 0:
         # Keep only the trees early stopping chose, so the saved model predicts the same.

@@ -127,3 +127,24 @@ def start_daemon() -> Iterator[Callable[..., DaemonProcess]]:
     yield start
     for d in started:
         d.stop(signal.SIGKILL if d.proc.poll() is None else signal.SIGTERM)
+
+
+@pytest.fixture(scope="session")
+def trained_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A state dir where the sample pipeline `machines` has v1 in production, made once per
+    session by the real daemon; copy it (``copy_state``) before starting a daemon on it."""
+    root = tmp_path_factory.mktemp("trained") / "state"
+    root.mkdir()
+    (root / "appliance.toml").write_text(FAST_CONFIG)
+    daemon = DaemonProcess(root, [])
+    try:
+        drop(root, "machines", SAMPLES / "machines_01.csv")
+        daemon.wait_ready_model("machines", 1)
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+    return root
+
+
+def copy_state(template: Path, dest: Path) -> Path:
+    shutil.copytree(template, dest)
+    return dest

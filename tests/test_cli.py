@@ -8,7 +8,8 @@ from click.testing import CliRunner
 from appliance.cli import cli
 from tests.conftest import SAMPLES
 
-COMMANDS = ["run", "demo", "status", "ingest", "train", "models", "promote", "predict"]
+COMMANDS = ["run", "demo", "status", "ingest", "train", "models", "promote", "predict",
+            "doctor", "backup"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -158,3 +158,16 @@ def test_stopping_during_training_cancels_cleanly(state_root, start_daemon, tmp_
     assert again.get("/v1/pipelines/big/models").json()["models"] == []
     models_dir = state_root / "models" / "big"
     assert not list(models_dir.iterdir()) if models_dir.exists() else True
+
+
+def test_reload_rebuilds_the_schedule(machines_state, start_daemon):
+    daemon = start_daemon(machines_state)
+    drop(machines_state, "machines", SAMPLES / "machines_01.csv")
+    daemon.wait_ready_model("machines", 1)
+    assert daemon.get("/v1/pipelines/machines/jobs").json()["scheduled"] == []
+    (machines_state / "appliance.toml").write_text(
+        FAST_CONFIG + '[pipelines.machines.retrain]\ncron = "*/2 * * * * *"\n'
+    )
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: any(j["trigger"] == "schedule" for j in history(daemon)), timeout=30,
+             what="a scheduled retraining after the reload")
