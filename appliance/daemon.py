@@ -14,7 +14,9 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Generator
+import threading
+import time
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,12 +31,53 @@ from appliance.statedir import StateDir
 
 log = logging.getLogger("appliance.daemon")
 
+RETENTION_EVERY_SECONDS = 600.0
+
 
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         # The daemon owns SIGTERM/SIGINT/SIGHUP; uvicorn only stops when told to.
         yield
+
+
+class Every:
+    """Runs jobs on one thread, each at its own interval, until stopped; a job that fails
+    is logged and runs again at its next turn. (The scheduler issue moves these onto
+    APScheduler; each job is one method of the monitor.)"""
+
+    def __init__(self, name: str, jobs: list[tuple[float, Callable[[], object], bool]]) -> None:
+        self.name = name
+        self.jobs = jobs  # (interval seconds, job, run at start)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout)
+
+    def _run(self) -> None:
+        now = time.monotonic()
+        due = [now if at_start else now + every for every, _, at_start in self.jobs]
+        while True:
+            wait = max(0.0, min(due) - time.monotonic())
+            if self._stop.wait(wait):
+                return
+            for i, (every, job, _) in enumerate(self.jobs):
+                if self._stop.is_set():
+                    return
+                if time.monotonic() >= due[i]:
+                    try:
+                        job()
+                    except Exception:
+                        log.exception("job_failed thread=%s job=%s", self.name,
+                                      getattr(job, "__name__", job))
+                    due[i] = time.monotonic() + every
 
 
 class StartupError(Exception):
@@ -69,6 +112,20 @@ class Daemon:
         self.watcher = InboxWatcher(state, settings.ingest, self._submit_file)
         self.server: _Server | None = None
         self.url: str | None = None
+        monitor, cfg = self.services.monitor, settings.monitor
+        # Cheap and frequent on one thread; drift, feedback and retention on another, so a
+        # slow check never delays the samples.
+        self.monitor_jobs = [
+            Every("monitor", [
+                (min(5.0, cfg.window_seconds / 2), monitor.flush_windows, False),
+                (cfg.resource_interval_seconds, monitor.sample_resources, True),
+            ]),
+            Every("monitor-checks", [
+                (RETENTION_EVERY_SECONDS, monitor.apply_retention, True),
+                (settings.drift.interval_seconds, monitor.drift_check_all, False),
+                (cfg.performance_interval_seconds, monitor.performance_check_all, False),
+            ]),
+        ]
 
     def _submit_file(self, path: Path, pipeline: str) -> None:
         self._ingest_pool.submit(self._ingest, path, pipeline)
@@ -103,6 +160,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         self.watcher.start()
+        for jobs in self.monitor_jobs:
+            jobs.start()
         serving = asyncio.create_task(self.server.serve(sockets=[sock]))
         while not self.server.started and not serving.done():
             await asyncio.sleep(0.01)
@@ -122,6 +181,12 @@ class Daemon:
         self.watcher.stop()
         self._ingest_pool.shutdown(wait=True, cancel_futures=False)
         self.services.trainer.shutdown(wait=True)
+        for jobs in self.monitor_jobs:
+            jobs.stop()
+        try:
+            self.services.monitor.flush_windows(force=True)
+        except Exception:
+            log.exception("flush_failed")
         self.services.events.emit("stopped", "stopped cleanly")
         with contextlib.suppress(FileNotFoundError):
             (self.state.root / "daemon.json").unlink()

@@ -28,6 +28,12 @@ KINDS = {
     "not_promoted": "a new model version was kept out of production by the gate",
     "model_loaded": "a production model was loaded for serving",
     "model_load_failed": "a model could not be loaded; the previous one keeps serving",
+    "drift_detected": "a new data set, or recent prediction inputs, drifted from the "
+                      "production model's training data (or its predictions did)",
+    "performance_degraded": "the live metric from feedback fell below the validation metric "
+                            "by more than monitor.performance_tolerance",
+    "disk_pressure": "the state directory's disk has less than monitor.min_free_disk_mb free",
+    "memory_pressure": "the box has less than monitor.min_available_memory_mb available",
 }
 
 
