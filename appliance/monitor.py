@@ -750,10 +750,20 @@ class Monitor:
             summary.p99_ms = round(p99 * 1000, 3) if p99 is not None else None
             summary.error_rate = round((counts.errors_4xx + counts.errors_5xx)
                                        / counts.requests, 6)
-        report = self._latest_drift.get(summary.name)
+        report = self.current_drift(summary.name)
         if report is not None:
             summary.drift_status = "drift" if drift.alarm(report) else "ok"
         return summary
+
+    def current_drift(self, pipeline: str) -> DriftReport | None:
+        """The latest drift report about the model being served; None when that model has
+        not been checked yet (a report about the model it replaced is history)."""
+        with self._drift_lock:
+            report = self._latest_drift.get(pipeline)
+        live = self.live.get(pipeline)
+        if report is None or live is None or report.model_version != live.version:
+            return None
+        return report
 
     def collector(self, extra: Callable[[], Iterable[Metric]] | None = None) -> MonitorCollector:
         return MonitorCollector(self, extra)
@@ -963,7 +973,8 @@ class MonitorCollector(Collector):
                                   "share of features that drifted in the latest check",
                                   labels=["pipeline"])
         with mon._drift_lock:
-            reports = sorted(mon._latest_drift.items())
+            names = sorted(mon._latest_drift)
+        reports = [(n, r) for n in names if (r := mon.current_drift(n)) is not None]
         for name, r in reports:
             detected.add_metric([name], 1.0 if drift.alarm(r) else 0.0)
             share.add_metric([name], r.drifted_share)
