@@ -28,6 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,11 +98,12 @@ MiB = 1024 * 1024
 
 
 class _Counts:
-    __slots__ = ("buckets", "errors_4xx", "errors_5xx", "latency_sum", "requests", "rows",
-                 "start")
+    __slots__ = ("buckets", "end", "errors_4xx", "errors_5xx", "latency_sum", "requests",
+                 "rows", "start")
 
-    def __init__(self, start: float) -> None:
+    def __init__(self, start: float, end: float = math.inf) -> None:
         self.start = start
+        self.end = end
         self.requests = 0
         self.rows = 0
         self.errors_4xx = 0
@@ -143,13 +145,20 @@ def percentile(buckets: list[int], q: float) -> float | None:
     return LATENCY_BOUNDS[-1]
 
 
+# The predict handler tells the middleware how many rows a request had through this
+# holder, so a request costs one critical section, not two.
+_REQUEST_ROWS: ContextVar[list[int] | None] = ContextVar("appliance_request_rows",
+                                                         default=None)
+
+
 class RequestMetrics:
     """Per-pipeline request counters: the current window, closed windows waiting to be
     written, the last minute, and running totals (for Prometheus).
 
     ``record`` is the request path: O(1), one uncontended lock held for a few
-    increments. The lock makes a window that a flush takes final: no increment can land
-    in it afterwards.
+    increments of the current window. The lock makes a window that a flush takes final:
+    no increment can land in it afterwards. Running totals are the closed windows' sums
+    plus the open window, so the request path counts once.
     """
 
     def __init__(self, window_seconds: float = 10.0,
@@ -164,54 +173,65 @@ class RequestMetrics:
         self._keep_recent = max(2, math.ceil(60 / self.window) + 1)
         self.started = clock()
 
-    def _window(self, pipeline: str, now: float) -> _Counts:
-        start = now - now % self.window
+    def _open(self, pipeline: str, now: float) -> _Counts:
         w = self._current.get(pipeline)
-        if w is None or w.start != start:
-            if w is not None:
-                self._close(pipeline, w)
-            w = self._current[pipeline] = _Counts(start)
+        if w is not None:
+            self._close(pipeline, w)
+        start = now - now % self.window
+        w = self._current[pipeline] = _Counts(start, start + self.window)
         return w
 
     def _close(self, pipeline: str, w: _Counts) -> None:
         self._closed.append(w.record(pipeline, self.window))
         self._recent.setdefault(pipeline, deque(maxlen=self._keep_recent)).append(w)
+        total = self._totals.get(pipeline)
+        if total is None:
+            total = self._totals[pipeline] = _Counts(0.0)
+        total.add(w)
         if len(self._closed) > 100_000:  # the store has been failing for a long time
             del self._closed[: len(self._closed) - 100_000]
 
     def record(self, pipeline: str, status: int, seconds: float, rows: int = 0) -> None:
-        """One finished request: its HTTP status and how long it took."""
+        """One finished request: its HTTP status, how long it took, the rows it had."""
         b = bisect.bisect_left(LATENCY_BOUNDS, seconds)
-        e4 = 1 if 400 <= status < 500 else 0
-        e5 = 1 if status >= 500 else 0
         with self._lock:
-            w = self._window(pipeline, self.clock())
-            t = self._totals.get(pipeline)
-            if t is None:
-                t = self._totals[pipeline] = _Counts(0.0)
-            for c in (w, t):
-                c.requests += 1
-                c.rows += rows
-                c.errors_4xx += e4
-                c.errors_5xx += e5
-                c.latency_sum += seconds
-                c.buckets[b] += 1
+            now = self.clock()
+            w = self._current.get(pipeline)
+            if w is None or not w.start <= now < w.end:
+                w = self._open(pipeline, now)
+            w.requests += 1
+            w.rows += rows
+            if status >= 400:
+                if status >= 500:
+                    w.errors_5xx += 1
+                else:
+                    w.errors_4xx += 1
+            w.latency_sum += seconds
+            w.buckets[b] += 1
 
     def add_rows(self, pipeline: str, rows: int) -> None:
-        """Rows predicted by a request (counted by the handler, which knows them)."""
+        """Rows predicted outside a counted request."""
         with self._lock:
-            self._window(pipeline, self.clock()).rows += rows
-            t = self._totals.get(pipeline)
-            if t is None:
-                t = self._totals[pipeline] = _Counts(0.0)
-            t.rows += rows
+            now = self.clock()
+            w = self._current.get(pipeline)
+            if w is None or not w.start <= now < w.end:
+                w = self._open(pipeline, now)
+            w.rows += rows
+
+    def count_rows(self, pipeline: str, rows: int) -> None:
+        """Called by the predict handler: the rows of the request being served."""
+        holder = _REQUEST_ROWS.get()
+        if holder is not None:
+            holder[0] = rows
+        else:
+            self.add_rows(pipeline, rows)
 
     def take_closed(self, force: bool = False) -> list[WindowRecord]:
         """Closed windows not yet written (and, with ``force``, the open ones too)."""
         with self._lock:
             now = self.clock()
             for pipeline, w in list(self._current.items()):
-                if force or w.start + self.window <= now:
+                if force or w.end <= now:
                     self._close(pipeline, w)
                     del self._current[pipeline]
             out, self._closed = self._closed, []
@@ -237,16 +257,19 @@ class RequestMetrics:
             now = self.clock()
             total = _Counts(now - seconds)
             for w in (*self._recent.get(pipeline, ()), self._current.get(pipeline)):
-                if w is not None and w.start + self.window > now - seconds:
+                if w is not None and w.end > now - seconds:
                     total.add(w)
         return total, min(seconds, max(now - self.started, 1e-9))
 
     def totals(self) -> dict[str, _Counts]:
+        """Everything counted since the process started, per pipeline."""
         with self._lock:
             out = {}
-            for name, t in self._totals.items():
+            for name in {*self._totals, *self._current}:
                 c = _Counts(0.0)
-                c.add(t)
+                for part in (self._totals.get(name), self._current.get(name)):
+                    if part is not None:
+                        c.add(part)
                 out[name] = c
             return out
 
@@ -255,37 +278,46 @@ ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[Any]],
                     Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
 
 
-def request_middleware(metrics: RequestMetrics,
-                       known: Callable[[str], bool]) -> Callable[..., ASGIApp]:
-    """An ASGI middleware factory for Litestar: times each predict call and counts its
-    status class under its pipeline. Requests naming an unknown pipeline are not counted,
-    so a client can't grow the label set."""
+PREDICT_PREFIX, PREDICT_SUFFIX = "/v1/pipelines/", "/predict"
 
-    def factory(app: ASGIApp) -> ASGIApp:
-        async def middleware(scope: dict[str, Any], receive: Any, send: Any) -> None:
-            if (scope["type"] != "http" or scope.get("method") != "POST"
-                    or not scope.get("path", "").endswith("/predict")):
-                await app(scope, receive, send)
-                return
-            started = time.perf_counter()
-            status = 500
 
-            async def send_status(message: dict[str, Any]) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                await send(message)
+def instrument(app: ASGIApp, metrics: RequestMetrics, known: Callable[[str], bool]) -> ASGIApp:
+    """Wrap an ASGI app so that each predict call is timed and its status class and rows
+    are counted under its pipeline. It sits outside the framework's own layers, so it
+    sees every answer (400s of bodies that don't parse too) and adds one function call.
+    Requests naming an unknown pipeline are not counted, so a client can't grow the label
+    set."""
+    clock = time.perf_counter
+    record = metrics.record
+    skip, cut = len(PREDICT_PREFIX), -len(PREDICT_SUFFIX)
 
-            try:
-                await app(scope, receive, send_status)
-            finally:
-                name = (scope.get("path_params") or {}).get("name")
-                if name is not None and known(name):
-                    metrics.record(name, status, time.perf_counter() - started)
+    async def instrumented(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if (scope["type"] != "http" or not path.endswith(PREDICT_SUFFIX)
+                or not path.startswith(PREDICT_PREFIX)):
+            await app(scope, receive, send)
+            return
+        started = clock()
+        status = 500
+        rows = [0]
+        token = _REQUEST_ROWS.set(rows)
 
-        return middleware
+        async def send_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
 
-    return factory
+        try:
+            await app(scope, receive, send_status)
+        finally:
+            _REQUEST_ROWS.reset(token)
+            name = path[skip:cut]
+            if "/" not in name and known(name):
+                record(name, status, clock() - started, rows[0])
+
+    instrumented.__wrapped__ = app  # type: ignore[attr-defined]
+    return instrumented
 
 
 # --- the monitor ------------------------------------------------------------------------
@@ -350,9 +382,9 @@ class Monitor:
     def is_known(self, name: str) -> bool:
         return name in self._known or self.live.get(name) is not None
 
-    @property
-    def middleware(self) -> Callable[..., ASGIApp]:
-        return request_middleware(self.requests, self.is_known)
+    def instrument(self, app: ASGIApp) -> ASGIApp:
+        """The HTTP app, with predict calls counted (see :func:`instrument`)."""
+        return instrument(app, self.requests, self.is_known)
 
     # --- jobs ----------------------------------------------------------------------------
 

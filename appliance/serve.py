@@ -191,7 +191,7 @@ def create_app(services: Services) -> Litestar:
                 "(server.max_batch_rows)", {"rows": len(rows), "limit": limit}, status=413,
             )
         predictions = model.predict_rows(rows)
-        services.monitor.requests.add_rows(name, len(rows))
+        services.monitor.requests.count_rows(name, len(rows))
         ids = [secrets.token_hex(8) for _ in rows]
         return PredictResponse(model_version=model.version, predictions=predictions,
                                prediction_ids=ids)
@@ -332,7 +332,7 @@ def create_app(services: Services) -> Litestar:
                                   message="the appliance failed on this request; see its log"),
                         status_code=500)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[health, ready, pipelines, pipeline, predict, models, promote, retrain,
                         ingestions, jobs, events, prometheus, drift, pipeline_metrics, system],
         exception_handlers={
@@ -342,8 +342,11 @@ def create_app(services: Services) -> Litestar:
             Exception: on_crash,
         },
         request_max_body_size=settings.server.max_body_bytes,
-        middleware=[monitor.middleware],
         openapi_config=OpenAPIConfig(title="appliance", version=__version__),
         logging_config=None,
         debug=False,
     )
+    # Request metrics wrap the whole app, outside Litestar's own layers: cheaper than a
+    # Litestar middleware, and they see every answer, errors of the framework included.
+    app.asgi_handler = monitor.instrument(app.asgi_handler)
+    return app
