@@ -364,6 +364,7 @@ class Monitor:
         self._latest_performance: dict[str, LivePerformanceRecord] = {}
         self._meta_cache: dict[tuple[str, int], dict[str, Any]] = {}
         self._drift_lock = threading.Lock()
+        self._performance_lock = threading.Lock()  # the ingest and checks threads both score
         self.refresh_known()
         for name in self._known:
             latest = self.store.drift_reports(name, limit=1)
@@ -644,6 +645,10 @@ class Monitor:
         with the model's primary metric; raise ``performance_degraded`` when the newest
         scored window of the production model is worse than its validation metric by
         more than ``monitor.performance_tolerance`` (a share of that metric)."""
+        with self._performance_lock:
+            return self._performance_check(pipeline)
+
+    def _performance_check(self, pipeline: str) -> list[LivePerformanceRecord]:
         cfg = self.settings.monitor
         now = self.clock()
         joined = self.store.feedback_joined(pipeline, now - cfg.predictions_max_age_days * 86400)

@@ -125,7 +125,6 @@ def test_months_of_windows_stay_within_retention_and_the_file_stops_growing(tmp_
     store = Store.open(tmp_path / "a.db")
     clock = Clock(1_700_000_000.0 - 1_700_000_000.0 % 86400)
     monitor = Monitor(store, settings, Events(store), LiveModels(), tmp_path, clock=clock)
-    monitor.requests = RequestMetrics(10.0, clock)
     day, step = 86400.0, 1200.0  # one busy window every 20 minutes, for 200 days
     sizes = {}
     for d in range(200):

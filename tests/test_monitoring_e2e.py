@@ -45,11 +45,17 @@ def test_windows_are_exact_under_concurrent_requests(machines_state, start_daemo
         t.start()
     for t in threads:
         t.join(60)
+    # A body that is not JSON is refused by the framework itself: counted too.
+    bad = daemon.http.post("/v1/pipelines/machines/predict", content=b"{rows",
+                           headers={"content-type": "application/json"})
+    assert bad.status_code == 400
+    sent["requests"] += 1
+    sent["4xx"] += 1
     # Requests for a pipeline that does not exist are refused and never counted.
     assert daemon.post("/v1/pipelines/ghost/predict", json={"rows": [{}]}).status_code == 404
 
     windows = daemon.get("/v1/pipelines/machines/metrics?seconds=600").json()["windows"]
-    assert sum(w["requests"] for w in windows) == sent["requests"] == 240
+    assert sum(w["requests"] for w in windows) == sent["requests"] == 241
     assert sum(w["rows"] for w in windows) == sent["rows"]
     assert sum(w["errors_4xx"] for w in windows) == sent["4xx"] > 0
     assert sum(w["errors_5xx"] for w in windows) == 0
@@ -64,13 +70,13 @@ def test_windows_are_exact_under_concurrent_requests(machines_state, start_daemo
     families = {f.name: f for f in text_string_to_metric_families(text.text)}
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in families.values() for s in f.samples}
-    assert samples[("appliance_requests_total", (("pipeline", "machines"),))] == 240
+    assert samples[("appliance_requests_total", (("pipeline", "machines"),))] == 241
     assert samples[("appliance_predicted_rows_total", (("pipeline", "machines"),))] \
         == sent["rows"]
     assert samples[("appliance_request_errors_total",
                     (("class", "4xx"), ("pipeline", "machines")))] == sent["4xx"]
     assert samples[("appliance_request_duration_seconds_count",
-                    (("pipeline", "machines"),))] == 240
+                    (("pipeline", "machines"),))] == 241
     assert not any("ghost" in str(k) for k in samples)
     assert samples[("appliance_model_production_version", (("pipeline", "machines"),))] == 1
     assert samples[("appliance_process_resident_memory_bytes", ())] > 10e6
@@ -87,7 +93,7 @@ def test_windows_are_exact_under_concurrent_requests(machines_state, start_daemo
             "SELECT COALESCE(SUM(requests), 0), COALESCE(SUM(rows), 0) FROM request_windows"
             f" WHERE pipeline = 'machines' AND seconds {op} 3600").fetchone()
             for op in ("<", "="))
-    assert raw == hourly == (240, sent["rows"])
+    assert raw == hourly == (241, sent["rows"])
 
 
 def test_drift_route_after_a_drifted_batch(machines_state, start_daemon):
