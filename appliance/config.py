@@ -97,6 +97,91 @@ class LogSettings(_Section):
     level: Annotated[LogLevel, _doc("log level on stderr")] = "info"
 
 
+class MonitorSettings(_Section):
+    window_seconds: Annotated[
+        float, _doc("request metrics are counted in windows of this many seconds"),
+        msgspec.Meta(ge=1, le=3600),
+    ] = 10.0
+    resource_interval_seconds: Annotated[
+        float, _doc("process and box resources are sampled this often (psutil)"),
+        msgspec.Meta(ge=0.5),
+    ] = 5.0
+    raw_retention_hours: Annotated[
+        float, _doc("raw request windows and resource samples are kept this long"),
+        msgspec.Meta(gt=0),
+    ] = 48.0
+    rollup_retention_days: Annotated[
+        float, _doc("hourly roll-ups, drift history and live performance are kept this long"),
+        msgspec.Meta(gt=0),
+    ] = 90.0
+    predictions_max_age_days: Annotated[
+        float, _doc("logged predictions (and their feedback) older than this are removed"),
+        msgspec.Meta(gt=0),
+    ] = 30.0
+    predictions_max_rows: Annotated[
+        int, _doc("most logged predictions kept per pipeline; the oldest go first"),
+        msgspec.Meta(ge=1000),
+    ] = 1_000_000
+    min_free_disk_mb: Annotated[
+        int, _doc("a disk_pressure event when the state directory's disk has less free"),
+        msgspec.Meta(ge=0),
+    ] = 1024
+    min_available_memory_mb: Annotated[
+        int, _doc("a memory_pressure event when the box has less memory available"),
+        msgspec.Meta(ge=0),
+    ] = 256
+    performance_interval_seconds: Annotated[
+        float, _doc("live performance (feedback joined to predictions) is computed this often"),
+        msgspec.Meta(ge=1),
+    ] = 300.0
+    performance_window_seconds: Annotated[
+        float, _doc("live performance is computed per window of predictions this long"),
+        msgspec.Meta(ge=60),
+    ] = 3600.0
+    performance_min_labelled: Annotated[
+        int, _doc("a window needs this many predictions with feedback to be scored"),
+        msgspec.Meta(ge=1),
+    ] = 30
+    performance_tolerance: Annotated[
+        float, _doc("performance_degraded when the live metric is worse than the validation "
+                    "metric by more than this share of it"),
+        msgspec.Meta(ge=0),
+    ] = 0.1
+
+
+class DriftSettings(_Section):
+    interval_seconds: Annotated[
+        float, _doc("sampled prediction inputs are checked for drift this often"),
+        msgspec.Meta(ge=1),
+    ] = 300.0
+    window_seconds: Annotated[
+        float, _doc("the check compares the sampled inputs of this recent window"),
+        msgspec.Meta(ge=1),
+    ] = 3600.0
+    min_rows: Annotated[
+        int, _doc("fewer sampled inputs (or rows in a new data set) than this are not checked"),
+        msgspec.Meta(ge=10),
+    ] = 500
+    psi_threshold: Annotated[
+        float, _doc("a feature drifts when its PSI is above this (0.2: a significant shift)"),
+        msgspec.Meta(gt=0),
+    ] = 0.2
+    ks_threshold: Annotated[
+        float, _doc("a numeric feature drifts when its Kolmogorov-Smirnov statistic is above "
+                    "this"),
+        msgspec.Meta(gt=0, le=1),
+    ] = 0.2
+    js_threshold: Annotated[
+        float, _doc("a categorical feature drifts when its Jensen-Shannon distance is above "
+                    "this"),
+        msgspec.Meta(gt=0, le=1),
+    ] = 0.1
+    share: Annotated[
+        float, _doc("the data set drifts when at least this share of its features drift"),
+        msgspec.Meta(gt=0, le=1),
+    ] = 0.5
+
+
 class RetrainSettings(_Section):
     min_new_rows: Annotated[
         int, _doc("retrain once this many new rows have been ingested"), msgspec.Meta(ge=1)
@@ -123,6 +208,8 @@ class Settings(_Section):
     train: TrainSettings = msgspec.field(default_factory=TrainSettings)
     jobs: JobsSettings = msgspec.field(default_factory=JobsSettings)
     log: LogSettings = msgspec.field(default_factory=LogSettings)
+    monitor: MonitorSettings = msgspec.field(default_factory=MonitorSettings)
+    drift: DriftSettings = msgspec.field(default_factory=DriftSettings)
     pipelines: dict[str, PipelineSettings] = msgspec.field(default_factory=dict)
 
     def pipeline(self, name: str) -> PipelineSettings:
@@ -272,6 +359,8 @@ def reference() -> list[tuple[str, Any, str]]:
             out.append((prefix + f.name, f.default, text))
 
     for section in ("server", "ingest", "train", "jobs", "log"):
+        walk(f"{section}.", type(getattr(Settings(), section)))
+    for section in ("monitor", "drift"):
         walk(f"{section}.", type(getattr(Settings(), section)))
     walk("pipelines.NAME.", PipelineSettings)
     return out

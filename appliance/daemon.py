@@ -52,6 +52,8 @@ from appliance.statedir import StateDir
 
 log = logging.getLogger("appliance.daemon")
 
+RETENTION_EVERY_SECONDS = 600.0
+
 
 # From the first SIGTERM to the exit: requests in flight get up to 5 s (uvicorn's graceful
 # timeout), jobs up to this budget; systemd's TimeoutStopSec is above it.
@@ -178,6 +180,18 @@ class Daemon:
         self._jobs_stopped: asyncio.Future[bool] | None = None
         self.abandoned_jobs = False
         self._last_status = ""
+        # Every periodic job runs on APScheduler (the loop's thread pool), one method each.
+        monitor, cfg, every = self.services.monitor, settings.monitor, self.services.scheduler.every
+        every("monitor:flush", "flush request windows", monitor.flush_windows,
+              min(5.0, cfg.window_seconds / 2))
+        every("monitor:resources", "sample resources", monitor.sample_resources,
+              cfg.resource_interval_seconds, at_start=True)
+        every("monitor:retention", "apply retention", monitor.apply_retention,
+              RETENTION_EVERY_SECONDS, at_start=True)
+        every("monitor:drift", "drift check", monitor.drift_check_all,
+              settings.drift.interval_seconds)
+        every("monitor:performance", "live performance check", monitor.performance_check_all,
+              cfg.performance_interval_seconds)
 
     def _submit_file(self, path: Path, pipeline: str) -> None:
         with self._ingest_lock:
@@ -364,6 +378,10 @@ class Daemon:
 
     def _shutdown(self, finished: bool = True) -> None:
         # Metrics and other buffers are flushed here, before the store closes.
+        try:
+            self.services.monitor.flush_windows(force=True)
+        except Exception:
+            log.exception("flush_failed")
         if finished:
             self.services.events.emit("stopped", "stopped cleanly")
         else:

@@ -32,6 +32,12 @@ KINDS = {
     "model_load_failed": "a model could not be loaded; the previous one keeps serving",
     "config_reloaded": "the config was re-read (SIGHUP); the message lists what changed",
     "config_reload_failed": "the config could not be re-read; the running config is kept",
+    "drift_detected": "a new data set, or recent prediction inputs, drifted from the "
+                      "production model's training data (or its predictions did)",
+    "performance_degraded": "the live metric from feedback fell below the validation metric "
+                            "by more than monitor.performance_tolerance",
+    "disk_pressure": "the state directory's disk has less than monitor.min_free_disk_mb free",
+    "memory_pressure": "the box has less than monitor.min_available_memory_mb available",
 }
 
 

@@ -107,6 +107,7 @@ class Registry:
             "valid_rows": candidate.valid_rows,
             "training_seconds": candidate.seconds,
             "lineage": lineage,
+            "reference": candidate.reference,
             "versions": {
                 "appliance": __version__, "lightgbm": lgb.__version__,
                 "polars": pl.__version__, "numpy": np.__version__,

@@ -271,19 +271,23 @@ class JobScheduler:
             "coalesce": True, "max_instances": 1, "misfire_grace_time": 300,
         })
         self._periodic: dict[str, tuple[str, Callable[[], Any], float, str | None]] = {}
+        self._at_start: dict[str, bool] = {}
         trainer.schedule_retry = self.retry
 
     def every(self, job_id: str, name: str, func: Callable[[], Any], seconds: float,
-              pipeline: str | None = None) -> None:
-        """Register a periodic job (before or after start)."""
+              pipeline: str | None = None, at_start: bool = False) -> None:
+        """Register a periodic job (before or after start); ``at_start`` also runs it once
+        as soon as the scheduler starts."""
         self._periodic[job_id] = (name, func, seconds, pipeline)
+        self._at_start[job_id] = at_start
         if self._aps.running:
             self._add_periodic(job_id)
 
     def _add_periodic(self, job_id: str) -> None:
         name, func, seconds, _ = self._periodic[job_id]
+        first = {"next_run_time": datetime.now(UTC)} if self._at_start.pop(job_id, False) else {}
         self._aps.add_job(self._guard(name, func), "interval", seconds=seconds, id=job_id,
-                          name=name, replace_existing=True)
+                          name=name, replace_existing=True, **first)
 
     @staticmethod
     def _guard(name: str, func: Callable[[], Any]) -> Callable[[], Any]:

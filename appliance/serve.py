@@ -16,9 +16,11 @@ from litestar.exceptions import HTTPException, NotAuthorizedException, Validatio
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from appliance import __version__
 from appliance.api_types import (
+    DriftResponse,
     ErrorBody,
     EventInfo,
     EventList,
@@ -31,12 +33,14 @@ from appliance.api_types import (
     ModelList,
     PipelineDetail,
     PipelineList,
+    PipelineMetrics,
     PipelineSummary,
     PredictRequest,
     PredictResponse,
     PromoteResponse,
     Ready,
     RetrainResponse,
+    SystemResponse,
 )
 from appliance.errors import ApplianceError
 from appliance.metrics import PRIMARY
@@ -133,7 +137,8 @@ def create_app(services: Services) -> Litestar:
     @get("/v1/pipelines", sync_to_thread=False, tags=["pipelines"])
     def pipelines() -> PipelineList:
         """Every pipeline with its status and production version."""
-        return PipelineList(pipelines=[summary(n) for n in services.pipeline_names()])
+        return PipelineList(pipelines=[services.monitor.fill_summary(summary(n))
+                                       for n in services.pipeline_names()])
 
     @get("/v1/pipelines/{name:str}", sync_to_thread=False, tags=["pipelines"],
          responses=ERRORS_PIPELINE)
@@ -186,6 +191,7 @@ def create_app(services: Services) -> Litestar:
                 "(server.max_batch_rows)", {"rows": len(rows), "limit": limit}, status=413,
             )
         predictions = model.predict_rows(rows)
+        services.monitor.requests.count_rows(name, len(rows))
         ids = [secrets.token_hex(8) for _ in rows]
         return PredictResponse(model_version=model.version, predictions=predictions,
                                prediction_ids=ids)
@@ -255,6 +261,53 @@ def create_app(services: Services) -> Litestar:
                       message=e.message, details=e.details) for e in rows
         ])
 
+    # --- monitoring -------------------------------------------------------------------
+
+    monitor = services.monitor
+    prometheus_registry = CollectorRegistry(auto_describe=False)
+    prometheus_registry.register(monitor.collector())
+
+    def time_range(seconds: float, resolution: str) -> tuple[float, str]:
+        if resolution not in ("auto", "raw", "hourly"):
+            raise ApplianceError(
+                "invalid_request", f"resolution `{resolution}`: expected auto, raw or hourly",
+                {"field": "resolution"}, status=400)
+        longest = settings.monitor.rollup_retention_days * 86400
+        return max(1.0, min(float(seconds), longest)), resolution
+
+    @get("/metrics", sync_to_thread=True, tags=["monitoring"], media_type=CONTENT_TYPE_LATEST)
+    def prometheus() -> Response[bytes]:
+        """Prometheus text format: requests, latency, errors, served versions, drift,
+        live performance, ingestion and training counts and durations, resources."""
+        return Response(generate_latest(prometheus_registry), media_type=CONTENT_TYPE_LATEST)
+
+    @get("/v1/pipelines/{name:str}/drift", sync_to_thread=True, tags=["monitoring"],
+         responses=ERRORS_PIPELINE)
+    def drift(name: FromPath[str], limit: FromQuery[int] = 100) -> DriftResponse:
+        """The latest drift report (per feature and of the predictions) and the history of
+        checks, oldest first."""
+        known(name)
+        return monitor.drift_response(name, limit=max(1, min(limit, 1000)))
+
+    @get("/v1/pipelines/{name:str}/metrics", sync_to_thread=True, tags=["monitoring"],
+         responses=ERRORS_PIPELINE)
+    def pipeline_metrics(name: FromPath[str], seconds: FromQuery[float] = 3600.0,
+                         resolution: FromQuery[str] = "auto") -> PipelineMetrics:
+        """Request windows over the last `seconds` (raw 10-second windows up to 6 hours,
+        hourly roll-ups beyond, or as `resolution` says), and live performance. Windows
+        without requests are absent."""
+        known(name)
+        span, res = time_range(seconds, resolution)
+        return monitor.pipeline_metrics(name, span, res)
+
+    @get("/v1/system", sync_to_thread=True, tags=["monitoring"])
+    def system(seconds: FromQuery[float] = 3600.0,
+               resolution: FromQuery[str] = "auto") -> SystemResponse:
+        """Process and box resources over the last `seconds` (raw samples up to 6 hours,
+        hourly roll-ups beyond: the mean of CPU and load, the worst of the rest)."""
+        span, res = time_range(seconds, resolution)
+        return monitor.system(span, res)
+
     def on_appliance_error(_: Request[Any, Any, Any], exc: ApplianceError) -> Response[Any]:
         headers = {"Retry-After": "5"} if exc.status == 503 else None
         return Response(ErrorBody(code=exc.code, message=exc.message, details=exc.details),
@@ -279,9 +332,9 @@ def create_app(services: Services) -> Litestar:
                                   message="the appliance failed on this request; see its log"),
                         status_code=500)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[health, ready, pipelines, pipeline, predict, models, promote, retrain,
-                        ingestions, jobs, events],
+                        ingestions, jobs, events, prometheus, drift, pipeline_metrics, system],
         exception_handlers={
             ApplianceError: on_appliance_error,
             ValidationException: on_validation_error,
@@ -293,3 +346,7 @@ def create_app(services: Services) -> Litestar:
         logging_config=None,
         debug=False,
     )
+    # Request metrics wrap the whole app, outside Litestar's own layers: cheaper than a
+    # Litestar middleware, and they see every answer, errors of the framework included.
+    app.asgi_handler = monitor.instrument(app.asgi_handler)
+    return app

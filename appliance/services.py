@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from appliance.api_types import ScheduledJob
+from appliance import drift
+from appliance.api_types import DriftReport, ScheduledJob
 from appliance.config import Settings
 from appliance.events import Events
 from appliance.ingest import Ingester
+from appliance.monitor import Monitor
 from appliance.predictor import LiveModels
 from appliance.registry import Registry
 from appliance.scheduler import JobScheduler, Trainer
 from appliance.statedir import StateDir
-from appliance.store import Store
+from appliance.store import IngestionRecord, Store
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Services:
     ingester: Ingester
     scheduler: JobScheduler
     token: str
+    monitor: Monitor
     started: bool = False
     load_failures: dict[str, str] = field(default_factory=dict)
 
@@ -38,10 +41,27 @@ class Services:
         registry = Registry(state, store)
         live = LiveModels()
         trainer = Trainer(state, store, registry, events, settings, live)
-        ingester = Ingester(state, store, events, settings, on_accepted=trainer.on_ingested)
+        monitor = Monitor(store, settings, events, live, state.root,
+                          training_busy=trainer.busy)
+
+        def retrain_on_drift(pipeline: str, report: DriftReport | None) -> None:
+            # The trainer checks the policy (retrain.on_drift) and that there is labelled
+            # data newer than the production model; a running training already covers it.
+            if report is not None and drift.alarm(report) and not trainer.busy(pipeline):
+                trainer.on_drift(pipeline)
+
+        def on_accepted(pipeline: str, record: IngestionRecord) -> None:
+            # Drift first, against the model that served until this data came.
+            report = monitor.on_ingested(pipeline, record)
+            trainer.on_ingested(pipeline, record)
+            retrain_on_drift(pipeline, report)
+
+        monitor.on_drift = retrain_on_drift
+        ingester = Ingester(state, store, events, settings, on_accepted=on_accepted)
         return cls(settings=settings, state=state, store=store, events=events,
                    registry=registry, live=live, trainer=trainer, ingester=ingester,
-                   scheduler=JobScheduler(trainer, settings), token=state.ensure_token())
+                   scheduler=JobScheduler(trainer, settings), token=state.ensure_token(),
+                   monitor=monitor)
 
     def load_production_models(self) -> None:
         """Load every pipeline's production model; one that fails is reported, not served."""

@@ -19,6 +19,7 @@ import polars as pl
 
 from appliance import metrics as m
 from appliance.config import PipelineSettings, TrainSettings
+from appliance.drift import reference_stats
 from appliance.errors import ApplianceError
 from appliance.features import FeatureSpec, build_spec, encode_target, infer_task, to_matrix
 from appliance.predictor import LoadedModel
@@ -40,6 +41,9 @@ class Candidate:
     valid_rows: int
     valid_frame: pl.DataFrame
     seconds: float
+    # Drift reference: the training split's distributions and the validation predictions'
+    # (out-of-sample, like served ones); saved in model.json as "reference".
+    reference: dict[str, Any] | None = None
 
 
 def read_datasets(paths: list[Path]) -> pl.DataFrame:
@@ -169,6 +173,7 @@ def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
         best_iteration=booster.current_iteration(), importance=importance, task_reason=reason,
         train_rows=len(y_train), valid_rows=len(y_valid), valid_frame=valid_df,
         seconds=round(time.monotonic() - started, 3),
+        reference=reference_stats(train_df, spec, p_valid),
     )
 
 

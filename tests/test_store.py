@@ -35,7 +35,8 @@ def test_wal_schema_version_and_migrations_once(tmp_path):
     applied = sqlite3.connect(path).execute(
         "SELECT name FROM _sqlite_migrations WHERE migration_set = 'appliance'"
     ).fetchall()
-    assert applied == [("0001_initial",), ("0002_prediction_log_and_feedback",)]
+    assert applied == [("0001_initial",), ("0002_prediction_log_and_feedback",),
+                       ("0003_issue6_monitoring",)]
 
 
 def test_one_production_model_per_pipeline(tmp_path):
