@@ -28,6 +28,8 @@ KINDS = {
     "not_promoted": "a new model version was kept out of production by the gate",
     "model_loaded": "a production model was loaded for serving",
     "model_load_failed": "a model could not be loaded; the previous one keeps serving",
+    "rolled_back": "the production model could not be loaded at start, so the version that "
+                   "was production before it serves again",
 }
 
 
