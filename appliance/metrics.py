@@ -26,13 +26,20 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def _rank_key(p: np.ndarray) -> np.ndarray:
+    """Scores as ranked by the AUC: rounded to float32, so that two computations of the same
+    prediction that differ only in their last bits (the order trees were summed in) tie,
+    as they should, instead of reordering rows."""
+    return np.asarray(p, dtype=np.float64).astype(np.float32)
+
+
 def auc(y: np.ndarray, p: np.ndarray) -> float:
     pos = y == 1
     n_pos = int(pos.sum())
     n_neg = len(y) - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    ranks = _average_ranks(p)
+    ranks = _average_ranks(_rank_key(p))
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -142,6 +149,7 @@ def _delong(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """DeLong's structural components of the AUC: for each positive, the share of negatives
     ranked below it; for each negative, the share of positives ranked above it. The AUC is
     the mean of either."""
+    p = _rank_key(p)
     pos, neg = p[y == 1], p[y == 0]
     m, n = len(pos), len(neg)
     tz = _average_ranks(np.concatenate([pos, neg]))

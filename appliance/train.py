@@ -157,8 +157,12 @@ def split_indices(df: pl.DataFrame, settings: PipelineSettings, fraction: float,
     """Row numbers of the training and the validation rows.
 
     With a timestamp, the newest ``fraction`` of rows is held out (chronological, ties in
-    arrival order) and the training rows come oldest first; otherwise a seeded random
-    split, stratified by class for classification, both in arrival order."""
+    arrival order) and the training rows come oldest first. Otherwise the split is
+    seeded and stratified by class, and random by the rows' *content*: each row is ranked
+    by a seeded hash of its values (the id column when there is one), and the lowest
+    ``fraction`` of each class is held out. A row so keeps its side as data is added, so
+    the gate never scores the champion on rows it was trained on, and duplicated rows
+    never straddle the split."""
     n = df.height
     n_valid = max(1, round(n * fraction))
     if settings.timestamp and settings.timestamp in df.columns:
@@ -167,20 +171,21 @@ def split_indices(df: pl.DataFrame, settings: PipelineSettings, fraction: float,
                 pl.col(settings.timestamp), nulls_last=False, maintain_order=True)
         ).to_series().to_numpy().astype(np.int64)
         return order[: n - n_valid], order[n - n_valid:]
-    rng = np.random.default_rng(seed)
+    keyed = df.select(settings.id) if settings.id and settings.id in df.columns else df
+    h = keyed.hash_rows(seed=seed).to_numpy()
+    order = np.lexsort((np.arange(n), h))  # by hash; ties (duplicates) by arrival
     if task in ("binary", "multiclass"):
-        y = df.get_column(settings.target).to_numpy()
+        y = df.get_column(settings.target).to_numpy()[order]
         valid_idx = []
         for cls in np.unique(y):
-            idx = np.flatnonzero(y == cls)
-            rng.shuffle(idx)
+            idx = order[y == cls]
             take = round(len(idx) * fraction)
             if len(idx) >= 2:
                 take = min(max(take, 1), len(idx) - 1)
             valid_idx.append(idx[:take])
         valid = np.sort(np.concatenate(valid_idx))
     else:
-        valid = np.sort(rng.permutation(n)[:n_valid])
+        valid = np.sort(order[:n_valid])
     mask = np.zeros(n, dtype=bool)
     mask[valid] = True
     return np.flatnonzero(~mask), valid
@@ -440,7 +445,8 @@ def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
         categorical_feature=spec.categorical_indices or "auto", free_raw_data=True,
         params={"feature_pre_filter": False} if tune_trials else None,
     )
-    valid_set = lgb.Dataset(x_valid, y_valid, reference=train_set)
+    valid_set = lgb.Dataset(x_valid, y_valid, reference=train_set,
+                            params={"feature_pre_filter": False} if tune_trials else None)
     del x_train
     fit = _fit(params, train_set, valid_set, x_valid, y_valid, task, metric, ts)
     tuning = None
