@@ -349,3 +349,18 @@ def test_validation_predictions_are_the_saved_models_own(lab, task):
     again = evaluate(task, encode_target(frame[valid]["target"], model.spec), p)
     for name, value in meta["metrics"].items():
         assert again[name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+
+
+def test_training_threads_default_to_all_cores_but_one(lab):
+    import os
+
+    from appliance.train import training_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert training_threads(0) == max(1, cores - 1)
+    assert training_threads(3) == 3
+    lab.configure({"train": {"threads": 1}})
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=200)
+    lab.ingest("t", pl.DataFrame({"x": x, "target": (x > 0).astype(np.int64)}), "t")
+    assert lab.train("t").lineage["params"]["num_threads"] == 1
