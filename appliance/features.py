@@ -202,6 +202,26 @@ def to_matrix(df: pl.DataFrame, spec: FeatureSpec) -> np.ndarray:
     return np.ascontiguousarray(out.to_numpy(order="c"), dtype=np.float64)
 
 
+def to_matrices(df: pl.DataFrame, spec: FeatureSpec,
+                row_sets: list[np.ndarray]) -> list[np.ndarray]:
+    """``to_matrix`` of several sets of rows of ``df`` (say, training and validation) at
+    once, built one column at a time: no full-width copy of the frame or of the matrix is
+    ever made, so the peak memory is the result plus one column."""
+    missing = [f.name for f in spec.features if f.name not in df.columns]
+    if missing:
+        raise ApplianceError(
+            "missing_features", f"the data lacks feature columns {missing}", {"columns": missing}
+        )
+    width = len(spec.columns)
+    outs = [np.empty((len(rows), width), dtype=np.float64) for rows in row_sets]
+    for j, expr in enumerate(_feature_exprs(spec)):
+        column = df.select(expr).to_series().to_numpy().astype(np.float64, copy=False)
+        for out, rows in zip(outs, row_sets, strict=True):
+            out[:, j] = column[rows]
+        del column
+    return outs
+
+
 def encode_target(y: pl.Series, spec: FeatureSpec) -> np.ndarray:
     if spec.task == "regression":
         return y.cast(pl.Float64).to_numpy()

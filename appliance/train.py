@@ -20,7 +20,14 @@ import polars as pl
 from appliance import metrics as m
 from appliance.config import TASK_METRICS, PipelineSettings, TrainSettings
 from appliance.errors import ApplianceError
-from appliance.features import FeatureSpec, build_spec, encode_target, infer_task, to_matrix
+from appliance.features import (
+    FeatureSpec,
+    build_spec,
+    encode_target,
+    infer_task,
+    to_matrices,
+    to_matrix,
+)
 from appliance.predictor import LoadedModel
 
 MIN_ROWS = 20
@@ -197,13 +204,6 @@ def split(df: pl.DataFrame, settings: PipelineSettings, fraction: float, seed: i
     stratified by class for classification."""
     train_idx, valid_idx = split_indices(df, settings, fraction, seed, task)
     return df[train_idx], df[valid_idx]
-
-
-def _take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """``a[idx]``, as a view without a copy when the rows are one contiguous run."""
-    if len(idx) and idx[-1] - idx[0] == len(idx) - 1 and np.all(np.diff(idx) == 1):
-        return a[idx[0]: idx[-1] + 1]
-    return a[idx]
 
 
 def base_params(task: str, spec: FeatureSpec, ts: TrainSettings, train_rows: int
@@ -427,13 +427,11 @@ def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
     metric = gate_metric(settings, task)
     spec = build_spec(df, settings, task)
     train_idx, valid_idx = split_indices(df, settings, ts.validation_fraction, ts.seed, task)
-    # Encode every row once, then take the two parts (views when a part is contiguous).
-    x_all = to_matrix(df, spec)
+    x_train, x_valid = to_matrices(df, spec, [train_idx, valid_idx])
     y_all = encode_target(df.get_column(target), spec)
-    x_train, x_valid = _take(x_all, train_idx), _take(x_all, valid_idx)
-    y_train, y_valid = _take(y_all, train_idx), _take(y_all, valid_idx)
+    y_train, y_valid = y_all[train_idx], y_all[valid_idx]
     valid_df = df[valid_idx]
-    del x_all, y_all, df
+    del y_all, df
     n_train = len(y_train)
 
     params = base_params(task, spec, ts, n_train)

@@ -79,13 +79,21 @@ def seed_state(state_root: Path, parquet: Path, sha: str, rows: int) -> None:
     store.close()
 
 
+def _status_mb(field: str) -> float | None:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set (VmHWM; ru_maxrss would include the parent's,
     inherited across fork and exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mb() -> float:
+    return _status_mb("VmRSS") or 0.0
 
 
 def job_child(state_root: Path) -> None:
@@ -98,19 +106,19 @@ def job_child(state_root: Path) -> None:
     from appliance.statedir import StateDir
     from appliance.store import Store
 
-    before = peak_rss_mb()
     state = StateDir(state_root)
     store = Store.open(state.db)
     settings = Settings()
     live = LiveModels()
     trainer = Trainer(state, store, Registry(state, store), Events(store), settings, live)
-    started = time.perf_counter()
+    before = rss_mb()
+    started, cpu = time.perf_counter(), time.process_time()
     record = trainer.train_and_gate(PIPELINE, "bench")
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     peak = peak_rss_mb()
     served = live.get(PIPELINE)
     print(json.dumps({
-        "seconds": seconds, "peak_rss_mb": peak, "rss_before_mb": before,
+        "seconds": seconds, "cpu": cpu, "peak_rss_mb": peak, "rss_before_mb": before,
         "version": record.version, "served": served.version if served else None,
         "iterations": served.booster.current_iteration() if served else None,
         "metrics": record.metrics,
@@ -125,12 +133,12 @@ def floor_child(work: Path) -> None:
     from appliance.config import Settings
 
     ts = Settings().train
-    before = peak_rss_mb()
     arrays = np.load(work / "floor.npz")
     x_train, y_train = arrays["x_train"], arrays["y_train"]
     x_valid, y_valid = arrays["x_valid"], arrays["y_valid"]
     info = json.loads((work / "floor.json").read_text())
-    started = time.perf_counter()
+    before = rss_mb()
+    started, cpu = time.perf_counter(), time.process_time()
     train_set = lgb.Dataset(x_train, y_train, categorical_feature=info["categorical"],
                             free_raw_data=True)
     valid_set = lgb.Dataset(x_valid, y_valid, reference=train_set)
@@ -138,8 +146,9 @@ def floor_child(work: Path) -> None:
         info["params"], train_set, num_boost_round=ts.num_boost_round, valid_sets=[valid_set],
         callbacks=[lgb.early_stopping(ts.early_stopping_rounds, verbose=False)],
     )
-    seconds = time.perf_counter() - started
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "rss_before_mb": before,
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    print(json.dumps({"seconds": seconds, "cpu": cpu, "peak_rss_mb": peak_rss_mb(),
+                      "rss_before_mb": before,
                       "iterations": booster.best_iteration}))
 
 
@@ -213,17 +222,25 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     floor_med, job_med = statistics.median(floors), statistics.median(jobs)
+    floor_cpu = statistics.median(i["cpu"] for i in floor_info)
+    job_cpu = statistics.median(i["cpu"] for i in job_info)
     peak = max(i["peak_rss_mb"] for i in job_info)
     floor_peak = max(i["peak_rss_mb"] for i in floor_info)
+    job_before = statistics.median(i["rss_before_mb"] for i in job_info)
+    floor_before = statistics.median(i["rss_before_mb"] for i in floor_info)
     data_mb = args.rows * 20 * 8 / 1e6
     print()
     print(f"rows={args.rows} features=20 threads={params['num_threads']} "
           f"cores={os.cpu_count()} load={os.getloadavg()[0]:.2f}")
-    print(f"(a) floor lightgbm.train, arrays in memory : median {floor_med:.2f}s")
-    print(f"(b) appliance job, Parquet -> served model : median {job_med:.2f}s")
-    print(f"ratio (b)/(a) = {job_med / floor_med:.3f}  (target <= 1.15)")
-    print(f"peak RSS: (b) {peak:.0f} MB, (a) {floor_peak:.0f} MB with its arrays loaded "
-          f"(the float64 feature matrix alone is {data_mb:.0f} MB)")
+    print(f"(a) floor lightgbm.train, arrays in memory : median {floor_med:.2f}s wall, "
+          f"{floor_cpu:.2f}s CPU")
+    print(f"(b) appliance job, Parquet -> served model : median {job_med:.2f}s wall, "
+          f"{job_cpu:.2f}s CPU")
+    print(f"ratio (b)/(a) = {job_med / floor_med:.3f} wall, {job_cpu / floor_cpu:.3f} CPU "
+          "(target <= 1.15; CPU time is the steadier figure on a shared box)")
+    print(f"peak RSS: (b) {peak:.0f} MB ({job_before:.0f} MB before the job: the process "
+          f"with its imports); (a) {floor_peak:.0f} MB ({floor_before:.0f} MB with its "
+          f"arrays loaded). The float64 feature matrix is {data_mb:.0f} MB.")
     print(f"(b) validation metrics: {job_info[-1]['metrics']}")
 
 
