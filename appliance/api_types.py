@@ -4,7 +4,7 @@ The server encodes these and the TUI decodes them, so a change of contract break
 not an operator's screen.
 """
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -132,6 +132,14 @@ class PromoteResponse(msgspec.Struct, kw_only=True):
     pipeline: str
     version: int
     previous_version: int | None
+
+
+class RetrainRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Optional body of ``POST /v1/pipelines/{name}/retrain``; a bare POST trains with the
+    config's settings."""
+
+    # Trials of a hyperparameter search for this run; unset: the config's tune_trials.
+    tune_trials: Annotated[int, msgspec.Meta(ge=0, le=10_000)] | None = None
 
 
 class RetrainResponse(msgspec.Struct, kw_only=True):

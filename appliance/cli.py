@@ -195,10 +195,18 @@ def status(url: str | None, state_dir: str | None, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("name")
+@click.option("--tune", "tune", type=click.IntRange(0, 10_000), default=None, metavar="N",
+              help="search hyperparameters over N trials (Optuna), within train.tune_seconds "
+                   "[default: train.tune_trials of the config]")
 @_client_options
-def train(name: str, url: str | None, state_dir: str | None) -> None:
-    """Start a training job for pipeline NAME."""
-    body = Client(url, state_dir).call("POST", f"/v1/pipelines/{name}/retrain")
+def train(name: str, tune: int | None, url: str | None, state_dir: str | None) -> None:
+    """Start a training job for pipeline NAME.
+
+    The new version replaces production only if it passes the gate; `appliance models
+    NAME` shows the verdict. Example: appliance train machines --tune 30
+    """
+    kwargs = {"json": {"tune_trials": tune}} if tune is not None else {}
+    body = Client(url, state_dir).call("POST", f"/v1/pipelines/{name}/retrain", **kwargs)
     click.echo(body["message"])
 
 
@@ -212,12 +220,26 @@ def models(name: str, url: str | None, state_dir: str | None, as_json: bool) -> 
     if as_json:
         click.echo(json.dumps(body, indent=2))
         return
+    if not body["models"]:
+        click.echo(f"{name}: no model versions yet")
     for m in body["models"]:
         metrics = " ".join(f"{k}={v:.4f}" for k, v in m["metrics"].items()
                            if isinstance(v, float))
         click.echo(f"v{m['version']:<4} {m['stage']:<11} {m['task']:<11} {metrics}")
         if m.get("decision"):
             click.echo(f"      {m['decision']}")
+        lineage = m.get("lineage") or {}
+        if lineage.get("datasets") is not None:
+            versions = [d["version"] for d in lineage["datasets"]]
+            shown = (f"v{versions[0]}..v{versions[-1]}" if len(versions) > 1
+                     else f"v{versions[0]}" if versions else "-")
+            window = (lineage.get("window") or {}).get("kind", "all")
+            tuning = lineage.get("tuning")
+            tuned = (f"  tuned: {tuning['trials_completed']} trials, {tuning['chosen']}"
+                     if tuning else "")
+            click.echo(f"      data sets {shown}, {lineage.get('rows')} rows ({window}), "
+                       f"trained {lineage.get('trained_at', m['created_at'])} in "
+                       f"{lineage.get('training_seconds', 0):.1f}s{tuned}")
 
 
 @cli.command()

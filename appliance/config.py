@@ -80,6 +80,28 @@ class TrainSettings(_Section):
         float, _doc("a challenger must beat the champion's primary metric by this much"),
         msgspec.Meta(ge=0),
     ] = 0.0
+    baseline_z: Annotated[
+        float, _doc("the first model must beat the trivial baseline (class prior, mean) by "
+                    "this many standard errors on the validation rows, so a model that "
+                    "learned nothing is not served"),
+        msgspec.Meta(ge=0),
+    ] = 2.0
+    champion_z: Annotated[
+        float, _doc("a challenger must also beat the champion by this many standard errors "
+                    "of the paired difference on the validation rows; 0: min_improvement "
+                    "alone decides"),
+        msgspec.Meta(ge=0),
+    ] = 0.0
+    tune_trials: Annotated[
+        int, _doc("hyperparameter search trials (Optuna) per training; 0: no search, the "
+                  "parameters above are used"),
+        msgspec.Meta(ge=0, le=10_000),
+    ] = 0
+    tune_seconds: Annotated[
+        float, _doc("time budget of one hyperparameter search; a trial still running at "
+                    "the limit is stopped"),
+        msgspec.Meta(gt=0),
+    ] = 600.0
 
 
 class JobsSettings(_Section):
@@ -190,6 +212,39 @@ class RetrainSettings(_Section):
     cron: Annotated[str | None, _doc("retrain on this crontab schedule")] = None
 
 
+GateMetric = Literal["auc", "log_loss", "accuracy", "f1", "brier", "macro_f1", "rmse", "mae",
+                     "r2"]
+
+
+class PipelineTrainSettings(_Section):
+    window_rows: Annotated[
+        Annotated[int, msgspec.Meta(ge=1)] | None,
+        _doc("train on the newest N rows only (by timestamp when there is one, else by "
+             "arrival); unset: every row"),
+    ] = None
+    window_days: Annotated[
+        Annotated[float, msgspec.Meta(gt=0)] | None,
+        _doc("train on the rows within N days of the newest timestamp; needs `timestamp`; "
+             "unset: every row"),
+    ] = None
+    metric: Annotated[
+        GateMetric | None, _doc("the gate's primary metric; unset: auc (binary), log_loss "
+                                "(multiclass), rmse (regression)"),
+    ] = None
+    min_improvement: Annotated[
+        Annotated[float, msgspec.Meta(ge=0)] | None,
+        _doc("overrides train.min_improvement for this pipeline"),
+    ] = None
+    tune_trials: Annotated[
+        Annotated[int, msgspec.Meta(ge=0, le=10_000)] | None,
+        _doc("overrides train.tune_trials for this pipeline"),
+    ] = None
+    tune_seconds: Annotated[
+        Annotated[float, msgspec.Meta(gt=0)] | None,
+        _doc("overrides train.tune_seconds for this pipeline"),
+    ] = None
+
+
 class PipelineSettings(_Section):
     target: Annotated[str, _doc("the column to predict")] = "target"
     task: Annotated[Task | None, _doc("binary, multiclass or regression; inferred if unset")] = (
@@ -200,6 +255,7 @@ class PipelineSettings(_Section):
     ] = None
     id: Annotated[str | None, _doc("row id column: never a feature")] = None
     retrain: RetrainSettings = msgspec.field(default_factory=RetrainSettings)
+    train: PipelineTrainSettings = msgspec.field(default_factory=PipelineTrainSettings)
 
 
 class Settings(_Section):
@@ -301,6 +357,7 @@ def parse(raw: dict[str, Any], path: Path | None = None) -> Settings:
                     "03:00 every day (a sixth, leading field gives seconds)",
                     key=f"pipelines.{name}.retrain.cron", path=path,
                 ) from None
+        _check_pipeline_train(name, pipelines[name], path)
     rest = {k: v for k, v in raw.items() if k != "pipelines"}
     try:
         settings = msgspec.convert(rest, Settings)
@@ -323,6 +380,29 @@ def cron_trigger(expr: str) -> Any:
         return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month,
                            day_of_week=dow)
     raise ValueError(f"{len(fields)} fields")
+
+
+# Which gate metrics each task has.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("auc", "log_loss", "accuracy", "f1", "brier"),
+    "multiclass": ("log_loss", "accuracy", "macro_f1"),
+    "regression": ("rmse", "mae", "r2"),
+}
+
+
+def _check_pipeline_train(name: str, p: PipelineSettings, path: Path | None) -> None:
+    """Checks across keys of one pipeline, which msgspec can't express."""
+    if p.train.window_days is not None and not p.timestamp:
+        raise ConfigError(
+            f"a window in days needs a timestamp column; set [pipelines.{name}] timestamp "
+            '= "..." or use window_rows', key=f"pipelines.{name}.train.window_days", path=path,
+        )
+    if p.task and p.train.metric and p.train.metric not in TASK_METRICS[p.task]:
+        raise ConfigError(
+            f"`{p.train.metric}` is not a {p.task} metric; use one of "
+            f"{', '.join(TASK_METRICS[p.task])}", key=f"pipelines.{name}.train.metric",
+            path=path,
+        )
 
 
 def _split_validation_error(exc: msgspec.ValidationError) -> tuple[str, str | None]:

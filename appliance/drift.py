@@ -108,8 +108,12 @@ def _as_float(values: pl.Series | np.ndarray | Sequence[Any]) -> np.ndarray:
 
 
 def _sorted_valid(values: np.ndarray) -> tuple[np.ndarray, int]:
-    """The non-missing values sorted (one sort; NaN sorts last), and the total count."""
-    s = np.sort(values)
+    """The non-missing values sorted (one sort; NaN sorts last), and the total count.
+
+    Values are compared at float32 precision: a model's outputs for equal inputs differ in
+    their last bits with the order of a sum (batch or single row), and a bin edge must not
+    split such ties, or a calm batch of predictions looks drifted."""
+    s = np.sort(values.astype(np.float32)).astype(np.float64)
     n_valid = int(np.searchsorted(s, np.inf, side="right"))
     return s[:n_valid], len(values)
 
@@ -189,12 +193,16 @@ def reference_stats(frame: pl.DataFrame, spec: FeatureSpec,
             features[f.name] = numeric_stats(col)
         elif f.kind == "categorical":
             features[f.name] = categorical_stats(col)
-    prediction = None
-    if predictions is not None and len(predictions):
-        values = prediction_values(spec.task, np.asarray(predictions), spec.classes)
-        prediction = (categorical_stats(values) if spec.task == "multiclass"
-                      else numeric_stats(values))
-    return {"rows": frame.height, "features": features, "prediction": prediction}
+    return {"rows": frame.height, "features": features,
+            "prediction": prediction_stats(spec, predictions)}
+
+
+def prediction_stats(spec: FeatureSpec, predictions: np.ndarray | None) -> dict[str, Any] | None:
+    """The reference distribution of a model's raw outputs (None without outputs)."""
+    if predictions is None or not len(predictions):
+        return None
+    values = prediction_values(spec.task, np.asarray(predictions), spec.classes)
+    return categorical_stats(values) if spec.task == "multiclass" else numeric_stats(values)
 
 
 # --- comparing --------------------------------------------------------------------------

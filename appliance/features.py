@@ -97,7 +97,9 @@ def infer_task(y: pl.Series) -> tuple[str, str]:
             )
         return "regression", f"the target is integer with {n_unique} distinct values"
     if dtype.is_float():
-        return "regression", "the target is a float"
+        if n_unique == 2 and set(values.unique().to_list()) == {0.0, 1.0}:
+            return "binary", "the target is a float holding only 0 and 1"
+        return "regression", f"the target is a float with {n_unique} distinct values"
     raise ApplianceError(
         "target_type",
         f"the target column `{y.name}` has type {dtype}, which no task can learn; "
@@ -197,14 +199,38 @@ def to_matrix(df: pl.DataFrame, spec: FeatureSpec) -> np.ndarray:
             "missing_features", f"the data lacks feature columns {missing}", {"columns": missing}
         )
     out = df.select(_feature_exprs(spec)).fill_nan(None)
-    return np.ascontiguousarray(out.to_numpy(), dtype=np.float64)
+    return np.ascontiguousarray(out.to_numpy(order="c"), dtype=np.float64)
+
+
+def to_matrices(df: pl.DataFrame, spec: FeatureSpec,
+                row_sets: list[np.ndarray]) -> list[np.ndarray]:
+    """``to_matrix`` of several sets of rows of ``df`` (say, training and validation) at
+    once, built one column at a time: no full-width copy of the frame or of the matrix is
+    ever made, so the peak memory is the result plus one column."""
+    missing = [f.name for f in spec.features if f.name not in df.columns]
+    if missing:
+        raise ApplianceError(
+            "missing_features", f"the data lacks feature columns {missing}", {"columns": missing}
+        )
+    width = len(spec.columns)
+    outs = [np.empty((len(rows), width), dtype=np.float64) for rows in row_sets]
+    for j, expr in enumerate(_feature_exprs(spec)):
+        column = df.select(expr).to_series().to_numpy().astype(np.float64, copy=False)
+        for out, rows in zip(outs, row_sets, strict=True):
+            out[:, j] = column[rows]
+        del column
+    return outs
 
 
 def encode_target(y: pl.Series, spec: FeatureSpec) -> np.ndarray:
     if spec.task == "regression":
         return y.cast(pl.Float64).to_numpy()
-    codes = {c: i for i, c in enumerate(spec.classes or [])}
-    return np.array([codes[v] for v in y.to_list()], dtype=np.float64)
+    classes = spec.classes or []
+    if y.dtype in (pl.Categorical, pl.Enum):
+        y = y.cast(pl.String)
+    codes = y.replace_strict(classes, [float(i) for i in range(len(classes))],
+                             return_dtype=pl.Float64)
+    return codes.to_numpy()
 
 
 # --- serving: one JSON row at a time ------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 EPS = 1e-15
@@ -24,13 +26,20 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def _rank_key(p: np.ndarray) -> np.ndarray:
+    """Scores as ranked by the AUC: rounded to float32, so that two computations of the same
+    prediction that differ only in their last bits (the order trees were summed in) tie,
+    as they should, instead of reordering rows."""
+    return np.asarray(p, dtype=np.float64).astype(np.float32)
+
+
 def auc(y: np.ndarray, p: np.ndarray) -> float:
     pos = y == 1
     n_pos = int(pos.sum())
     n_neg = len(y) - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    ranks = _average_ranks(p)
+    ranks = _average_ranks(_rank_key(p))
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -111,3 +120,118 @@ def is_better(task: str, challenger: dict[str, float], champion: dict[str, float
     verdict = bool(delta > min_improvement)
     word = "better" if verdict else "not better"
     return verdict, f"{name} {a:.4f} vs {b:.4f}: {word} (needs > {min_improvement:g})"
+
+
+# --- the gate: a paired comparison on the same validation rows ---------------------------
+
+HIGHER_IS_BETTER = {"auc", "accuracy", "f1", "macro_f1", "r2"}
+
+
+def primary_metric(task: str, configured: str | None = None) -> str:
+    """The metric that decides the gate: the pipeline's choice, else the task's default."""
+    return configured or PRIMARY[task][0]
+
+
+@dataclass
+class Comparison:
+    """``challenger`` against ``reference`` on ``metric``. ``gain`` is oriented so that
+    positive means the challenger is better; ``se`` is the standard error of that gain
+    (paired, on the same rows), or None where the metric has no per-row form (F1)."""
+
+    metric: str
+    challenger: float
+    reference: float
+    gain: float
+    se: float | None
+
+
+def _delong(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's structural components of the AUC: for each positive, the share of negatives
+    ranked below it; for each negative, the share of positives ranked above it. The AUC is
+    the mean of either."""
+    p = _rank_key(p)
+    pos, neg = p[y == 1], p[y == 0]
+    m, n = len(pos), len(neg)
+    tz = _average_ranks(np.concatenate([pos, neg]))
+    v10 = (tz[:m] - _average_ranks(pos)) / n
+    v01 = 1.0 - (tz[m:] - _average_ranks(neg)) / m
+    return v10, v01
+
+
+def _per_row_loss(task: str, metric: str, y: np.ndarray, p: np.ndarray) -> np.ndarray | None:
+    """Each row's contribution to a metric that is a mean over rows (lower is better)."""
+    if task == "multiclass":
+        yi = y.astype(np.int64)
+        if metric == "log_loss":
+            return -np.log(np.clip(p[np.arange(len(yi)), yi], EPS, 1.0))
+        if metric == "accuracy":
+            return (p.argmax(axis=1) != yi).astype(np.float64)
+        return None
+    if metric == "log_loss":
+        pc = np.clip(p, EPS, 1 - EPS)
+        return -(y * np.log(pc) + (1 - y) * np.log(1 - pc))
+    if metric == "brier":
+        return (p - y) ** 2
+    if metric == "accuracy":
+        return ((p >= 0.5).astype(np.float64) != y).astype(np.float64)
+    if metric in ("rmse", "r2"):
+        return (p - y) ** 2
+    if metric == "mae":
+        return np.abs(p - y)
+    return None
+
+
+def _se_of_mean(d: np.ndarray) -> float:
+    return float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
+
+
+def compare(task: str, metric: str, y: np.ndarray, p_challenger: np.ndarray,
+            p_reference: np.ndarray) -> Comparison:
+    """Score two sets of predictions of the same rows on ``metric`` and estimate how sure
+    the difference is: DeLong's paired variance for the AUC, the paired per-row
+    difference for the metrics that are means over rows (RMSE and R² through their mean
+    squared error)."""
+    a = evaluate(task, y, p_challenger).get(metric, float("nan"))
+    b = evaluate(task, y, p_reference).get(metric, float("nan"))
+    gain = (a - b) if metric in HIGHER_IS_BETTER else (b - a)
+    se: float | None = None
+    if metric == "auc":
+        if 0 < int((y == 1).sum()) < len(y):
+            a10, a01 = _delong(y, p_challenger)
+            b10, b01 = _delong(y, p_reference)
+            var = (np.var(a10 - b10, ddof=1) / len(a10) if len(a10) > 1 else np.inf) + (
+                np.var(a01 - b01, ddof=1) / len(a01) if len(a01) > 1 else np.inf)
+            se = float(np.sqrt(var))
+    else:
+        la = _per_row_loss(task, metric, y, p_challenger)
+        lb = _per_row_loss(task, metric, y, p_reference)
+        if la is not None and lb is not None:
+            se = _se_of_mean(lb - la)
+            if metric == "rmse":
+                # RMSE_b - RMSE_a = (MSE_b - MSE_a) / (RMSE_a + RMSE_b)
+                se = se / (a + b) if a + b > 0 else float("inf")
+            elif metric == "r2":
+                var_y = float(np.var(y))
+                se = se / var_y if var_y > 0 else float("inf")
+    return Comparison(metric=metric, challenger=float(a), reference=float(b), gain=float(gain),
+                      se=se)
+
+
+def passes(c: Comparison, min_improvement: float, z: float) -> tuple[bool, str]:
+    """The gate's rule: the gain is more than ``min_improvement`` and, when ``z`` > 0, more
+    than ``z`` standard errors. Returns the verdict and its reason, with the numbers."""
+    if np.isnan(c.challenger) or np.isnan(c.reference):
+        return False, f"{c.metric} could not be computed on the validation rows"
+    sign = "+" if c.gain >= 0 else "-"
+    shown = f"{c.metric} {c.challenger:.4f} vs {c.reference:.4f} ({sign}{abs(c.gain):.4f}"
+    shown += f" ± {c.se:.4f})" if c.se is not None and np.isfinite(c.se) else ")"
+    needs = [f"> {min_improvement:g}"]
+    ok = c.gain > min_improvement
+    if z > 0:
+        if c.se is None:
+            needs.append(f"(no standard error for {c.metric}; z not checked)")
+        else:
+            needs.append(f"and > {z:g} standard errors")
+            ok = ok and c.gain > z * c.se
+    word = "better" if ok else "not better"
+    return ok, f"{shown}: {word} (needs a gain {' '.join(needs)})"

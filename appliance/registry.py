@@ -56,6 +56,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def library_versions() -> dict[str, str]:
+    """The versions a model was trained with, for its lineage."""
+    out = {"appliance": __version__, "lightgbm": lgb.__version__, "polars": pl.__version__,
+           "numpy": np.__version__, "msgspec": msgspec.__version__,
+           "python": platform.python_version()}
+    try:
+        from importlib.metadata import version
+
+        out["optuna"] = version("optuna")
+    except Exception:
+        pass
+    return out
+
+
 class Registry:
     def __init__(self, state: StateDir, store: Store) -> None:
         self.state = state
@@ -83,14 +97,18 @@ class Registry:
                     removed.append(child)
         return removed
 
-    def register(self, pipeline: str, candidate: Candidate, lineage: dict[str, Any]) -> ModelRecord:
+    def register(self, pipeline: str, candidate: Candidate, lineage: dict[str, Any],
+                 extra: dict[str, Any] | None = None) -> ModelRecord:
+        """Write a candidate as the pipeline's next version and record it as a candidate.
+
+        ``extra`` adds keys to model.json (the gate's verdict, say)."""
         root = self.pipeline_root(pipeline)
         on_disk = [int(p.name) for p in root.iterdir() if p.name.isdigit()]
         version = max([self.store.max_model_version(pipeline), *on_disk]) + 1
         tmp = root / f"{TMP_PREFIX}{version}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        model_bytes = candidate.booster.model_to_string().encode()
+        model_bytes = (candidate.model_text or candidate.booster.model_to_string()).encode()
         meta = {
             "pipeline": pipeline,
             "version": version,
@@ -108,12 +126,12 @@ class Registry:
             "training_seconds": candidate.seconds,
             "lineage": lineage,
             "reference": candidate.reference,
-            "versions": {
-                "appliance": __version__, "lightgbm": lgb.__version__,
-                "polars": pl.__version__, "numpy": np.__version__,
-                "python": platform.python_version(),
-            },
+            "versions": library_versions(),
+            "primary_metric": candidate.metric or None,
+            "split": candidate.split or None,
+            "tuning": candidate.tuning,
         }
+        meta.update(extra or {})
         meta_bytes = json.dumps(meta, indent=2, default=str).encode()
         _write_synced(tmp / "model.txt", model_bytes)
         _write_synced(tmp / "model.json", meta_bytes)
@@ -140,25 +158,37 @@ class Registry:
             )
         folder = self.state.root / record.path
         files = {"model.txt": record.model_sha256, "model.json": record.meta_sha256}
+        content: dict[str, bytes] = {}
         for name, expected in files.items():
             path = folder / name
+            shown = f"{record.path}/{name}"
+            # Read once and hash those bytes: what is parsed is exactly what was checked.
             try:
-                actual = sha256_file(path)
+                content[name] = path.read_bytes()
             except OSError as exc:
                 raise ApplianceError(
-                    "model_unreadable", f"{path}: {exc.strerror}",
-                    {"pipeline": pipeline, "version": version, "file": str(path)}, status=409,
+                    "model_unreadable",
+                    f"v{version} of `{pipeline}` can't be read ({shown}: {exc.strerror}); "
+                    "it will not be served",
+                    {"pipeline": pipeline, "version": version, "file": shown}, status=409,
                 ) from None
-            if actual != expected:
+            if hashlib.sha256(content[name]).hexdigest() != expected:
                 raise ApplianceError(
                     "model_corrupt",
-                    f"{path} does not match the hash recorded when it was registered; "
-                    "it will not be served",
-                    {"pipeline": pipeline, "version": version, "file": str(path)}, status=409,
+                    f"v{version} of `{pipeline}` is damaged: {shown} does not match the hash "
+                    "recorded when it was registered; it will not be served",
+                    {"pipeline": pipeline, "version": version, "file": shown}, status=409,
                 )
-        meta = json.loads((folder / "model.json").read_bytes())
-        booster = lgb.Booster(model_str=(folder / "model.txt").read_text())
-        spec = msgspec.convert(meta["spec"], FeatureSpec)
+        try:
+            meta = json.loads(content["model.json"])
+            booster = lgb.Booster(model_str=content["model.txt"].decode())
+            spec = msgspec.convert(meta["spec"], FeatureSpec)
+        except Exception as exc:  # matches its hash, yet unusable: registered broken
+            raise ApplianceError(
+                "model_unusable",
+                f"v{version} of `{pipeline}` can't be loaded: {type(exc).__name__}: {exc}",
+                {"pipeline": pipeline, "version": version}, status=409,
+            ) from None
         model = LoadedModel(pipeline=pipeline, version=version, booster=booster, spec=spec,
                             meta=meta)
         # Warm it: the first call allocates LightGBM's predictor.

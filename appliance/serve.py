@@ -39,11 +39,12 @@ from appliance.api_types import (
     PredictResponse,
     PromoteResponse,
     Ready,
+    RetrainRequest,
     RetrainResponse,
     SystemResponse,
 )
 from appliance.errors import ApplianceError
-from appliance.metrics import PRIMARY
+from appliance.metrics import primary_metric
 from appliance.services import Services
 from appliance.store import ModelRecord
 
@@ -103,7 +104,8 @@ def create_app(services: Services) -> Litestar:
         datasets = store.datasets(name)
         last = store.ingestions(name, limit=1)
         task = record.task if record else None
-        metric_name = PRIMARY[prod.task][0] if prod else None
+        metric_name = (primary_metric(prod.task, settings.pipeline(name).train.metric)
+                       if prod else None)
         live = services.live.get(name)
         return PipelineSummary(
             name=name, status=status_of(name), task=task,
@@ -215,11 +217,16 @@ def create_app(services: Services) -> Litestar:
 
     @post("/v1/pipelines/{name:str}/retrain", status_code=202, guards=[admin_guard],
           sync_to_thread=False, tags=["models"], responses={**ERRORS_PIPELINE, **ERRORS_ADMIN})
-    def retrain(name: FromPath[str]) -> RetrainResponse:
-        """Admin: start a training job (or queue one after the running job)."""
+    def retrain(name: FromPath[str],
+                data: JSONBody[RetrainRequest | None] = None) -> RetrainResponse:
+        """Admin: start a training job (or queue one after the running job). The body is
+        optional: `{"tune_trials": N}` adds a hyperparameter search of N trials."""
         known(name)
-        started = services.trainer.request(name, "manual")
+        tune = data.tune_trials if data is not None else None
+        started = services.trainer.request(name, "manual", tune_trials=tune)
         msg = "training started" if started else "a training job is running; one more follows"
+        if tune:
+            msg += f", with a search of {tune} trials"
         return RetrainResponse(pipeline=name, started=started, message=msg)
 
     @get("/v1/pipelines/{name:str}/ingestions", sync_to_thread=False, tags=["data"],

@@ -76,6 +76,8 @@ class Services:
                 self.load_failures[pipeline.name] = message
                 self.events.emit("model_load_failed", message, pipeline=pipeline.name,
                                  level="error", version=record.version)
+                # The version that was production before it serves instead, if one loads.
+                self.trainer.fall_back(pipeline.name, record.version, message)
             else:
                 self.events.emit("model_loaded", f"serving v{record.version}",
                                  pipeline=pipeline.name, version=record.version)

@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,17 @@ import numpy as np
 import polars as pl
 
 from appliance import metrics as m
-from appliance.config import PipelineSettings, TrainSettings
-from appliance.drift import reference_stats
+from appliance.config import TASK_METRICS, PipelineSettings, TrainSettings
+from appliance.drift import prediction_stats, reference_stats
 from appliance.errors import ApplianceError
-from appliance.features import FeatureSpec, build_spec, encode_target, infer_task, to_matrix
+from appliance.features import (
+    FeatureSpec,
+    build_spec,
+    encode_target,
+    infer_task,
+    to_matrices,
+    to_matrix,
+)
 from appliance.predictor import LoadedModel
 
 MIN_ROWS = 20
@@ -44,6 +52,13 @@ class Candidate:
     # Drift reference: the training split's distributions and the validation predictions'
     # (out-of-sample, like served ones); saved in model.json as "reference".
     reference: dict[str, Any] | None = None
+    model_text: str = ""  # LightGBM's text format of ``booster``, as it is registered
+    y_valid: np.ndarray | None = None
+    p_valid: np.ndarray | None = None  # the candidate's predictions of the validation rows
+    y_train_prior: Any = None  # what the trivial baseline predicts (class prior or mean)
+    metric: str = ""  # the gate's primary metric
+    tuning: dict[str, Any] | None = None  # the hyperparameter search, when there was one
+    split: str = ""
 
 
 def read_datasets(paths: list[Path]) -> pl.DataFrame:
@@ -55,36 +70,333 @@ def read_datasets(paths: list[Path]) -> pl.DataFrame:
     return pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
 
 
+WINDOW_COLUMN = "__appliance_dataset_version"
+
+
+@dataclass
+class Source:
+    """One data set version to train from: its number, its Parquet file and its rows."""
+
+    version: int
+    path: Path
+    rows: int
+
+
+@dataclass
+class TrainingData:
+    frame: pl.DataFrame
+    rows_used: dict[int, int]  # data set version -> rows it gave after the window
+    window: dict[str, Any]  # the window as configured and as applied
+
+
+def load_training_data(sources: list[Source], settings: PipelineSettings) -> TrainingData:
+    """The pipeline's data set versions (oldest first), cut to the configured window:
+    every row, the newest ``window_rows`` rows (by timestamp when there is one, else by
+    arrival), and/or the rows within ``window_days`` of the newest timestamp."""
+    if not sources:
+        raise ApplianceError("no_data", "the pipeline has no data set yet")
+    rows_cap = settings.train.window_rows
+    days = settings.train.window_days
+    ts = settings.timestamp
+    available = sum(s.rows for s in sources)
+    window: dict[str, Any] = {"rows": rows_cap, "days": days, "available_rows": available}
+    if rows_cap is None and days is None:
+        frame = read_datasets([s.path for s in sources])
+        window["kind"] = "all"
+        return TrainingData(frame, {s.version: s.rows for s in sources}, window)
+    if days is not None and not ts:
+        raise ApplianceError(
+            "window_needs_timestamp",
+            "a window in days needs the pipeline's `timestamp` column; set it, or use "
+            "`train.window_rows`", {"window_days": days},
+        )
+    chosen = sources
+    if days is None and not ts:
+        # Newest rows by arrival: only the newest files that hold them are read.
+        chosen, total = [], 0
+        for s in reversed(sources):
+            chosen.insert(0, s)
+            total += s.rows
+            if total >= rows_cap:  # type: ignore[operator]
+                break
+    scans = [pl.scan_parquet(s.path).with_columns(pl.lit(s.version, pl.Int32).alias(
+        WINDOW_COLUMN)) for s in chosen]
+    lf = pl.concat(scans, how="diagonal_relaxed") if len(scans) > 1 else scans[0]
+    kinds = []
+    if days is not None:
+        dtype = lf.collect_schema()[ts]
+        if not (dtype == pl.Date or isinstance(dtype, pl.Datetime)):
+            raise ApplianceError(
+                "timestamp_type",
+                f"a window in days needs the timestamp column `{ts}` to hold dates or times; "
+                f"it holds {dtype}", {"column": ts, "dtype": str(dtype)},
+            )
+        newest = lf.select(pl.col(ts).max()).collect().item()
+        if newest is not None:
+            since = newest - timedelta(days=days)
+            lf = lf.filter(pl.col(ts) >= since)
+            window["from"] = str(since)
+            window["to"] = str(newest)
+        kinds.append(f"last {days:g} days")
+    if rows_cap is not None:
+        if ts:
+            lf = lf.sort(ts, nulls_last=False, maintain_order=True)
+        lf = lf.tail(rows_cap)
+        kinds.append(f"last {rows_cap} rows")
+    frame = lf.collect()
+    counts = frame.get_column(WINDOW_COLUMN).value_counts()
+    rows_used = {int(v): int(n) for v, n in counts.iter_rows()}
+    window["kind"] = " and ".join(kinds)
+    return TrainingData(frame.drop(WINDOW_COLUMN), rows_used, window)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def training_threads(configured: int) -> int:
-    return configured or max(1, (os.cpu_count() or 2) - 1)
+    """LightGBM's threads for training: the setting, else all cores but one (serving keeps
+    a core while a model trains)."""
+    return configured or max(1, available_cores() - 1)
 
 
-def split(df: pl.DataFrame, settings: PipelineSettings, fraction: float, seed: int,
-          task: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Chronological holdout (the newest rows) with a timestamp, else a seeded random split,
-    stratified by class for classification."""
+def split_indices(df: pl.DataFrame, settings: PipelineSettings, fraction: float, seed: int,
+                  task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Row numbers of the training and the validation rows.
+
+    With a timestamp, the newest ``fraction`` of rows is held out (chronological, ties in
+    arrival order) and the training rows come oldest first. Otherwise the split is
+    seeded and stratified by class, and random by the rows' *content*: each row is ranked
+    by a seeded hash of its values (the id column when there is one), and the lowest
+    ``fraction`` of each class is held out. A row so keeps its side as data is added, so
+    the gate never scores the champion on rows it was trained on, and duplicated rows
+    never straddle the split."""
     n = df.height
     n_valid = max(1, round(n * fraction))
     if settings.timestamp and settings.timestamp in df.columns:
-        ordered = df.sort(settings.timestamp, nulls_last=False, maintain_order=True)
-        return ordered.head(n - n_valid), ordered.tail(n_valid)
-    rng = np.random.default_rng(seed)
+        order = df.select(
+            pl.int_range(pl.len(), dtype=pl.UInt32).sort_by(
+                pl.col(settings.timestamp), nulls_last=False, maintain_order=True)
+        ).to_series().to_numpy().astype(np.int64)
+        return order[: n - n_valid], order[n - n_valid:]
+    keyed = df.select(settings.id) if settings.id and settings.id in df.columns else df
+    h = keyed.hash_rows(seed=seed).to_numpy()
+    order = np.lexsort((np.arange(n), h))  # by hash; ties (duplicates) by arrival
     if task in ("binary", "multiclass"):
-        y = df.get_column(settings.target).to_numpy()
+        y = df.get_column(settings.target).to_numpy()[order]
         valid_idx = []
         for cls in np.unique(y):
-            idx = np.flatnonzero(y == cls)
-            rng.shuffle(idx)
+            idx = order[y == cls]
             take = round(len(idx) * fraction)
             if len(idx) >= 2:
                 take = min(max(take, 1), len(idx) - 1)
             valid_idx.append(idx[:take])
         valid = np.sort(np.concatenate(valid_idx))
     else:
-        valid = np.sort(rng.permutation(n)[:n_valid])
+        valid = np.sort(order[:n_valid])
     mask = np.zeros(n, dtype=bool)
     mask[valid] = True
-    return df.filter(~pl.Series(mask)), df.filter(pl.Series(mask))
+    return np.flatnonzero(~mask), valid
+
+
+def split(df: pl.DataFrame, settings: PipelineSettings, fraction: float, seed: int,
+          task: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Chronological holdout (the newest rows) with a timestamp, else a seeded random split,
+    stratified by class for classification."""
+    train_idx, valid_idx = split_indices(df, settings, fraction, seed, task)
+    return df[train_idx], df[valid_idx]
+
+
+def base_params(task: str, spec: FeatureSpec, ts: TrainSettings, train_rows: int
+                ) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "objective": task,
+        "learning_rate": ts.learning_rate,
+        "num_leaves": ts.num_leaves,
+        "min_data_in_leaf": min(ts.min_data_in_leaf, max(1, train_rows // 10)),
+        "num_threads": training_threads(ts.threads),
+        "seed": ts.seed,
+        "deterministic": True,
+        "force_row_wise": True,
+        "verbosity": -1,
+    }
+    if task == "multiclass":
+        params["num_class"] = len(spec.classes or [])
+    return params
+
+
+class _Deadline:
+    """Stops a tuning trial that is still running when the search's time is up."""
+
+    order = 5
+
+    def __init__(self, deadline: float, exc: type[BaseException]) -> None:
+        self.deadline = deadline
+        self.exc = exc
+
+    def __call__(self, env: Any) -> None:
+        if time.monotonic() > self.deadline:
+            raise self.exc(f"the tuning budget ran out at round {env.iteration + 1}")
+
+
+@dataclass
+class _Fit:
+    params: dict[str, Any]
+    model_text: str
+    best_iteration: int
+    p_valid: np.ndarray
+    value: float  # the primary metric on the validation rows
+
+
+def _fit(params: dict[str, Any], train_set: lgb.Dataset, valid_set: lgb.Dataset,
+         x_valid: np.ndarray, y_valid: np.ndarray, task: str, metric: str, ts: TrainSettings,
+         extra_callbacks: list[Any] | None = None) -> _Fit:
+    booster = lgb.train(
+        params, train_set, num_boost_round=ts.num_boost_round, valid_sets=[valid_set],
+        callbacks=[lgb.early_stopping(ts.early_stopping_rounds, verbose=False),
+                   *(extra_callbacks or [])],
+        keep_training_booster=True,  # no text round trip here; valid scores stay readable
+    )
+    best = booster.best_iteration or booster.current_iteration()
+    p_valid = valid_predictions(booster, best, x_valid, task, params)
+    # Keep only the trees early stopping chose, so the saved model predicts the same.
+    text = booster.model_to_string(num_iteration=best)
+    booster.free_dataset()
+    value = m.evaluate(task, y_valid, p_valid)[metric]
+    return _Fit(params=params, model_text=text, best_iteration=best, p_valid=p_valid,
+                value=value)
+
+
+def valid_predictions(booster: lgb.Booster, best: int, x_valid: np.ndarray, task: str,
+                      params: dict[str, Any]) -> np.ndarray:
+    """The validation predictions of the model cut at ``best`` rounds, without a second
+    full prediction pass.
+
+    LightGBM keeps the validation rows' scores up to date while it trains; they are read
+    once (through ``eval_valid``), and only the rounds that early stopping threw away are
+    predicted and taken off. A sample of rows is checked against a plain prediction; on
+    any doubt, the plain prediction of every row is used."""
+    threads = params.get("num_threads", 0)
+
+    def plain(x: np.ndarray) -> np.ndarray:
+        return booster.predict(x, num_iteration=best, num_threads=threads)
+
+    total = booster.current_iteration()
+    seen: list[np.ndarray] = []
+
+    def capture(preds: np.ndarray, _: lgb.Dataset) -> tuple[str, float, bool]:
+        seen.append(np.array(preds, dtype=np.float64, copy=True))
+        return "_capture", 0.0, False
+
+    objective = params.get("objective")
+    if objective not in ("binary", "multiclass", "regression") or len(x_valid) == 0:
+        return plain(x_valid)
+    booster.eval_valid(feval=capture)
+    if len(seen) != 1:
+        return plain(x_valid)
+    final = seen[0]
+    if best < total:
+        tail = booster.predict(x_valid, start_iteration=best, num_iteration=total - best,
+                               raw_score=True, num_threads=threads)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            if task == "regression":
+                p = final - tail
+            elif task == "binary":
+                scale = float(params.get("sigmoid", 1.0))
+                raw = np.log(final) - np.log1p(-final) - scale * tail
+                p = 1.0 / (1.0 + np.exp(-raw))
+            else:
+                z = np.log(final) - tail
+                z -= z.max(axis=1, keepdims=True)
+                e = np.exp(z)
+                p = e / e.sum(axis=1, keepdims=True)
+    else:
+        p = final
+    sample = np.linspace(0, len(x_valid) - 1, num=min(64, len(x_valid))).astype(np.int64)
+    if p.shape[0] != len(x_valid) or not np.all(np.isfinite(p)) or not np.allclose(
+            p[sample], plain(x_valid[sample]), rtol=1e-7, atol=1e-9):
+        return plain(x_valid)
+    return p
+
+
+def _search_space(trial: Any, base: dict[str, Any], train_rows: int) -> dict[str, Any]:
+    """The tuned parameters and their ranges: the ones that matter most for GBDTs."""
+    leaf_cap = max(2, train_rows // 10)
+    params = dict(base)
+    params["learning_rate"] = trial.suggest_float("learning_rate", 0.01, 0.3, log=True)
+    params["num_leaves"] = trial.suggest_int("num_leaves", 4, max(4, min(256, train_rows // 2)),
+                                             log=True)
+    params["min_data_in_leaf"] = trial.suggest_int("min_data_in_leaf", 1,
+                                                   max(1, min(200, leaf_cap)), log=True)
+    params["feature_fraction"] = trial.suggest_float("feature_fraction", 0.5, 1.0)
+    params["bagging_fraction"] = trial.suggest_float("bagging_fraction", 0.5, 1.0)
+    params["bagging_freq"] = 1
+    params["lambda_l2"] = trial.suggest_float("lambda_l2", 1e-3, 10.0, log=True)
+    return params
+
+
+def _tune(default: _Fit, train_set: lgb.Dataset, valid_set: lgb.Dataset, x_valid: np.ndarray,
+          y_valid: np.ndarray, task: str, metric: str, ts: TrainSettings, trials: int,
+          seconds: float, train_rows: int,
+          stop: list[Any] | None = None) -> tuple[_Fit, dict[str, Any]]:
+    """A budgeted, seeded search (Optuna's TPE) on the validation rows. The configured
+    parameters are the incumbent: a trial replaces them only when it scores better."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    started = time.monotonic()
+    deadline = started + seconds
+    higher = metric in m.HIGHER_IS_BETTER
+    best = default
+    study = optuna.create_study(
+        direction="maximize" if higher else "minimize",
+        sampler=optuna.samplers.TPESampler(seed=ts.seed),
+    )
+
+    def objective(trial: Any) -> float:
+        nonlocal best
+        params = _search_space(trial, default.params, train_rows)
+        fit = _fit(params, train_set, valid_set, x_valid, y_valid, task, metric, ts,
+                   [_Deadline(deadline, optuna.TrialPruned), *(stop or [])])
+        if np.isnan(fit.value):
+            raise optuna.TrialPruned("the metric could not be computed")
+        if (fit.value > best.value) if higher else (fit.value < best.value):
+            best = fit
+        trial.set_user_attr("rounds", fit.best_iteration)
+        return fit.value
+
+    study.optimize(objective, n_trials=trials, timeout=seconds, gc_after_trial=False,
+                   catch=())
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    record: dict[str, Any] = {
+        "trials_requested": trials,
+        "trials_completed": len(done),
+        "trials_stopped": len(pruned),
+        "seconds_budget": seconds,
+        "seconds": round(time.monotonic() - started, 3),
+        "metric": metric,
+        "sampler": f"optuna {optuna.__version__} TPE, seed {ts.seed}",
+        "default_value": default.value,
+        "best_value": best.value,
+        "chosen": "the configured parameters" if best is default else "tuned",
+        "best_params": {k: best.params[k] for k in TUNED if k in best.params}
+        if best is not default else None,
+        "history": [
+            {"number": t.number, "state": t.state.name.lower(), "value": t.value,
+             "rounds": t.user_attrs.get("rounds"), "params": t.params}
+            for t in study.trials
+        ],
+    }
+    return best, record
+
+
+TUNED = ("learning_rate", "num_leaves", "min_data_in_leaf", "feature_fraction",
+         "bagging_fraction", "bagging_freq", "lambda_l2")
 
 
 class TrainingCancelled(ApplianceError):
@@ -104,9 +416,12 @@ def _cancel_callback(should_stop: Callable[[], bool]) -> Callable[[Any], None]:
 
 
 def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
-          params_override: dict[str, Any] | None = None,
+          params_override: dict[str, Any] | None = None, *, tune_trials: int = 0,
+          tune_seconds: float = 600.0,
           should_stop: Callable[[], bool] | None = None) -> Candidate:
-    """``should_stop`` is polled at every boosting round; when it answers True the training
+    """Train one candidate on ``df``: infer the task, encode, split, fit with early stopping
+    (and, with ``tune_trials``, a budgeted hyperparameter search), and evaluate it.
+    ``should_stop`` is polled at every boosting round; when it answers True the training
     raises :class:`TrainingCancelled`."""
     started = time.monotonic()
     target = settings.target
@@ -116,7 +431,14 @@ def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
             f"the data has no target column `{target}`",
             {"column": target},
         )
-    df = df.filter(pl.col(target).is_not_null())
+    if settings.timestamp and settings.timestamp not in df.columns:
+        raise ApplianceError(
+            "missing_timestamp",
+            f"the timestamp column `{settings.timestamp}` is not in the data; fix "
+            "`timestamp` in the pipeline's config", {"column": settings.timestamp},
+        )
+    if df.get_column(target).null_count():
+        df = df.filter(pl.col(target).is_not_null())
     if df.height < MIN_ROWS:
         raise ApplianceError(
             "too_few_rows",
@@ -127,58 +449,78 @@ def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
         task, reason = settings.task, "set in the config"
     else:
         task, reason = infer_task(df.get_column(target))
+    metric = gate_metric(settings, task)
     spec = build_spec(df, settings, task)
-    train_df, valid_df = split(df, settings, ts.validation_fraction, ts.seed, task)
-    x_train, x_valid = to_matrix(train_df, spec), to_matrix(valid_df, spec)
-    y_train = encode_target(train_df.get_column(target), spec)
-    y_valid = encode_target(valid_df.get_column(target), spec)
+    train_idx, valid_idx = split_indices(df, settings, ts.validation_fraction, ts.seed, task)
+    x_train, x_valid = to_matrices(df, spec, [train_idx, valid_idx])
+    y_all = encode_target(df.get_column(target), spec)
+    y_train, y_valid = y_all[train_idx], y_all[valid_idx]
+    valid_df = df[valid_idx]
+    # Drift reference of the features: the training split's distributions.
+    reference = reference_stats(df[train_idx], spec)
+    del y_all, df
+    n_train = len(y_train)
 
-    params: dict[str, Any] = {
-        "objective": task,
-        "learning_rate": ts.learning_rate,
-        "num_leaves": ts.num_leaves,
-        "min_data_in_leaf": min(ts.min_data_in_leaf, max(1, len(y_train) // 10)),
-        "num_threads": training_threads(ts.threads),
-        "seed": ts.seed,
-        "deterministic": True,
-        "force_row_wise": True,
-        "verbosity": -1,
-    }
-    if task == "multiclass":
-        params["num_class"] = len(spec.classes or [])
+    params = base_params(task, spec, ts, n_train)
     params.update(params_override or {})
+    # The binned data set is built once; tuning trials reuse it (min_data_in_leaf may vary
+    # between trials only without LightGBM's pre-filter of features).
     train_set = lgb.Dataset(
         x_train, y_train, feature_name=spec.columns,
         categorical_feature=spec.categorical_indices or "auto", free_raw_data=True,
+        params={"feature_pre_filter": False} if tune_trials else None,
     )
-    valid_set = lgb.Dataset(x_valid, y_valid, reference=train_set)
-    booster = lgb.train(
-        params, train_set, num_boost_round=ts.num_boost_round, valid_sets=[valid_set],
-        callbacks=[lgb.early_stopping(ts.early_stopping_rounds, verbose=False),
-                   *([_cancel_callback(should_stop)] if should_stop else [])],
-    )
-    if booster.best_iteration > 0:
-        # Keep only the trees early stopping chose, so the saved model predicts the same.
-        booster = lgb.Booster(
-            model_str=booster.model_to_string(num_iteration=booster.best_iteration)
-        )
-    p_valid = booster.predict(x_valid, num_threads=params["num_threads"])
-    metrics = m.evaluate(task, y_valid, p_valid)
+    valid_set = lgb.Dataset(x_valid, y_valid, reference=train_set,
+                            params={"feature_pre_filter": False} if tune_trials else None)
+    del x_train
+    stop = [_cancel_callback(should_stop)] if should_stop else []
+    fit = _fit(params, train_set, valid_set, x_valid, y_valid, task, metric, ts, stop)
+    tuning = None
+    if tune_trials:
+        fit, tuning = _tune(fit, train_set, valid_set, x_valid, y_valid, task, metric, ts,
+                            tune_trials, tune_seconds, n_train, stop)
+    del train_set, valid_set
+
+    booster = lgb.Booster(model_str=fit.model_text)
+    metrics = m.evaluate(task, y_valid, fit.p_valid)
     base = m.evaluate(task, y_valid, m.baseline_predictions(
         task, y_train, len(y_valid), len(spec.classes or [])))
     gains = booster.feature_importance(importance_type="gain")
     importance = {name: float(g) for name, g in zip(spec.columns, gains, strict=True)}
     return Candidate(
-        spec=spec, booster=booster, params=params, metrics=metrics, baseline=base,
-        best_iteration=booster.current_iteration(), importance=importance, task_reason=reason,
-        train_rows=len(y_train), valid_rows=len(y_valid), valid_frame=valid_df,
-        seconds=round(time.monotonic() - started, 3),
-        reference=reference_stats(train_df, spec, p_valid),
+        spec=spec, booster=booster, params=fit.params, metrics=metrics, baseline=base,
+        best_iteration=fit.best_iteration, importance=importance, task_reason=reason,
+        train_rows=n_train, valid_rows=len(y_valid), valid_frame=valid_df,
+        seconds=round(time.monotonic() - started, 3), model_text=fit.model_text,
+        y_valid=y_valid, p_valid=fit.p_valid, y_train_prior=_prior(task, y_train, spec),
+        metric=metric, tuning=tuning,
+        split="chronological" if settings.timestamp else (
+            "stratified random" if task != "regression" else "random"),
+        reference={**reference, "prediction": prediction_stats(spec, fit.p_valid)},
     )
 
 
-def score(model: LoadedModel, frame: pl.DataFrame, spec: FeatureSpec) -> dict[str, float] | None:
-    """The metrics of an existing model on a candidate's validation frame, or None when it
+def _prior(task: str, y_train: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """What the trivial baseline predicts for every row: the class prior or the mean."""
+    return m.baseline_predictions(task, y_train, 1, len(spec.classes or []))[0]
+
+
+def gate_metric(settings: PipelineSettings, task: str) -> str:
+    """The pipeline's primary metric, checked against the task (which may be inferred)."""
+    chosen = settings.train.metric
+    if chosen and chosen not in TASK_METRICS[task]:
+        raise ApplianceError(
+            "bad_metric",
+            f"the gate metric `{chosen}` does not apply to a {task} pipeline; set "
+            f"`train.metric` of the pipeline to one of {', '.join(TASK_METRICS[task])}",
+            {"metric": chosen, "task": task},
+        )
+    return m.primary_metric(task, chosen)
+
+
+def champion_predictions(model: LoadedModel, frame: pl.DataFrame, spec: FeatureSpec,
+                         threads: int = 1) -> np.ndarray | None:
+    """An existing model's predictions of a candidate's validation frame, or None when it
     can't score it (its features are missing, or the classes changed)."""
     if model.spec.task != spec.task or model.spec.classes != spec.classes:
         return None
@@ -186,8 +528,17 @@ def score(model: LoadedModel, frame: pl.DataFrame, spec: FeatureSpec) -> dict[st
         x = to_matrix(frame, model.spec)
     except ApplianceError:
         return None
+    return model.booster.predict(x, num_threads=threads)
+
+
+def score(model: LoadedModel, frame: pl.DataFrame, spec: FeatureSpec) -> dict[str, float] | None:
+    """The metrics of an existing model on a candidate's validation frame, or None when it
+    can't score it (its features are missing, or the classes changed)."""
+    p = champion_predictions(model, frame, spec)
+    if p is None:
+        return None
     y = encode_target(frame.get_column(spec.target), spec)
-    return m.evaluate(spec.task, y, model.predict_matrix(x))
+    return m.evaluate(spec.task, y, p)
 
 
 @dataclass
@@ -195,20 +546,44 @@ class Decision:
     promote: bool
     reason: str
     champion_metrics: dict[str, float] | None
+    details: dict[str, Any] | None = None
 
 
 def decide(candidate: Candidate, champion: LoadedModel | None, min_improvement: float,
-           metric: str | None = None) -> Decision:
+           metric: str | None = None, *, champion_z: float = 0.0, baseline_z: float = 0.0,
+           threads: int = 1) -> Decision:
     """The gate: a challenger replaces the champion only when it is better on the same,
-    newest validation data; the first model must beat the trivial baseline."""
-    task = candidate.spec.task
+    newest validation data (by ``min_improvement``, and by ``champion_z`` standard errors
+    of the paired difference); the first model must beat the trivial baseline by
+    ``baseline_z`` standard errors. The reason says which, with the numbers."""
+    spec = candidate.spec
+    task = spec.task
+    name = metric or candidate.metric or m.primary_metric(task)
+    y, p_new = candidate.y_valid, candidate.p_valid
     if champion is not None:
-        champ = score(champion, candidate.valid_frame, candidate.spec)
-        if champ is not None:
-            ok, why = m.is_better(task, candidate.metrics, champ, min_improvement, metric)
-            return Decision(ok, f"vs production v{champion.version}: {why}", champ)
-        why_base = f"production v{champion.version} can't score the new data; "
+        p_champ = champion_predictions(champion, candidate.valid_frame, spec, threads)
+        if p_champ is not None:
+            c = m.compare(task, name, y, p_new, p_champ)
+            ok, why = m.passes(c, min_improvement, champion_z)
+            return Decision(ok, f"vs production v{champion.version}: {why}",
+                            m.evaluate(task, y, p_champ),
+                            _gate_details(f"v{champion.version}", c, min_improvement,
+                                          champion_z, ok))
+        why_base = (f"production v{champion.version} can't score the new data (its features "
+                    "or classes differ); ")
     else:
         why_base = ""
-    ok, why = m.is_better(task, candidate.metrics, candidate.baseline, 0.0, metric)
-    return Decision(ok, f"{why_base}vs baseline: {why}", None)
+    n = len(y)
+    p_base = (np.tile(candidate.y_train_prior, (n, 1)) if task == "multiclass"
+              else np.full(n, float(candidate.y_train_prior)))
+    c = m.compare(task, name, y, p_new, p_base)
+    ok, why = m.passes(c, 0.0, baseline_z)
+    return Decision(ok, f"{why_base}vs the baseline (class prior or mean): {why}", None,
+                    _gate_details("baseline", c, 0.0, baseline_z, ok))
+
+
+def _gate_details(against: str, c: m.Comparison, min_improvement: float, z: float,
+                  ok: bool) -> dict[str, Any]:
+    return {"against": against, "metric": c.metric, "challenger": c.challenger,
+            "reference": c.reference, "gain": c.gain, "standard_error": c.se,
+            "min_improvement": min_improvement, "z": z, "promoted": ok}

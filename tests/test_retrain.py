@@ -43,10 +43,10 @@ def test_requests_during_a_run_coalesce_into_one_follow_up(tmp_path):
     real = trainer.train_and_gate
     calls = []
 
-    def gated(pipeline, trigger):
+    def gated(pipeline, trigger, **kwargs):
         calls.append(trigger)
         release.wait(30)
-        return real(pipeline, trigger)
+        return real(pipeline, trigger, **kwargs)
 
     trainer.train_and_gate = gated  # hold the first run open while triggers pile up
     assert trainer.request("machines", "manual") is True
