@@ -232,5 +232,39 @@ def predict(name: str, rows_json: str, url: str | None, state_dir: str | None) -
     click.echo(json.dumps(body, indent=2))
 
 
+def runfile_url(state_dir: str | None) -> str | None:
+    """The URL in ``<state>/daemon.json``, read fresh each time (a restarted daemon may
+    have moved to another port)."""
+    state = StateDir(resolve_state_dir(state_dir))
+    try:
+        return json.loads((state.root / "daemon.json").read_text())["url"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@cli.command()
+@_client_options
+@click.option("--token", default=None,
+              help="admin token for promote/retrain [env APPLIANCE_TOKEN; default <state>/token]")
+@click.option("--refresh", type=click.FloatRange(0.2, 60), default=1.5, show_default=True,
+              help="seconds between refreshes")
+@click.option("--pipeline", default=None, help="open this pipeline's screen first")
+def tui(url: str | None, state_dir: str | None, token: str | None, refresh: float,
+        pipeline: str | None) -> None:
+    """The operator's console: watch and drive a running daemon from the terminal.
+
+    It talks to the daemon's HTTP API only, so it works the same over ssh. Without the
+    admin token it is read-only.
+
+    Example: appliance tui --state-dir /var/lib/appliance
+    """
+    from tui.app import run as run_tui
+
+    client = Client(url, state_dir)
+    discover = None if url else (lambda: runfile_url(state_dir))
+    sys.exit(run_tui(client.url, token or client.token, discover=discover,
+                     refresh_seconds=refresh, open_pipeline=pipeline))
+
+
 def main() -> None:
     cli(prog_name="appliance")
