@@ -76,18 +76,24 @@ def run(state_dir: str | None, config: str | None, host: str | None, port: int |
 
 @cli.command()
 @_state_option
-@click.option("--port", type=int, default=8080, show_default=True)
-@click.option("--interval", type=float, default=20.0, show_default=True,
+@click.option("--port", type=int, default=None,
+              help="port of the daemon [default 8080, or any free port when it is taken]")
+@click.option("--interval", type=float, default=15.0, show_default=True,
               help="seconds between the sample files fed to the inbox")
-def demo(state_dir: str | None, port: int, interval: float) -> None:
+@click.option("--no-tui", is_flag=True,
+              help="run the daemon in the foreground without the console (headless)")
+def demo(state_dir: str | None, port: int | None, interval: float, no_tui: bool) -> None:
     """Run the whole appliance on the sample data, in a fresh state directory.
 
-    The sample files are dropped into the inbox one after another; the first one trains
-    version 1, which is then served on http://127.0.0.1:PORT.
+    The daemon starts, the console opens on it, and the sample files arrive one after
+    another while prediction requests flow in: the first file trains version 1, the next
+    retrains, a broken file is refused with its reason, a drifted batch follows.
+    Quitting the console (q) stops the daemon; the state directory is kept.
     """
     from appliance.demo import run_demo
 
-    sys.exit(run_demo(Path(state_dir) if state_dir else None, port, interval))
+    sys.exit(run_demo(Path(state_dir) if state_dir else None, port, interval,
+                      tui=not no_tui))
 
 
 @cli.command()

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal
+from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Static
 
 from appliance.api_types import SystemResponse
+from tui import format as fmt
 from tui.client import NotAvailable
 from tui.messages import OverviewSnapshot
 from tui.screens.base import FilterBar, LiveScreen
@@ -33,7 +35,9 @@ class OverviewScreen(LiveScreen):
         yield Static(id="hint", classes="hint")
         yield PipelineTable(title="pipelines", id="pipelines")
         with Horizontal(id="lower"):
-            yield EventFeed(title="events", id="events")
+            with Vertical(id="feed"):
+                yield EventFeed(title="events", id="events")
+                yield Static(id="event-detail", classes="live")
             yield BoxPanel(id="box")
         yield FilterBar()
         yield Footer()
@@ -76,6 +80,21 @@ class OverviewScreen(LiveScreen):
     def _open(self, event: DataTable.RowSelected) -> None:
         if event.row_key.value:
             self.console.open_pipeline(event.row_key.value)
+
+    @on(DataTable.RowHighlighted, "#events")
+    def _event_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        info = self.query_one(EventFeed).event_for(event.row_key.value)
+        detail = self.query_one("#event-detail", Static)
+        if info is None:
+            detail.update("")
+            return
+        text = Text()
+        text.append(f"{info.kind.replace('_', ' ')}", style="bold")
+        if info.pipeline:
+            text.append(f" · {info.pipeline}")
+        text.append(f" · {fmt.clock(info.ts, self.console.clock())}: ", style="dim")
+        text.append(info.message)
+        detail.update(text)
 
     @on(DataTable.RowSelected, "#events")
     def _open_from_event(self, event: DataTable.RowSelected) -> None:

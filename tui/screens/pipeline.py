@@ -11,7 +11,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
 
@@ -42,6 +42,7 @@ T = TypeVar("T")
 TABS = ["data", "models", "drift", "traffic", "jobs"]
 STAGE_STYLE = {"production": "bold green", "candidate": "cyan", "archived": "dim",
                "rejected": "yellow"}
+STATUS_WORD = {"rejected": "refused"}  # the API's word, and the one the console uses
 STATUS_STYLE = {"accepted": "green", "rejected": "bold yellow", "duplicate": "dim",
                 "succeeded": "green", "failed": "bold red", "running": "yellow",
                 "cancelled": "dim"}
@@ -120,11 +121,10 @@ class PipelineScreen(LiveScreen):
         yield Static(id="problem")
         yield Static(f"[b]{self.pipeline}[/b] · loading…", id="summary", classes="live")
         with TabbedContent(initial="data", id="tabs"):
-            with TabPane("1 Data", id="data"), Horizontal():
-                with Vertical(id="data-left"):
-                    yield FilterTable(title="files received", id="ingestions")
-                    yield Static(id="ingestion-detail", classes="detail")
-                yield DataTable(id="schema", cursor_type="row", zebra_stripes=True)
+            with TabPane("1 Data", id="data"):
+                yield FilterTable(title="files received", id="ingestions")
+                yield Static(id="ingestion-detail", classes="detail")
+                yield FilterTable(title="schema", id="schema")
             with TabPane("2 Models", id="models"):
                 yield FilterTable(title="model versions", id="models-table")
                 yield Static(id="model-detail", classes="detail")
@@ -132,7 +132,8 @@ class PipelineScreen(LiveScreen):
                 yield Static("loading…", id="drift-note", classes="note")
                 with VerticalScroll(id="drift-body"):
                     yield DriftBars(id="drift-bars")
-                yield TimeChart("features drifted (%) per check", id="drift-chart")
+                yield TimeChart("features over their threshold (%) per check; the pipeline "
+                                "drifts at 50%", id="drift-chart")
             with TabPane("4 Traffic", id="traffic"):
                 yield Static("loading…", id="traffic-note", classes="note")
                 yield TimeChart("latency (ms)", id="latency-chart")
@@ -148,13 +149,13 @@ class PipelineScreen(LiveScreen):
     def on_mount(self) -> None:
         self.title = f"appliance · {self.pipeline}"
         ing = self.query_one("#ingestions", FilterTable)
-        for label, key in [("received", "ts"), ("file", "file"), ("status", "status"),
-                           ("rows", "rows"), ("cols", "cols"), ("set", "set"),
-                           ("reason", "code")]:
+        ing.FLEX_COLUMN = "file"
+        for label, key in [("received", "ts"), ("status", "status"), ("rows", "rows"),
+                           ("cols", "cols"), ("data set", "set"), ("code", "code"),
+                           ("file", "file")]:
             ing.add_column(label, key=key)
         ing.border_subtitle = "/: filter"
-        schema = self.query_one("#schema", DataTable)
-        schema.border_title = "schema"
+        schema = self.query_one("#schema", FilterTable)
         schema.add_column("column", key="column")
         schema.add_column("type", key="type")
         schema.add_column("role", key="role")
@@ -233,7 +234,7 @@ class PipelineScreen(LiveScreen):
         else:
             text.append(" · no model yet", style="dim")
         refused = d.ingestions.get("rejected", 0)
-        text.append(f"\n{d.datasets} data sets, {d.rows:,} rows · {d.models} model versions · "
+        text.append(f"\n{d.datasets} data sets ({d.rows:,} rows) · {d.models} models · "
                     f"{sum(d.ingestions.values())} files")
         if refused:
             text.append(f" ({refused} refused)", style="yellow")
@@ -244,18 +245,17 @@ class PipelineScreen(LiveScreen):
         self.query_one("#summary", Static).update(text)
 
     def _show_schema(self, d: PipelineDetail) -> None:
-        table = self.query_one("#schema", DataTable)
+        table = self.query_one("#schema", FilterTable)
         rows = []
         for column, dtype in (d.schema or {}).items():
             role = ("target" if column == d.target else "timestamp" if column == d.timestamp
                     else "id" if column == d.id else "feature")
-            rows.append((column, fmt.dtype(dtype),
-                         Text(role, style="bold" if role != "feature" else "dim")))
-        if [r.key.value for r in table.ordered_rows] != [r[0] for r in rows]:
-            table.clear()
-            for row in rows:
-                table.add_row(*row, key=row[0])
-        table.border_subtitle = "" if rows else "fixed by the first file accepted"
+            rows.append((column, [column, fmt.dtype(dtype),
+                                  Text(role, style="bold" if role != "feature" else "dim")]))
+        table.set_rows(rows)
+        table.title = f"schema ({len(rows)} columns)" if rows else "schema"
+        table.border_subtitle = ("fixed by the first file accepted" if rows else
+                                 "not known yet: the first file accepted fixes it")
 
     def _show_ingestions(self, items: list[IngestionInfo], now: datetime) -> None:
         self.ingestions = items
@@ -263,18 +263,18 @@ class PipelineScreen(LiveScreen):
         table.set_rows([
             (str(i.id), [
                 Text(fmt.clock(i.received_at, now), style="dim"),
-                i.file_name,
-                Text(i.status, style=STATUS_STYLE.get(i.status, "")),
+                Text(STATUS_WORD.get(i.status, i.status), style=STATUS_STYLE.get(i.status, "")),
                 Text(fmt.count(i.rows), justify="right"),
                 Text(fmt.count(i.columns), justify="right"),
                 f"v{i.dataset_version}" if i.dataset_version is not None else fmt.NONE,
                 Text(i.code or (f"{len(i.warnings)} warnings" if i.warnings else ""),
                      style="yellow" if i.code else "dim"),
+                Text(i.file_name, no_wrap=True, overflow="ellipsis"),
             ])
             for i in items
         ])
-        table.border_title = (f"files received ({len(items)}, "
-                              f"{sum(i.status == 'rejected' for i in items)} refused)")
+        table.title = (f"files received ({len(items)}, "
+                        f"{sum(i.status == 'rejected' for i in items)} refused)")
         self._show_ingestion_detail(table.highlighted_key)
 
     @on(DataTable.RowHighlighted, "#ingestions")
@@ -346,8 +346,8 @@ class PipelineScreen(LiveScreen):
             ]))
         table.set_rows(rows)
         prod = d.production.version if d.production else None
-        table.border_title = (f"model versions ({len(models)}; production "
-                              f"{f'v{prod}' if prod else 'none'})")
+        table.title = (f"model versions ({len(models)}; production "
+                        f"{f'v{prod}' if prod else 'none'})")
         self._show_model_detail(table.highlighted_key)
         self.refresh_bindings()
 
@@ -484,7 +484,6 @@ class PipelineScreen(LiveScreen):
         ])
         self.set_class(not jobs.scheduled, "-no-schedule")
         self.query_one("#scheduled-note", Static).update(
-            "" if jobs.scheduled else
             Text("Nothing scheduled: this pipeline retrains when new data arrives and when "
                  "you ask (r).", style="dim"))
         self.query_one("#history", FilterTable).set_rows([

@@ -20,10 +20,12 @@ KIND_STYLE = {"refused": "yellow", "training_failed": "bold red", "model_load_fa
 class EventFeed(FilterTable):
     """Keeps the newest ``keep`` events; ``add`` takes new ones in any order."""
 
-    def __init__(self, *, keep: int = 500, message_width: int = 200, **kw: object) -> None:
+    FLEX_COLUMN = "message"
+    FOLLOW_TOP = True
+
+    def __init__(self, *, keep: int = 500, **kw: object) -> None:
         super().__init__(**kw)  # type: ignore[arg-type]
         self._events: deque[EventInfo] = deque(maxlen=keep)
-        self._message_width = message_width
         self.last_id = 0
 
     def on_mount(self) -> None:

@@ -27,6 +27,8 @@ class FilterTable(DataTable[Cell]):
     """
 
     filter_text: reactive[str] = reactive("", init=False)
+    FOLLOW_TOP = False
+    """A live feed, newest first: a cursor on the top row stays on the top row."""
     FLEX_COLUMN: str | None = None
     """The key of the column that takes the width left over, cropping what does not fit."""
 
@@ -36,6 +38,16 @@ class FilterTable(DataTable[Cell]):
         self._title = title
         self._all: list[Row] = []
         self.border_title = title
+
+    @property
+    def title(self) -> str:
+        return self._title
+
+    @title.setter
+    def title(self, value: str) -> None:
+        if value != self._title:
+            self._title = value
+            self._retitle(self.row_count)
 
     @property
     def total(self) -> int:
@@ -91,11 +103,13 @@ class FilterTable(DataTable[Cell]):
                         self.update_cell(key, column, cell)
         else:
             keep = self.highlighted_key
+            at_top = self.cursor_row == 0
             scroll_y = self.scroll_y
             self.clear()
             for key, cells in visible:
                 self.add_row(*cells, key=key)
-            index = next((i for i, (k, _) in enumerate(visible) if k == keep), 0)
+            index = 0 if self.FOLLOW_TOP and at_top else next(
+                (i for i, (k, _) in enumerate(visible) if k == keep), 0)
             if visible:
                 self.move_cursor(row=index, animate=False, scroll=False)
             self.scroll_y = min(scroll_y, max(0, len(visible) - 1))
