@@ -87,6 +87,7 @@ class Demo:
         self.daemon: subprocess.Popen[bytes] | None = None
         self._threads: list[threading.Thread] = []
         self._log: Any = None
+        self.predictions = 0  # answered prediction requests, for the curious and the tests
 
     @property
     def runfile(self) -> Path:
@@ -166,8 +167,13 @@ class Demo:
                     continue
                 pool = drifted if self.drifted.is_set() else normal
                 rows = [rng.choice(pool) for _ in range(rng.randint(1, 3))]
-                with contextlib.suppress(httpx.HTTPError):
-                    client.post(f"{url}/v1/pipelines/{PIPELINE}/predict", json={"rows": rows})
+                try:
+                    resp = client.post(f"{url}/v1/pipelines/{PIPELINE}/predict",
+                                       json={"rows": rows})
+                except httpx.HTTPError:
+                    continue
+                if resp.status_code == 200:
+                    self.predictions += 1
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """Stop the threads and the daemon (SIGTERM, then SIGKILL after ``timeout``)."""

@@ -13,7 +13,7 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
-from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane, Tabs
 
 from appliance.api_types import (
     DriftResponse,
@@ -504,13 +504,22 @@ class PipelineScreen(LiveScreen):
     @on(TabbedContent.TabActivated)
     def _tab_changed(self, event: TabbedContent.TabActivated) -> None:
         self.refresh_bindings()
-        first = event.pane.query(FilterTable).first() if event.pane.query(FilterTable) else None
-        if first is not None:
-            first.focus()
+        self._focus_pane(event.pane)
         self.poll(force=True)
 
+    def _focus_pane(self, pane: TabPane) -> None:
+        """Focus the pane's first table (else its tab strip): focus left in a hidden pane
+        would switch the tabs back to it."""
+        if self.focused is not None and pane in self.focused.ancestors:
+            return
+        tables = [t for t in pane.query(FilterTable) if t.display]
+        target = tables[0] if tables else self.query_one(TabbedContent).query_one(Tabs)
+        target.focus()
+
     def action_tab(self, tab: str) -> None:
-        self.query_one(TabbedContent).active = tab
+        tabs = self.query_one(TabbedContent)
+        tabs.active = tab
+        self._focus_pane(tabs.get_pane(tab))
 
     def action_back(self) -> None:
         self.app.pop_screen()
