@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from textual import work
 from textual.binding import Binding
@@ -59,6 +61,25 @@ class FilterBar(Input):
             self.target.focus()
 
 
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def guarded(handler: F) -> F:
+    """For the handlers that draw a snapshot: an answer this console cannot draw (a newer
+    daemon, an odd value in a free-form field) is reported on the screen, never raised."""
+
+    @functools.wraps(handler)
+    def wrapper(self: LiveScreen, *args: Any, **kwargs: Any) -> None:
+        try:
+            handler(self, *args, **kwargs)
+        except Exception as exc:
+            self.log.error("cannot draw", handler=handler.__name__, error=repr(exc))
+            self.show_problem(f"part of this screen could not be drawn from the daemon's "
+                              f"answer ({type(exc).__name__}: {exc})")
+
+    return wrapper  # type: ignore[return-value]
+
+
 class LiveScreen(Screen[None]):
     """A screen that polls the daemon every ``app.refresh_seconds`` while it is shown.
 
@@ -77,12 +98,13 @@ class LiveScreen(Screen[None]):
     LiveScreen.-offline FilterTable, LiveScreen.-offline .live { opacity: 60%; }
     """
 
+    _worker: Worker[None] | None = None
+
     @property
     def console(self) -> ApplianceApp:
         return cast("ApplianceApp", self.app)
 
     def on_mount(self) -> None:
-        self._worker: Worker[None] | None = None
         self.set_interval(self.console.refresh_seconds, self.poll)
         self.watch(self.app, "link", self._on_link, init=False)
         self.call_after_refresh(self.poll)

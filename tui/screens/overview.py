@@ -16,7 +16,7 @@ from appliance.api_types import SystemResponse
 from tui import format as fmt
 from tui.client import NotAvailable
 from tui.messages import OverviewSnapshot
-from tui.screens.base import FilterBar, LiveScreen
+from tui.screens.base import FilterBar, LiveScreen, guarded
 from tui.widgets.banner import ConnectionBanner
 from tui.widgets.box_panel import BoxPanel
 from tui.widgets.event_feed import EventFeed
@@ -62,6 +62,7 @@ class OverviewScreen(LiveScreen):
             client.pipelines(), client.events(after=feed.last_id), system())
         return OverviewSnapshot(pipelines=pipelines, new_events=events.events, system=box)
 
+    @guarded
     def on_overview_snapshot(self, snap: OverviewSnapshot) -> None:
         now = self.console.clock()
         rows = snap.pipelines.pipelines

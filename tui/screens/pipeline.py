@@ -18,6 +18,7 @@ from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, Ta
 from appliance.api_types import (
     DriftResponse,
     IngestionInfo,
+    JobInfo,
     JobsResponse,
     ModelInfo,
     PipelineDetail,
@@ -27,7 +28,7 @@ from appliance.api_types import (
 from tui import format as fmt
 from tui.client import ApiError, DaemonUnavailable, NotAvailable
 from tui.messages import PipelineSnapshot
-from tui.screens.base import FilterBar, LiveScreen
+from tui.screens.base import FilterBar, LiveScreen, guarded
 from tui.screens.confirm import ConfirmScreen
 from tui.widgets.banner import ConnectionBanner
 from tui.widgets.charts import TimeChart
@@ -112,6 +113,7 @@ class PipelineScreen(LiveScreen):
         self.summary: PipelineSummary | None = None
         self.models: list[ModelInfo] = []
         self.ingestions: list[IngestionInfo] = []
+        self.jobs: list[JobInfo] = []
 
     # --- layout ------------------------------------------------------------------------
 
@@ -143,6 +145,7 @@ class PipelineScreen(LiveScreen):
                 yield FilterTable(title="scheduled", id="scheduled")
                 yield Static(id="scheduled-note", classes="note")
                 yield FilterTable(title="job history", id="history")
+                yield Static(id="job-detail", classes="detail")
         yield FilterBar()
         yield Footer()
 
@@ -202,6 +205,7 @@ class PipelineScreen(LiveScreen):
         self.summary = summary
         return PipelineSnapshot(tabs=frozenset([tab]), **results)
 
+    @guarded
     def on_pipeline_snapshot(self, snap: PipelineSnapshot) -> None:
         now = self.console.clock()
         self.detail = snap.detail
@@ -486,7 +490,9 @@ class PipelineScreen(LiveScreen):
         self.query_one("#scheduled-note", Static).update(
             Text("Nothing scheduled: this pipeline retrains when new data arrives and when "
                  "you ask (r).", style="dim"))
-        self.query_one("#history", FilterTable).set_rows([
+        self.jobs = jobs.history
+        history = self.query_one("#history", FilterTable)
+        history.set_rows([
             (str(j.id), [
                 str(j.id), j.kind, j.trigger,
                 Text(j.status, style=STATUS_STYLE.get(j.status, "")),
@@ -498,6 +504,18 @@ class PipelineScreen(LiveScreen):
             ])
             for j in jobs.history
         ])
+        self._show_job_detail(history.highlighted_key)
+
+    @on(DataTable.RowHighlighted, "#history")
+    def _job_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_job_detail(event.row_key.value)
+
+    def _show_job_detail(self, key: str | None) -> None:
+        job = next((j for j in self.jobs if str(j.id) == key), None)
+        panel = self.query_one("#job-detail", Static)
+        panel.display = bool(job and job.error)
+        if job and job.error:
+            panel.update(Text.assemble((f"job {job.id} failed: ", "bold red"), job.error))
 
     # --- tabs and actions --------------------------------------------------------------
 

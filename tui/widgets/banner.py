@@ -44,9 +44,10 @@ class ConnectionBanner(Static):
             self.update("")
             return
         since = fmt.clock(link.since.timestamp()) if link.since else fmt.NONE
-        retry = (f"attempt {link.attempt}, next in {link.next_retry_s:.0f} s"
+        retry = (f"attempt {link.attempt}, next in {link.next_retry_s:g} s"
                  if link.attempt else "retrying")
+        hint = " Is `appliance run` running?" if link.reason == "connection refused" else ""
         self.update(
-            f"⚠ No answer from the daemon at {link.url} ({link.reason}) since {since}. "
-            f"Reconnecting by itself ({retry}); what you see is as of then."
+            f"⚠ No answer from the daemon at {link.url} ({link.reason}) since {since}."
+            f"{hint} Reconnecting by itself ({retry}); what you see is as of then."
         )
