@@ -178,7 +178,7 @@ async def test_palette_offers_the_actions():
         await until(pilot, lambda: isinstance(app.screen, PipelineScreen), 5, "the screen")
         titles = [c.title for c in app.get_system_commands(app.screen)]
         assert "machines: drift tab" in titles
-        assert "Promote the highlighted version of machines" in titles
+        assert "Promote or roll back machines to the highlighted version" in titles
 
 
 async def test_features_light_up_when_the_daemon_gains_them():

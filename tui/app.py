@@ -65,7 +65,7 @@ class ApplianceApp(App[None]):
         if self._open_pipeline:
             self.open_pipeline(self._open_pipeline)
         if self._welcome:
-            self.notify(self._welcome, title="Welcome", timeout=20)
+            self.notify(self._welcome, title="Welcome", timeout=20, markup=False)
 
     async def on_unmount(self) -> None:
         await self.client.aclose()
@@ -115,7 +115,7 @@ class ApplianceApp(App[None]):
             return
         error = event.worker.error
         self.log.error("worker failed", worker=event.worker.name, error=repr(error))
-        self.notify(f"{type(error).__name__}: {error}",
+        self.notify(f"{type(error).__name__}: {error}", markup=False,
                     title=f"{event.worker.name or 'a background task'} failed",
                     severity="error", timeout=10)
 

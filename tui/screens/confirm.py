@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -38,12 +39,12 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.question, id="question")
+            yield Label(Text(self.question), id="question")
             if self.detail:
-                yield Static(self.detail, id="detail")
+                yield Static(Text(self.detail), id="detail")
             with Horizontal():
-                yield Button("No [n]", id="no")
-                yield Button(f"{self.yes} [y]", variant="warning", id="yes")
+                yield Button(Text("No (n)"), id="no")
+                yield Button(Text(f"{self.yes} (y)"), variant="warning", id="yes")
 
     def on_mount(self) -> None:
         self.query_one("#no", Button).focus()

@@ -84,13 +84,14 @@ def _retrain(console: ApplianceApp, name: str) -> None:
             answer = await console.client.retrain(name)
         except DaemonUnavailable as exc:
             console.connection_lost(exc)
-            console.notify(str(exc), title="Retrain not sent", severity="error")
+            console.notify(str(exc), title="Retrain not sent", severity="error", markup=False)
             return
         except ApiError as exc:
             console.notify(exc.message, title=f"Retrain {name} refused", severity="error",
+                           markup=False,
                            timeout=10)
             return
-        console.notify(f"{name}: {answer.message}", title="Retrain")
+        console.notify(f"{name}: {answer.message}", title="Retrain", markup=False)
         if isinstance(console.screen, LiveScreen):
             console.screen.poll(force=True)
 
@@ -584,10 +585,11 @@ class PipelineScreen(LiveScreen):
             answer = await self.console.client.promote(self.pipeline, version)
         except DaemonUnavailable as exc:
             self.console.connection_lost(exc)
-            self.notify(str(exc), title="Promotion not sent", severity="error")
+            self.notify(str(exc), title="Promotion not sent", severity="error", markup=False)
             return
         except ApiError as exc:
             self.notify(exc.message, title=f"v{version} not promoted", severity="error",
+                        markup=False,
                         timeout=10)
             return
         was = f" (was v{answer.previous_version})" if answer.previous_version else ""
@@ -602,9 +604,12 @@ class PipelineScreen(LiveScreen):
         for i, tab in enumerate(TABS):
             yield SystemCommand(f"{self.pipeline}: {tab} tab", f"Switch to the {tab} tab "
                                 f"({i + 1})", self._tab_callback(tab))
-        yield SystemCommand(f"Promote the highlighted version of {self.pipeline}",
+        yield SystemCommand(f"Promote or roll back {self.pipeline} to the highlighted version",
                             "Make it production (an older one: a rollback); asks first",
                             self._promote_from_palette)
+        yield SystemCommand(f"Filter a table of {self.pipeline}",
+                            "Keep only the rows that contain what you type (/)",
+                            self.action_filter)
         yield SystemCommand("Back to the overview", "Every pipeline, the box and the events",
                             self.action_back)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from rich.text import Text
 from textual.widgets import Static
 
 from tui import format as fmt
@@ -47,7 +48,7 @@ class ConnectionBanner(Static):
         retry = (f"attempt {link.attempt}, next in {link.next_retry_s:g} s"
                  if link.attempt else "retrying")
         hint = " Is `appliance run` running?" if link.reason == "connection refused" else ""
-        self.update(
+        self.update(Text(
             f"⚠ No answer from the daemon at {link.url} ({link.reason}) since {since}."
             f"{hint} Reconnecting by itself ({retry}); what you see is as of then."
-        )
+        ))
