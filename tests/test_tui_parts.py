@@ -283,3 +283,34 @@ async def test_demo_opens_the_console_on_its_daemon_and_stops_it(tmp_path):
     assert code == 0  # stopped cleanly on SIGTERM
     assert not demo.runfile.exists()
     assert "stopped" in demo.log_path.read_text()
+
+
+def test_headless_demo_runs_the_loop_and_stops_on_sigterm(tmp_path):
+    import json
+    import signal
+
+    from tests.conftest import wait_for
+
+    state = tmp_path / "demo"
+    log = open(tmp_path / "demo.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "appliance", "demo", "--no-tui", "--port",
+                             "0", "--interval", "0.3", "--state-dir", str(state)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: (state / "daemon.json").exists(), 60, what="the daemon")
+        url = json.loads((state / "daemon.json").read_text())["url"]
+
+        def refused_and_served() -> bool:
+            files = httpx.get(f"{url}/v1/pipelines/machines/ingestions").json()["ingestions"]
+            return any(f["status"] == "rejected" for f in files) and \
+                httpx.get(f"{url}/ready").json()["models"].get("machines", 0) >= 1
+        wait_for(refused_and_served, 60, what="a served model and a refused file")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert "appliance demo (no TUI)" in (tmp_path / "demo.log").read_text()
+    assert not (state / "daemon.json").exists()
