@@ -104,6 +104,21 @@ async def test_rediscover_follows_the_runfile():
     await client.aclose()
 
 
+async def test_gather_raises_what_was_raised_and_keeps_what_was_returned():
+    from tui.client import gather
+
+    async def value(v: object) -> object:
+        return v
+
+    async def fail(exc: Exception) -> None:
+        raise exc
+
+    missing = NotAvailable(404, "not_found", "no route")
+    assert await gather(value(1), value(missing)) == [1, missing]
+    with pytest.raises(DaemonUnavailable):
+        await gather(fail(ApiError(500, "x", "boom")), fail(DaemonUnavailable("u", "gone")))
+
+
 # --- what numbers look like ----------------------------------------------------------------
 
 

@@ -13,7 +13,8 @@ each something the UI shows differently:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import httpx
@@ -61,6 +62,22 @@ class ApiError(Exception):
 
 class NotAvailable(ApiError):
     """The daemon has no such route (yet): a feature of a newer daemon."""
+
+
+async def gather(*calls: Awaitable[Any]) -> list[Any]:
+    """Run API calls together; when some fail, raise once all are done (no stray task
+    errors), the daemon being unreachable first, as it explains the others."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        await asyncio.wait(tasks)
+    except asyncio.CancelledError:
+        for task in tasks:
+            task.cancel()
+        raise
+    errors = [e for e in (t.exception() for t in tasks) if e is not None]
+    if errors:
+        raise next((e for e in errors if isinstance(e, DaemonUnavailable)), errors[0])
+    return [t.result() for t in tasks]
 
 
 def _reason(exc: httpx.TransportError) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -14,7 +12,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from appliance.api_types import SystemResponse
 from tui import format as fmt
-from tui.client import NotAvailable
+from tui.client import NotAvailable, gather
 from tui.messages import OverviewSnapshot
 from tui.screens.base import FilterBar, LiveScreen, guarded
 from tui.widgets.banner import ConnectionBanner
@@ -58,7 +56,7 @@ class OverviewScreen(LiveScreen):
             except NotAvailable as exc:
                 return exc
 
-        pipelines, events, box = await asyncio.gather(
+        pipelines, events, box = await gather(
             client.pipelines(), client.events(after=feed.last_id), system())
         return OverviewSnapshot(pipelines=pipelines, new_events=events.events, system=box)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,7 +25,7 @@ from appliance.api_types import (
     PipelineSummary,
 )
 from tui import format as fmt
-from tui.client import ApiError, DaemonUnavailable, NotAvailable
+from tui.client import ApiError, DaemonUnavailable, NotAvailable, gather
 from tui.messages import PipelineSnapshot
 from tui.screens.base import FilterBar, LiveScreen, guarded
 from tui.screens.confirm import ConfirmScreen
@@ -201,7 +200,7 @@ class PipelineScreen(LiveScreen):
             calls["metrics"] = _optional(client.metrics(name))
         elif tab == "jobs":
             calls["jobs"] = client.jobs(name)
-        results = dict(zip(calls, await asyncio.gather(*calls.values()), strict=True))
+        results = dict(zip(calls, await gather(*calls.values()), strict=True))
         summary = next((p for p in results.pop("list").pipelines if p.name == name), None)
         self.summary = summary
         return PipelineSnapshot(tabs=frozenset([tab]), **results)
