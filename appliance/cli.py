@@ -79,18 +79,24 @@ def run(state_dir: str | None, config: str | None, host: str | None, port: int |
 
 @cli.command()
 @_state_option
-@click.option("--port", type=int, default=8080, show_default=True)
-@click.option("--interval", type=float, default=20.0, show_default=True,
+@click.option("--port", type=int, default=None,
+              help="port of the daemon [default 8080, or any free port when it is taken]")
+@click.option("--interval", type=float, default=15.0, show_default=True,
               help="seconds between the sample files fed to the inbox")
-def demo(state_dir: str | None, port: int, interval: float) -> None:
+@click.option("--no-tui", is_flag=True,
+              help="run the daemon in the foreground without the console (headless)")
+def demo(state_dir: str | None, port: int | None, interval: float, no_tui: bool) -> None:
     """Run the whole appliance on the sample data, in a fresh state directory.
 
-    The sample files are dropped into the inbox one after another; the first one trains
-    version 1, which is then served on http://127.0.0.1:PORT.
+    The daemon starts, the console opens on it, and the sample files arrive one after
+    another while prediction requests flow in: the first file trains version 1, the next
+    retrains, a broken file is refused with its reason, a drifted batch follows.
+    Quitting the console (q) stops the daemon; the state directory is kept.
     """
     from appliance.demo import run_demo
 
-    sys.exit(run_demo(Path(state_dir) if state_dir else None, port, interval))
+    sys.exit(run_demo(Path(state_dir) if state_dir else None, port, interval,
+                      tui=not no_tui))
 
 
 @cli.command()
@@ -325,6 +331,40 @@ def backup(dest: str, state_dir: str | None, without_originals: bool) -> None:
     if result.vanished:
         click.echo(f"{len(result.vanished)} file(s) moved while copying (taken by the "
                    "running daemon); the database copy is consistent without them")
+
+
+def runfile_url(state_dir: str | None) -> str | None:
+    """The URL in ``<state>/daemon.json``, read fresh each time (a restarted daemon may
+    have moved to another port)."""
+    state = StateDir(resolve_state_dir(state_dir))
+    try:
+        return json.loads((state.root / "daemon.json").read_text())["url"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@cli.command()
+@_client_options
+@click.option("--token", default=None,
+              help="admin token for promote/retrain [env APPLIANCE_TOKEN; default <state>/token]")
+@click.option("--refresh", type=click.FloatRange(0.2, 60), default=1.5, show_default=True,
+              help="seconds between refreshes")
+@click.option("--pipeline", default=None, help="open this pipeline's screen first")
+def tui(url: str | None, state_dir: str | None, token: str | None, refresh: float,
+        pipeline: str | None) -> None:
+    """The operator's console: watch and drive a running daemon from the terminal.
+
+    It talks to the daemon's HTTP API only, so it works the same over ssh. Without the
+    admin token it is read-only.
+
+    Example: appliance tui --state-dir /var/lib/appliance
+    """
+    from tui.app import run as run_tui
+
+    client = Client(url, state_dir)
+    discover = None if url else (lambda: runfile_url(state_dir))
+    sys.exit(run_tui(client.url, token or client.token, discover=discover,
+                     refresh_seconds=refresh, open_pipeline=pipeline))
 
 
 def main() -> None:

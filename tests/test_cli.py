@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from appliance.cli import cli
 from tests.conftest import SAMPLES
 
-COMMANDS = ["run", "demo", "status", "ingest", "train", "models", "promote", "predict",
+COMMANDS = ["run", "demo", "tui", "status", "ingest", "train", "models", "promote", "predict",
             "doctor", "backup"]
 
 

@@ -1,0 +1,208 @@
+"""The console driven by a pilot against the real daemon, as an operator would use it:
+open a pipeline, read the models, retrain and see the new version, roll back, read why a
+file was refused, and live through the daemon going away and coming back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from rich.text import Text
+from textual.message import Message
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Static
+
+from tests.conftest import SAMPLES, drop
+from tui.app import ApplianceApp, make_app
+from tui.messages import ConnectionLost, ConnectionRestored
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.pipeline import PipelineScreen
+from tui.widgets.banner import ConnectionBanner
+from tui.widgets.filter_table import FilterTable
+
+SIZE = (100, 30)
+
+
+async def until(pilot: Pilot, predicate: Callable[[], object], timeout: float = 30.0,
+                what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def plain(cell: object) -> str:
+    return cell.plain if isinstance(cell, Text) else str(cell)
+
+
+def rows(table: DataTable) -> dict[str, list[str]]:
+    return {row.key.value: [plain(c) for c in table.get_row(row.key)]
+            for row in table.ordered_rows}
+
+
+def text_of(widget: Static) -> str:
+    return plain(widget.content)
+
+
+def column(table: DataTable, key: str, name: str) -> str:
+    labels = [c.key.value for c in table.ordered_columns]
+    return rows(table)[key][labels.index(name)]
+
+
+def production_of(screen: PipelineScreen) -> str | None:
+    table = screen.query_one("#models-table", FilterTable)
+    found = [k for k, cells in rows(table).items() if "production" in cells]
+    return found[0] if found else None
+
+
+async def move_to(pilot: Pilot, table: FilterTable, key: str) -> None:
+    table.focus()
+    for _ in range(table.row_count * 2 + 2):
+        if table.highlighted_key == key:
+            return
+        index = [r.key.value for r in table.ordered_rows].index(key)
+        await pilot.press("down" if table.cursor_row < index else "up")
+    assert table.highlighted_key == key
+
+
+async def promote(pilot: Pilot, app: ApplianceApp, screen: PipelineScreen, version: str,
+                  word: str) -> None:
+    table = screen.query_one("#models-table", FilterTable)
+    await move_to(pilot, table, version)
+    await pilot.press("p")
+    await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 5, "the confirmation")
+    question = text_of(app.screen.query_one("#question", Static))
+    assert word in question and f"v{version}" in question, question
+    await pilot.press("y")
+    await until(pilot, lambda: production_of(screen) == version, 30,
+                f"v{version} to be production")
+
+
+async def test_operator_loop_against_the_real_daemon(machines_state, start_daemon):
+    daemon = start_daemon(machines_state)
+    drop(machines_state, "machines", SAMPLES / "machines_01.csv")
+    daemon.wait_ready_model("machines", 1)
+    drop(machines_state, "machines", SAMPLES / "machines_broken.csv")
+
+    app = make_app(daemon.url, daemon.token, refresh_seconds=0.3)
+    async with app.run_test(size=SIZE) as pilot:
+        # The overview lists the pipeline, serving v1 with its metric.
+        table = app.screen.query_one("#pipelines", DataTable)
+        await until(pilot, lambda: "machines" in rows(table), what="the pipeline row")
+        assert column(table, "machines", "status") == "serving"
+        assert column(table, "machines", "model") == "v1"
+        assert column(table, "machines", "metric").startswith("auc 0.")
+        assert float(column(table, "machines", "rps")) == 0.0  # no traffic yet
+
+        # enter opens it; the Data tab shows the refused file and why.
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, PipelineScreen), 5, "the screen")
+        screen = app.screen
+        assert isinstance(screen, PipelineScreen)
+        files = screen.query_one("#ingestions", FilterTable)
+        await until(pilot, lambda: any("refused" in r for r in rows(files).values()),
+                    what="the refused file")
+        refused = next(k for k, r in rows(files).items() if "refused" in r)
+        assert "missing_target" in rows(files)[refused]
+        await move_to(pilot, files, refused)
+        reason = text_of(screen.query_one("#ingestion-detail", Static))
+        assert "machines_broken.csv refused" in reason
+        assert "`failed_within_24h` not found" in reason
+        assert "[pipelines.machines] target" in reason  # what to do about it
+        schema = rows(screen.query_one("#schema", FilterTable))
+        assert schema["failed_within_24h"][2] == "target"
+        assert schema["reading_id"][2] == "id"
+
+        # Models: v1 in production, with metrics and lineage.
+        await pilot.press("2")
+        models = screen.query_one("#models-table", FilterTable)
+        await until(pilot, lambda: "1" in rows(models), what="the models")
+        assert production_of(screen) == "1"
+        assert column(models, "1", "data") == "v1 · 3,000 rows"
+        detail = text_of(screen.query_one("#model-detail", Static))
+        assert "gate: vs the baseline" in detail and "lineage: new_data" in detail
+
+        # Retrain, confirmed: a new version appears.
+        await pilot.press("r")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 5, "the question")
+        assert "Retrain machines now?" in text_of(app.screen.query_one("#question", Static))
+        await pilot.press("y")
+        await until(pilot, lambda: "2" in rows(models), 60, "v2 to appear")
+        assert column(models, "2", "trigger") == "manual"  # from its lineage
+
+        # Promote the version that is not production, then roll back to the other one:
+        # production follows both times.
+        first = "2" if production_of(screen) == "1" else "1"
+        other = "1" if first == "2" else "2"
+        await promote(pilot, app, screen, first, "Promote" if first == "2" else "Roll back")
+        await promote(pilot, app, screen, other, "Roll back" if other == "1" else "Promote")
+        assert (await asyncio.to_thread(daemon.get, "/v1/pipelines/machines")).json()[
+            "production"]["version"] == int(other)
+
+        # A cancelled confirmation changes nothing.
+        await move_to(pilot, models, first)
+        await pilot.press("p")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 5, "the question")
+        await pilot.press("n")
+        await pilot.pause(0.5)
+        assert production_of(screen) == other
+
+        # Back on the overview, the table says the same.
+        await pilot.press("escape")
+        table = app.screen.query_one("#pipelines", DataTable)
+        await until(pilot, lambda: column(table, "machines", "model") == f"v{other}",
+                    what="the overview to follow")
+
+
+async def test_banner_while_the_daemon_is_away_and_gone_when_it_is_back(state_root,
+                                                                         start_daemon):
+    daemon = start_daemon(state_root)
+    port = daemon.url.rsplit(":", 1)[1]
+    seen: list[Message] = []
+    app = make_app(daemon.url, daemon.token, refresh_seconds=0.2)
+    async with app.run_test(size=SIZE, message_hook=seen.append) as pilot:
+        banner = app.screen.query_one(ConnectionBanner)
+        await until(pilot, lambda: app.link.state == "up", 10, "the first answer")
+        assert not banner.has_class("-down")
+
+        await asyncio.to_thread(daemon.stop)
+        await until(pilot, lambda: banner.has_class("-down"), 10, "the banner")
+        assert "No answer from the daemon at " + daemon.url in text_of(banner)
+        assert "Reconnecting by itself" in text_of(banner)
+        await pilot.press("r")  # keys still work while it is away; nothing crashes
+        await pilot.press("escape")
+
+        # Back on the same port: the banner goes by itself, and the data refreshes.
+        again = await asyncio.to_thread(start_daemon, state_root, "--port", port)
+        assert again.url == daemon.url
+        await until(pilot, lambda: not banner.has_class("-down"), 20, "the banner to go")
+        assert app.link.state == "up"
+        assert app.is_running and app.return_code is None
+    kinds = [type(m) for m in seen]
+    assert ConnectionLost in kinds and ConnectionRestored in kinds
+
+
+async def test_a_daemon_that_moved_to_another_port_is_found_again(state_root, start_daemon):
+    daemon = start_daemon(state_root)
+    runfile = state_root / "daemon.json"
+
+    def discover() -> str | None:
+        import json
+
+        try:
+            return json.loads(runfile.read_text())["url"]
+        except (OSError, ValueError):
+            return None
+
+    app = make_app(daemon.url, daemon.token, refresh_seconds=0.2, discover=discover)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.link.state == "up", 10, "the first answer")
+        await asyncio.to_thread(daemon.stop)
+        await until(pilot, lambda: app.link.state == "down", 10, "the connection to drop")
+        moved = await asyncio.to_thread(start_daemon, state_root)  # port 0: a new port
+        await until(pilot, lambda: app.link.state == "up", 20, "the new port to be found")
+        assert app.client.url == moved.url
+        assert moved.url in app.sub_title

@@ -1,0 +1,287 @@
+"""A daemon that always says the same: fixed API answers, built from the api_types Structs
+and served to the real client through httpx's MockTransport, for deterministic snapshots."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import msgspec
+
+from appliance.api_types import (
+    DriftFeature,
+    DriftHistoryPoint,
+    DriftReport,
+    DriftResponse,
+    ErrorBody,
+    EventInfo,
+    EventList,
+    Health,
+    IngestionInfo,
+    IngestionList,
+    JobInfo,
+    JobsResponse,
+    MetricsWindow,
+    ModelInfo,
+    ModelList,
+    PipelineDetail,
+    PipelineList,
+    PipelineMetrics,
+    PipelineSummary,
+    PromoteResponse,
+    ResourceSample,
+    RetrainResponse,
+    ScheduledJob,
+    SystemResponse,
+)
+
+NOW = datetime(2026, 3, 2, 10, 0, 0, tzinfo=UTC)
+
+
+def clock() -> datetime:
+    return NOW
+
+
+def iso(minutes_ago: float) -> str:
+    ts = NOW - timedelta(minutes=minutes_ago)
+    return ts.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+SCHEMA = {
+    "reading_id": "String", "timestamp": "Datetime(time_unit='us', time_zone=None)",
+    "machine_id": "String", "machine_type": "String", "site": "String",
+    "temperature_c": "Float64", "vibration_mm_s": "Float64", "pressure_bar": "Float64",
+    "rpm": "Int64", "humidity_pct": "Float64", "hours_since_service": "Float64",
+    "failed_within_24h": "Int64",
+}
+
+
+def _metrics(auc: float) -> dict[str, float]:
+    return {"auc": auc, "log_loss": round(0.4 - auc / 3, 4), "accuracy": 0.94,
+            "f1": round(auc - 0.5, 4), "brier": 0.041}
+
+
+def _lineage(trigger: str, sets: int) -> dict[str, Any]:
+    rows = [3000, 1500, 1500][:sets]
+    return {"trigger": trigger, "rows": sum(rows), "max_dataset_version": sets,
+            "datasets": [{"version": i + 1, "rows": r, "sha256": "ab" * 32,
+                          "ingestion_id": i + 1} for i, r in enumerate(rows)]}
+
+
+MODELS = [
+    ModelInfo(version=4, stage="rejected", task="binary", metrics=_metrics(0.9021),
+              lineage=_lineage("manual", 3), created_at=iso(3), promoted_at=None,
+              decision="vs v3: auc 0.9021 vs 0.9120: not better (needs > 0)"),
+    ModelInfo(version=3, stage="production", task="binary", metrics=_metrics(0.9120),
+              lineage=_lineage("drift", 3), created_at=iso(12), promoted_at=iso(12),
+              decision="vs v2: auc 0.9120 vs 0.8950: better (needs > 0)"),
+    ModelInfo(version=2, stage="archived", task="binary", metrics=_metrics(0.8950),
+              lineage=_lineage("new_data", 2), created_at=iso(40), promoted_at=iso(40),
+              decision="vs v1: auc 0.8950 vs 0.8836: better (needs > 0)"),
+    ModelInfo(version=1, stage="archived", task="binary", metrics=_metrics(0.8836),
+              lineage=_lineage("new_data", 1), created_at=iso(70), promoted_at=iso(70),
+              decision="vs baseline: auc 0.8836 vs 0.5000: better (needs > 0)"),
+]
+
+REFUSED_REASON = (
+    "column `failed_within_24h` not found in `machines_broken.csv`; the target column of "
+    "pipeline `machines` is `failed_within_24h`. Name the right one with "
+    "[pipelines.machines] target = \"...\" in appliance.toml"
+)
+
+
+def _ingestion(i: int, name: str, minutes: float, rows: int | None, status: str = "accepted",
+               code: str | None = None, reason: str | None = None,
+               version: int | None = None) -> IngestionInfo:
+    return IngestionInfo(
+        id=i, file_name=name, status=status, code=code, reason=reason, details={},
+        warnings=[], rows=rows, columns=12 if rows else None, size_bytes=271_847,
+        sha256="cd" * 32, dataset_version=version, received_at=iso(minutes),
+        finished_at=iso(minutes - 0.01), duration_ms=133.4)
+
+
+INGESTIONS = [
+    _ingestion(4, "machines_03_drifted.csv", 13, 1500, version=3),
+    _ingestion(3, "machines_broken.csv", 25, None, "rejected", "missing_target",
+               REFUSED_REASON),
+    _ingestion(2, "machines_02.csv", 41, 1500, version=2),
+    _ingestion(1, "machines_01.csv", 71, 3000, version=1),
+]
+
+FEATURES = ["temperature_c", "vibration_mm_s", "humidity_pct", "pressure_bar", "rpm",
+            "hours_since_service", "machine_type", "site", "machine_id"]
+PSI = [0.412, 0.318, 0.265, 0.081, 0.044, 0.031, 0.012, 0.006, 0.003]
+
+
+def _drift() -> DriftResponse:
+    features = [
+        DriftFeature(feature=f, kind="categorical" if f in ("machine_type", "site",
+                                                            "machine_id") else "numeric",
+                     psi=p, threshold=0.2, drifted=p > 0.2)
+        for f, p in zip(FEATURES, PSI, strict=True)
+    ]
+    latest = DriftReport(
+        pipeline="machines", model_version=3, computed_at=iso(1), source="predictions",
+        rows=2400, drifted=False, drifted_share=3 / 9, features=features,
+        prediction=DriftFeature(feature="prediction", kind="prediction", psi=0.15,
+                                threshold=0.2, drifted=False))
+    history = [
+        DriftHistoryPoint(computed_at=iso(60 - 5 * i), source="predictions", model_version=3,
+                          drifted=share >= 0.5, drifted_share=share,
+                          psi={"temperature_c": share})
+        for i, share in enumerate([0.0, 0.0, 0.11, 0.11, 0.22, 0.56, 0.67, 0.33, 0.33,
+                                   0.22, 0.33, 0.33])
+    ]
+    return DriftResponse(pipeline="machines", latest=latest, history=history)
+
+
+def _metrics_windows() -> PipelineMetrics:
+    start = NOW.timestamp() - 30 * 60
+    windows = []
+    for i in range(180):  # 30 minutes of 10 s windows
+        t = start + 10 * i
+        wave = math.sin(i / 9)
+        requests = 40 + int(12 * wave) + (30 if 120 <= i < 130 else 0)
+        windows.append(MetricsWindow(
+            start=t, seconds=10, requests=requests, rows=requests * 3,
+            errors_4xx=1 if i % 37 == 0 else 0, errors_5xx=0,
+            p50_ms=round(1.8 + 0.3 * wave, 2), p95_ms=round(3.9 + 0.8 * wave, 2),
+            p99_ms=round(6.4 + 2.5 * wave + (8 if 120 <= i < 130 else 0), 2)))
+    return PipelineMetrics(pipeline="machines", windows=windows)
+
+
+def _system() -> SystemResponse:
+    samples = []
+    for i in range(120):
+        t = NOW.timestamp() - 5 * (119 - i)
+        samples.append(ResourceSample(
+            ts=t, process_cpu_percent=6 + 4 * math.sin(i / 7), process_rss_bytes=212 * 2**20,
+            process_threads=14, process_open_files=9,
+            cpu_percent=round(22 + 15 * math.sin(i / 6) + (30 if 80 <= i < 90 else 0), 1),
+            memory_available_bytes=9 * 2**30, memory_percent=round(61 + 3 * math.sin(i / 20), 1),
+            load_1m=0.42, disk_free_bytes=38 * 2**30 + 200 * 2**20))
+    return SystemResponse(samples=samples)
+
+
+PIPELINES = [
+    PipelineSummary(name="machines", status="serving", task="binary", production_version=3,
+                    serving_version=3, primary_metric="auc", primary_metric_value=0.9120,
+                    datasets=3, rows=6000, last_ingestion=iso(13), requests_per_s=4.2,
+                    p50_ms=1.8, p99_ms=6.4, error_rate=0.002, drift_status="ok"),
+    PipelineSummary(name="energy", status="training", task="regression", production_version=1,
+                    serving_version=1, primary_metric="rmse", primary_metric_value=3.217,
+                    datasets=1, rows=800, last_ingestion=iso(0.2), requests_per_s=0.5,
+                    p50_ms=1.1, p99_ms=2.9, error_rate=0.0, drift_status="drift"),
+    PipelineSummary(name="vision", status="waiting_for_data", task=None,
+                    production_version=None, serving_version=None, primary_metric=None,
+                    primary_metric_value=None, datasets=0, rows=0, last_ingestion=None),
+]
+
+DETAIL = PipelineDetail(
+    name="machines", status="serving", task="binary", target="failed_within_24h",
+    timestamp="timestamp", id="reading_id", schema=SCHEMA, production=MODELS[1],
+    serving_version=3, datasets=3, rows=6000, models=4,
+    ingestions={"accepted": 3, "rejected": 1})
+
+EVENTS = [
+    EventInfo(id=i + 1, ts=iso(m), kind=k, level=lvl, pipeline=p, message=msg, details={})
+    for i, (m, k, lvl, p, msg) in enumerate([
+        (72, "started", "info", None, "serving on http://127.0.0.1:8080"),
+        (71, "ingested", "info", "machines", "machines_01.csv: 3000 rows as data set v1"),
+        (70, "trained", "info", "machines", "v1 trained on 3000 rows in 0.4s"),
+        (70, "promoted", "info", "machines", "v1 is production: vs baseline: auc 0.8836 vs "
+                                            "0.5000: better (needs > 0)"),
+        (41, "ingested", "info", "machines", "machines_02.csv: 1500 rows as data set v2"),
+        (40, "promoted", "info", "machines", "v2 is production: vs v1: auc 0.8950 vs 0.8836: "
+                                            "better (needs > 0)"),
+        (25, "refused", "warning", "machines", "machines_broken.csv: " + REFUSED_REASON),
+        (13, "ingested", "info", "machines", "machines_03_drifted.csv: 1500 rows as data set "
+                                            "v3"),
+        (12.5, "drift_detected", "warning", "machines", "5 of 9 features drifted (PSI "
+                                                         "temperature_c 0.41)"),
+        (12, "promoted", "info", "machines", "v3 is production: vs v2: auc 0.9120 vs 0.8950: "
+                                            "better (needs > 0)"),
+        (3, "not_promoted", "info", "machines", "v4: vs v3: auc 0.9021 vs 0.9120: not better "
+                                               "(needs > 0)"),
+        (0.2, "training_started", "info", "energy", "training (new_data)"),
+    ])
+]
+
+JOBS = JobsResponse(
+    pipeline="machines",
+    scheduled=[ScheduledJob(id="retrain-machines", pipeline="machines",
+                            name="retrain machines", schedule="cron 0 3 * * *",
+                            next_run=(NOW + timedelta(hours=17)).isoformat()),
+               ScheduledJob(id="drift-machines", pipeline="machines", name="drift check",
+                            schedule="every 60s", next_run=(NOW + timedelta(seconds=40))
+                            .isoformat())],
+    history=[
+        JobInfo(id=5, pipeline="machines", kind="train", trigger="manual", status="succeeded",
+                started_at=iso(3.1), finished_at=iso(3), model_version=4, error=None),
+        JobInfo(id=4, pipeline="machines", kind="train", trigger="drift", status="succeeded",
+                started_at=iso(12.1), finished_at=iso(12), model_version=3, error=None),
+        JobInfo(id=3, pipeline="machines", kind="train", trigger="manual", status="failed",
+                started_at=iso(30), finished_at=iso(29.9), model_version=None,
+                error="MemoryError: training needed more memory than MemoryMax allows"),
+        JobInfo(id=2, pipeline="machines", kind="train", trigger="new_data",
+                status="succeeded", started_at=iso(40.1), finished_at=iso(40),
+                model_version=2, error=None),
+        JobInfo(id=1, pipeline="machines", kind="train", trigger="new_data",
+                status="succeeded", started_at=iso(70.1), finished_at=iso(70),
+                model_version=1, error=None),
+    ])
+
+
+def routes() -> dict[tuple[str, str], Any]:
+    return {
+        ("GET", "/health"): Health(status="ok", version="0.1.0"),
+        ("GET", "/v1/pipelines"): PipelineList(pipelines=PIPELINES),
+        ("GET", "/v1/pipelines/machines"): DETAIL,
+        ("GET", "/v1/pipelines/machines/models"): ModelList(pipeline="machines",
+                                                            models=MODELS),
+        ("GET", "/v1/pipelines/machines/ingestions"): IngestionList(pipeline="machines",
+                                                                    ingestions=INGESTIONS),
+        ("GET", "/v1/pipelines/machines/jobs"): JOBS,
+        ("GET", "/v1/pipelines/machines/drift"): _drift(),
+        ("GET", "/v1/pipelines/machines/metrics"): _metrics_windows(),
+        ("GET", "/v1/system"): _system(),
+        ("POST", "/v1/pipelines/machines/models/2/promote"): PromoteResponse(
+            pipeline="machines", version=2, previous_version=3),
+        ("POST", "/v1/pipelines/machines/retrain"): RetrainResponse(
+            pipeline="machines", started=True, message="training started"),
+    }
+
+
+def transport(missing: frozenset[str] = frozenset()) -> httpx.MockTransport:
+    """Fixed answers; paths in ``missing`` answer 404 as a daemon without that route does."""
+    table = routes()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        key = (request.method, path)
+        if path in missing or key not in table:
+            body = ErrorBody(code="not_found", message="Not Found")
+            return httpx.Response(404, content=msgspec.json.encode(body),
+                                  headers={"content-type": "application/json"})
+        if path == "/v1/events" and int(request.url.params.get("after", 0)) > 0:
+            answer: Any = EventList(events=[])
+        else:
+            answer = table[key]
+        return httpx.Response(200, content=msgspec.json.encode(answer),
+                              headers={"content-type": "application/json"})
+
+    table[("GET", "/v1/events")] = EventList(events=list(reversed(EVENTS)))
+    return httpx.MockTransport(handle)
+
+
+def fixture_app(missing: frozenset[str] = frozenset(), **kw: Any) -> Any:
+    from tui.app import make_app
+
+    return make_app("http://appliance.test", "t0ken", transport=transport(missing),
+                    clock=clock, refresh_seconds=3600, **kw)
+
+
+AppFactory = Callable[..., Any]

@@ -1,0 +1,216 @@
+"""The TUI's only door to the appliance: typed calls over its HTTP API.
+
+Every answer is decoded with msgspec into the Structs of :mod:`appliance.api_types`, so a
+change of contract fails a test rather than an operator's screen. Three kinds of failure,
+each something the UI shows differently:
+
+- :class:`DaemonUnavailable`: nothing answered (refused, reset, timed out): a banner, and
+  the app reconnects by itself;
+- :class:`NotAvailable`: the daemon answered that it has no such route (an older daemon,
+  or a feature not built yet): a calm placeholder, not an error;
+- :class:`ApiError`: the daemon answered with an error body (``{"code", "message"}``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+
+from appliance.api_types import (
+    DriftResponse,
+    ErrorBody,
+    EventList,
+    Health,
+    IngestionList,
+    JobsResponse,
+    ModelList,
+    PipelineDetail,
+    PipelineList,
+    PipelineMetrics,
+    PromoteResponse,
+    RetrainResponse,
+    SystemResponse,
+)
+
+T = TypeVar("T")
+
+
+class DaemonUnavailable(Exception):
+    """Nothing answered at the daemon's URL."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"the daemon at {url} is not answering ({reason})")
+        self.url = url
+        self.reason = reason
+
+
+class ApiError(Exception):
+    """The daemon answered with an error."""
+
+    def __init__(self, status: int, code: str, message: str,
+                 details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+
+class NotAvailable(ApiError):
+    """The daemon has no such route (yet): a feature of a newer daemon."""
+
+
+async def gather(*calls: Awaitable[Any]) -> list[Any]:
+    """Run API calls together; when some fail, raise once all are done (no stray task
+    errors), the daemon being unreachable first, as it explains the others."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        await asyncio.wait(tasks)
+    except asyncio.CancelledError:
+        for task in tasks:
+            task.cancel()
+        raise
+    errors = [e for e in (t.exception() for t in tasks) if e is not None]
+    if errors:
+        raise next((e for e in errors if isinstance(e, DaemonUnavailable)), errors[0])
+    return [t.result() for t in tasks]
+
+
+def _reason(exc: httpx.TransportError) -> str:
+    if isinstance(exc, httpx.ConnectError):
+        return "connection refused" if "refused" in str(exc).lower() else "cannot connect"
+    if isinstance(exc, httpx.TimeoutException):
+        return "no answer in time"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "connection closed"
+    return type(exc).__name__
+
+
+class ApplianceClient:
+    """An asyncio client of one daemon.
+
+    ``discover``, when given, returns the daemon's current URL (the TUI started on a local
+    state directory reads ``daemon.json`` again), so a daemon restarted on another port is
+    found again by :meth:`rediscover`.
+    """
+
+    def __init__(self, url: str, token: str | None = None, *, timeout: float = 5.0,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 discover: Callable[[], str | None] | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.token = token or None
+        self.timeout = timeout
+        self._discover = discover
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, transport=transport,
+                                       headers={"user-agent": "appliance-tui"})
+
+    @property
+    def can_admin(self) -> bool:
+        return self.token is not None
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def rediscover(self) -> bool:
+        """Look the daemon's URL up again; True when it moved."""
+        if self._discover is None:
+            return False
+        try:
+            url = self._discover()
+        except Exception:
+            return False
+        if not url or url.rstrip("/") == self.url:
+            return False
+        self.url = url.rstrip("/")
+        self._http.base_url = httpx.URL(self.url)
+        return True
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    async def _request(self, method: str, path: str, type_: type[T], *, admin: bool = False,
+                       params: dict[str, Any] | None = None) -> T:
+        headers = {}
+        if admin:
+            if self.token is None:
+                raise ApiError(401, "no_token",
+                               "this needs the admin token: start the TUI with --token, set "
+                               "APPLIANCE_TOKEN, or run it where <state>/token is readable")
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            resp = await self._http.request(method, path, headers=headers, params=params)
+        except httpx.TransportError as exc:
+            raise DaemonUnavailable(self.url, _reason(exc)) from exc
+        if resp.status_code >= 400:
+            raise self._error(resp)
+        try:
+            return msgspec.json.decode(resp.content, type=type_)
+        except msgspec.DecodeError as exc:
+            raise ApiError(resp.status_code, "bad_response",
+                           f"{method} {path}: the daemon's answer does not match this TUI's "
+                           f"API types ({exc}); are the TUI and the daemon the same version?"
+                           ) from exc
+
+    @staticmethod
+    def _error(resp: httpx.Response) -> ApiError:
+        try:
+            body = msgspec.json.decode(resp.content, type=ErrorBody)
+            code, message, details = body.code, body.message, body.details
+        except msgspec.DecodeError:
+            code, message, details = "http_error", resp.text[:200] or resp.reason_phrase, {}
+        # A 404 that is not about a named thing means the route itself does not exist.
+        if resp.status_code in (404, 405) and code in ("not_found", "method_not_allowed",
+                                                       "http_error"):
+            return NotAvailable(resp.status_code, code,
+                                f"{resp.request.method} {resp.request.url.path} is not "
+                                "available from this daemon yet", details)
+        return ApiError(resp.status_code, code, message, details)
+
+    # --- the API -----------------------------------------------------------------------
+
+    async def health(self) -> Health:
+        return await self._request("GET", "/health", Health)
+
+    async def pipelines(self) -> PipelineList:
+        return await self._request("GET", "/v1/pipelines", PipelineList)
+
+    async def pipeline(self, name: str) -> PipelineDetail:
+        return await self._request("GET", f"/v1/pipelines/{name}", PipelineDetail)
+
+    async def models(self, name: str) -> ModelList:
+        return await self._request("GET", f"/v1/pipelines/{name}/models", ModelList)
+
+    async def ingestions(self, name: str, limit: int = 200) -> IngestionList:
+        return await self._request("GET", f"/v1/pipelines/{name}/ingestions", IngestionList,
+                                   params={"limit": limit})
+
+    async def jobs(self, name: str, limit: int = 100) -> JobsResponse:
+        return await self._request("GET", f"/v1/pipelines/{name}/jobs", JobsResponse,
+                                   params={"limit": limit})
+
+    async def drift(self, name: str) -> DriftResponse:
+        return await self._request("GET", f"/v1/pipelines/{name}/drift", DriftResponse)
+
+    async def metrics(self, name: str) -> PipelineMetrics:
+        return await self._request("GET", f"/v1/pipelines/{name}/metrics", PipelineMetrics)
+
+    async def system(self) -> SystemResponse:
+        return await self._request("GET", "/v1/system", SystemResponse)
+
+    async def events(self, after: int = 0, pipeline: str | None = None,
+                     limit: int = 200) -> EventList:
+        params: dict[str, Any] = {"after": after, "limit": limit}
+        if pipeline is not None:
+            params["pipeline"] = pipeline
+        return await self._request("GET", "/v1/events", EventList, params=params)
+
+    async def promote(self, name: str, version: int) -> PromoteResponse:
+        return await self._request("POST", f"/v1/pipelines/{name}/models/{version}/promote",
+                                   PromoteResponse, admin=True)
+
+    async def retrain(self, name: str) -> RetrainResponse:
+        return await self._request("POST", f"/v1/pipelines/{name}/retrain", RetrainResponse,
+                                   admin=True)

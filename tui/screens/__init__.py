@@ -1,0 +1,1 @@
+"""The console's screens: overview, one pipeline, help, and the confirmation dialog."""

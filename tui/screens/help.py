@@ -1,0 +1,78 @@
+"""What each screen shows, and every key."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Markdown
+
+HELP = """\
+# appliance console
+
+Everything here comes from the daemon's HTTP API and refreshes by itself every second or
+two. If the daemon stops answering, a red banner says so and the console reconnects on its
+own; nothing is lost.
+
+## Overview
+
+- **Pipelines**: status, production model and its metric, requests/s, p50/p99 latency,
+  error rate, drift, and when data last arrived. `enter` opens a pipeline.
+- **Box**: CPU, memory and disk of the machine, and what the daemon itself uses.
+- **Events**: what the appliance did, newest first: files taken or refused, training,
+  promotions, drift. `enter` on an event opens its pipeline.
+
+## A pipeline
+
+| tab | shows |
+| --- | --- |
+| `1` Data | every file received; a refused one with the reason and what to do; the schema |
+| `2` Models | every version with metrics, stage, the gate's decision and its data lineage |
+| `3` Drift | each feature's drift score (PSI) against its threshold, and drift over time |
+| `4` Traffic | latency percentiles and throughput over time |
+| `5` Jobs | scheduled jobs with their next run, and the history of job runs |
+
+## Keys
+
+| key | does |
+| --- | --- |
+| `enter` | open the highlighted pipeline |
+| `escape` | back to the overview (or close a dialog) |
+| `1`–`5` | switch tabs on a pipeline's screen |
+| `p` | promote the highlighted model version (to roll back, promote an older one) |
+| `r` | retrain the pipeline now |
+| `/` | filter the table that has focus; `escape` clears the filter |
+| `tab` | move between tables |
+| `ctrl+r` | refresh now |
+| `ctrl+p` | the command palette: every action, searchable |
+| `?` | this help |
+| `q` | quit (the daemon keeps running) |
+
+Promoting and retraining change what is served, so each asks first, and each needs the
+admin token (from the state directory, `--token` or `APPLIANCE_TOKEN`); without it the
+console is read-only.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > VerticalScroll {
+        width: 90%;
+        max-width: 96;
+        height: 90%;
+        border: thick $primary 60%;
+        background: $surface;
+        padding: 0 1;
+    }
+    """
+
+    BINDINGS = [Binding("escape,q,question_mark", "app.pop_screen", "Close")]
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield Markdown(HELP)
+
+    def on_mount(self) -> None:
+        self.query_one(VerticalScroll).focus()  # arrows and page keys scroll

@@ -1,0 +1,1 @@
+"""Widgets of the operator's console; each keeps its own default CSS."""
