@@ -66,7 +66,9 @@ class Daemon:
         self.state = state
         self.services = Services.build(settings, state)
         self._ingest_pool = ThreadPoolExecutor(1, thread_name_prefix="ingest")
-        self.watcher = InboxWatcher(state, settings.ingest, self._submit_file)
+        self.watcher = InboxWatcher(state, settings.ingest, self._submit_file,
+                                    events=self.services.events)
+        self.services.ingester.on_requeued = self.watcher.hold
         self.server: _Server | None = None
         self.url: str | None = None
 

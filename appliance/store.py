@@ -142,6 +142,12 @@ def _m0002(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX feedback_prediction ON feedback (pipeline, prediction_id)")
 
 
+@migrations(name="0003_issue3_ingestion_claim_index")
+def _m0003_issue3(db: sqlite_utils.Database) -> None:
+    # Crash recovery looks a claimed file up by the name it was stored as.
+    db.execute("CREATE INDEX IF NOT EXISTS ingestions_claim ON ingestions (pipeline, stored_as)")
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -593,6 +599,39 @@ class Store:
         )
         return [(r["id"], r["ts"], r["model_version"], json.loads(r["output"]),
                  json.loads(r["outcome"])) for r in rows]
+
+    # --- ingestion: duplicates and feedback files --------------------------------------
+
+    def taken_with_hash(self, pipeline: str, sha256: str) -> IngestionRecord | None:
+        """The first ingestion that took a file with this content (as data or feedback)."""
+        rows = self._rows(
+            "SELECT * FROM ingestions WHERE pipeline = ? AND sha256 = ?"
+            " AND status IN ('accepted', 'feedback') ORDER BY id LIMIT 1",
+            [pipeline, sha256],
+        )
+        return self._ingestion(rows[0]) if rows else None
+
+    def record_feedback_ingestion(
+        self, outcomes: list[tuple[str, Any]], **ingestion: Any
+    ) -> IngestionRecord:
+        """Record a feedback file and its (prediction_id, outcome) pairs in one transaction,
+        so a crash leaves either both or neither."""
+        with self._atomic():
+            record = self.record_ingestion(status="feedback", **ingestion)
+            self.add_feedback(record.pipeline, outcomes, record.id)
+        return record
+
+    def count_known_predictions(self, pipeline: str, ids: list[str]) -> int:
+        """How many of ``ids`` are in the prediction log of ``pipeline``."""
+        known = 0
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            known += self._rows(
+                f"SELECT COUNT(*) AS n FROM predictions WHERE pipeline = ? AND id IN ({marks})",
+                [pipeline, *chunk],
+            )[0]["n"]
+        return known
 
     # --- jobs ----------------------------------------------------------------------------
 
