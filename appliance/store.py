@@ -142,12 +142,6 @@ def _m0002(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX feedback_prediction ON feedback (pipeline, prediction_id)")
 
 
-@migrations(name="0003_issue3_ingestion_claim_index")
-def _m0003_issue3(db: sqlite_utils.Database) -> None:
-    # Crash recovery looks a claimed file up by the name it was stored as.
-    db.execute("CREATE INDEX IF NOT EXISTS ingestions_claim ON ingestions (pipeline, stored_as)")
-
-
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
