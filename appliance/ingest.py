@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import stat
 import threading
 import time
@@ -64,6 +65,14 @@ _CHUNK = 1 << 20
 _DIAGNOSE_ROWS = 5_000_000          # how far a ragged-line diagnosis reads with Python's csv
 _ROW = "__appliance_row__"
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+# Test hook for the crash-recovery tests: the process kills itself (SIGKILL, as `kill -9`)
+# when ingestion reaches the named step. Unset in production.
+_CRASH_AT = os.environ.get("APPLIANCE_TEST_CRASH_AT", "")
+
+
+def _step(name: str) -> None:
+    if name == _CRASH_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def is_temporary(name: str) -> bool:
@@ -304,6 +313,7 @@ class Ingester:
             return self._finish_recorded(claimed, name, pipeline, done)
         work = _Work(claimed=claimed, pipeline=pipeline, name=name,
                      received=_claim_time(claimed), started=time.monotonic())
+        _step("claimed")
         try:
             return self._ingest(work)
         except ApplianceError as err:
@@ -394,6 +404,7 @@ class Ingester:
                 self._convert_first(work, source, lf, have, tmp)
             else:
                 self._convert_to_schema(work, source, lf, have, schema, tmp)
+        _step("converted")
         return self._finish_dataset(work, tmp, target, schema is None)
 
     def _gunzip(self, work: _Work) -> Path:
@@ -668,15 +679,16 @@ class Ingester:
             dataset = folder / f"v{version:06d}.parquet"
             os.replace(tmp, dataset)
             _fsync_dir(folder)
-            rel = str(dataset.relative_to(self.state.root))
-            record = self.store.record_ingestion(
-                pipeline=pipeline, file_name=work.name, status="accepted",
-                received_at=work.received, sha256=work.sha, size_bytes=work.size, rows=rows,
-                columns=len(schema), warnings=work.warnings, stored_as=work.claimed.name,
-                duration_ms=monotonic_ms(work.started),
-                details={"format": work.fmt, "timings_ms": work.timings},
-                dataset=(rel, rows, work.sha or ""),
-            )
+        _step("dataset_written")
+        rel = str(dataset.relative_to(self.state.root))
+        record = self.store.record_ingestion(
+            pipeline=pipeline, file_name=work.name, status="accepted",
+            received_at=work.received, sha256=work.sha, size_bytes=work.size, rows=rows,
+            columns=len(schema), warnings=work.warnings, stored_as=work.claimed.name,
+            duration_ms=monotonic_ms(work.started),
+            details={"format": work.fmt, "timings_ms": work.timings},
+            dataset=(rel, rows, work.sha or ""),
+        )
         return self._finish_recorded(work.claimed, work.name, pipeline, record)
 
     def _duplicate(self, work: _Work, dup: IngestionRecord) -> Outcome:
@@ -754,13 +766,16 @@ class Ingester:
                          record: IngestionRecord) -> Outcome:
         """Move a recorded file to its final place and tell about it. Also what recovery
         runs for a file recorded before a crash but not yet moved."""
+        _step("recorded")
         rejected = record.status == "rejected"
         folder = self.state.pipeline_dir(self.state.rejected if rejected else self.state.archive,
                                          pipeline)
         final = _final_name(folder, name, record.id) if rejected else _free_name(folder, name)
         if rejected and not _reason_path(final).exists():
             self._write_reason(final, record)
+            _step("reason_written")
         os.replace(claimed, final)
+        _step("moved")
         if record.status == "accepted":
             self.events.emit(
                 "ingested", f"{name}: {record.rows} rows as data set v{record.dataset_version}",
