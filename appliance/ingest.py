@@ -1066,7 +1066,7 @@ class InboxWatcher:
             rel = path.relative_to(self.state.inbox)
         except ValueError:
             return
-        if len(rel.parts) != 2 or is_temporary(rel.parts[1]):
+        if len(rel.parts) != 2 or is_temporary(rel.parts[1]) or path.parent.is_symlink():
             return
         with self._lock:
             self._pending[path] = (-1, -1, time.monotonic(), renamed)
@@ -1109,7 +1109,8 @@ class InboxWatcher:
     def _check_pending(self) -> None:
         now = time.monotonic()
         with self._lock:
-            items = sorted(self._pending.items(), key=lambda kv: kv[1][2])
+            items = list(self._pending.items())
+        ready: list[tuple[int, str, Path, os.stat_result]] = []
         for path, (size, mtime, since, renamed) in items:
             try:
                 st = path.lstat()
@@ -1123,15 +1124,14 @@ class InboxWatcher:
                 continue
             current = (st.st_size, st.st_mtime_ns)
             if not stat.S_ISREG(st.st_mode) or renamed:
-                ready = True
+                ready.append((st.st_mtime_ns, path.name, path, st))
             elif current != (size, mtime):
                 with self._lock:
                     self._pending[path] = (*current, now, False)
-                continue
-            else:
-                ready = now - since >= self.settings.settle_seconds
-            if not ready:
-                continue
+            elif now - since >= self.settings.settle_seconds:
+                ready.append((st.st_mtime_ns, path.name, path, st))
+        # Oldest first: files are taken in the order they were written.
+        for _, _, path, st in sorted(ready, key=lambda r: r[:2]):
             if stat.S_ISREG(st.st_mode) and not self._room_for(path, st.st_size):
                 continue
             with self._lock:
