@@ -166,6 +166,16 @@ class _Work:
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     temps: list[Path] = field(default_factory=list)
+    hashing: _HashJob | None = None
+
+    def digest(self) -> str | None:
+        """The file's sha256, once its hashing thread is done (None if it failed)."""
+        if self.sha is None and self.hashing is not None:
+            job, self.hashing = self.hashing, None
+            job.join()
+            self.sha = job.value
+            self.timings["hash"] = job.ms
+        return self.sha
 
     @contextlib.contextmanager
     def timed(self, step: str) -> Iterator[None]:
@@ -179,6 +189,25 @@ class _Work:
         for path in self.temps:
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+class _HashJob(threading.Thread):
+    """Hashes a file on its own thread while Polars converts it, so the file's content hash
+    costs no extra wall time (hashlib releases the GIL; the second read hits the page
+    cache)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name="ingest-hash", daemon=True)
+        self.path = path
+        self.value: str | None = None
+        self.ms = 0.0
+        self.start()
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        with contextlib.suppress(OSError):
+            self.value = _sha256(self.path)
+        self.ms = monotonic_ms(t0)
 
 
 class _PolarsFailure(Exception):
@@ -317,12 +346,15 @@ class Ingester:
         try:
             return self._ingest(work)
         except ApplianceError as err:
+            work.digest()
             return self._refuse(work, err)
         except OSError as exc:
             if exc.errno in _NO_SPACE:
+                work.digest()
                 work.cleanup()
                 return self._send_back(work)
             log.exception("ingest_os_error file=%s", claimed)
+            work.digest()
             return self._refuse(work, ApplianceError(
                 "read_failed", f"`{name}` could not be read or written: {exc.strerror or exc}; "
                 "drop it again once the cause is fixed",
@@ -331,11 +363,13 @@ class Ingester:
             raise
         except BaseException as exc:  # a bug, or a panic out of Polars: refuse, never strand
             log.exception("ingest_internal_error file=%s", claimed)
+            work.digest()
             return self._refuse(work, ApplianceError(
                 "internal_error", f"`{name}` could not be ingested: {type(exc).__name__}: "
                 f"{str(exc)[:300]}; this is a bug in the appliance, drop the file again after "
                 "an update", {"error": f"{type(exc).__name__}: {str(exc)[:1000]}"}))
         finally:
+            work.digest()
             work.cleanup()
 
     # --- the steps -----------------------------------------------------------------------
@@ -369,11 +403,7 @@ class Ingester:
                 "(ingest.max_file_mb); split it, or raise the limit",
                 {"size_bytes": size, "limit_mb": limits.max_file_mb},
             )
-        with work.timed("hash"):
-            work.sha = _sha256(work.claimed)
-        dup = self.store.taken_with_hash(work.pipeline, work.sha)
-        if dup is not None:
-            return self._duplicate(work, dup)
+        work.hashing = _HashJob(work.claimed)
         source = work.claimed
         if fmt == ".csv.gz":
             with work.timed("gunzip"):
@@ -386,6 +416,9 @@ class Ingester:
         else:
             lf, have = self._open_csv(work, source)
         if (set(have) == {FEEDBACK_ID, target} and target != FEEDBACK_ID):
+            dup = self.store.taken_with_hash(work.pipeline, work.digest() or "")
+            if dup is not None:
+                return self._duplicate(work, dup)
             return self._feedback(work, source, lf, have, target, schema)
         if target not in have:
             raise ApplianceError(
@@ -405,6 +438,11 @@ class Ingester:
             else:
                 self._convert_to_schema(work, source, lf, have, schema, tmp)
         _step("converted")
+        # Duplicates are found once the hash is done: a duplicate costs a conversion, but a
+        # new file (the usual case) costs no extra read for its hash.
+        dup = self.store.taken_with_hash(work.pipeline, work.digest() or "")
+        if dup is not None:
+            return self._duplicate(work, dup)
         return self._finish_dataset(work, tmp, target, schema is None)
 
     def _gunzip(self, work: _Work) -> Path:
@@ -1025,6 +1063,7 @@ class InboxWatcher:
     def start(self) -> None:
         self.recover()
         self.rescan()
+        _prompt_renames()
         self._observer = Observer(generate_full_events=True)
         self._observer.schedule(_Handler(self), str(self.state.inbox), recursive=True)
         self._observer.daemon = True
@@ -1198,6 +1237,18 @@ class InboxWatcher:
             return
         with contextlib.suppress(Exception):
             self.submit(dest, pipeline)
+
+
+def _prompt_renames() -> None:
+    """See a rename into the inbox at once. watchdog's inotify observer holds each
+    IN_MOVED_FROM for 0.5 s to pair it with its IN_MOVED_TO, and every later event waits
+    behind it in its queue; so each rename (ours into processing/ too) would delay what
+    follows by half a second. With full events no pairing is needed (an unpaired
+    IN_MOVED_TO is still reported as a move into the inbox), so the hold is made short."""
+    with contextlib.suppress(ImportError, AttributeError):
+        from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+
+        InotifyMoveEventGrouper.delay = min(InotifyMoveEventGrouper.delay, 0.02)
 
 
 def _real_dirs(area: Path) -> list[Path]:
