@@ -167,6 +167,7 @@ class _Work:
     timings: dict[str, float] = field(default_factory=dict)
     temps: list[Path] = field(default_factory=list)
     hashing: _HashJob | None = None
+    source: Path | None = None          # what Polars reads: the file, or its decompressed copy
 
     def digest(self) -> str | None:
         """The file's sha256, once its hashing thread is done (None if it failed)."""
@@ -187,8 +188,14 @@ class _Work:
 
     def cleanup(self) -> None:
         for path in self.temps:
-            with contextlib.suppress(OSError):
-                path.unlink()
+            if path.is_dir() and not path.is_symlink():
+                # Polars' streaming sink can still create its file just after it reported
+                # an error; in a removed folder it can't, so nothing half written is left.
+                shutil.rmtree(path, ignore_errors=True)
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
 
 class _HashJob(threading.Thread):
@@ -344,7 +351,10 @@ class Ingester:
                      received=_claim_time(claimed), started=time.monotonic())
         _step("claimed")
         try:
-            return self._ingest(work)
+            try:
+                return self._ingest(work)
+            except _PolarsFailure as exc:  # any Polars failure not mapped closer to its call
+                raise self._read_failure(work, exc) from None
         except ApplianceError as err:
             work.digest()
             return self._refuse(work, err)
@@ -404,10 +414,10 @@ class Ingester:
                 {"size_bytes": size, "limit_mb": limits.max_file_mb},
             )
         work.hashing = _HashJob(work.claimed)
-        source = work.claimed
+        source = work.source = work.claimed
         if fmt == ".csv.gz":
             with work.timed("gunzip"):
-                source = self._gunzip(work)
+                source = work.source = self._gunzip(work)
         target = self.settings.pipeline(work.pipeline).target
         record = self.store.pipeline(work.pipeline)
         schema = record.schema if record is not None and record.schema else None
@@ -429,9 +439,11 @@ class Ingester:
                 {"expected_column": target, "columns": list(have)[:50],
                  "config_key": f"pipelines.{work.pipeline}.target"},
             )
-        tmp = self.state.pipeline_dir(self.state.datasets, work.pipeline) / (
-            f".tmp-{work.claimed.name}.parquet")
-        work.temps.append(tmp)
+        scratch = self.state.pipeline_dir(self.state.datasets, work.pipeline) / (
+            f".tmp-{work.claimed.name}")
+        scratch.mkdir(exist_ok=True)
+        work.temps.append(scratch)
+        tmp = scratch / "data.parquet"
         with work.timed("convert"):
             if schema is None:
                 self._convert_first(work, source, lf, have, tmp)
@@ -666,11 +678,15 @@ class Ingester:
         try:
             _polars(lambda: lf.sink_parquet(tmp, sync_on_close="all"))
         except _PolarsFailure as exc:
-            if work.fmt == ".parquet":
-                raise ApplianceError(
-                    "unparseable", f"`{work.name}` could not be read as Parquet: "
-                    f"{exc.first_line}", {"error": exc.first_line}) from None
-            raise self._csv_failure(work, path, exc) from None
+            raise self._read_failure(work, exc) from None
+
+    def _read_failure(self, work: _Work, exc: _PolarsFailure) -> ApplianceError:
+        """The refusal for a failure of Polars reading the dropped file."""
+        if work.fmt == ".parquet" or work.source is None:
+            return ApplianceError(
+                "unparseable", f"`{work.name}` could not be read as "
+                f"{work.fmt.lstrip('.') or 'data'}: {exc.first_line}", {"error": exc.first_line})
+        return self._csv_failure(work, work.source, exc)
 
     # --- the two endings -----------------------------------------------------------------
 
@@ -753,14 +769,8 @@ class Ingester:
         if want is not None and have[target] != want:
             outcome = _lossless(target, have[target], want)
             self._check_values(work, lf, {target: outcome}, {target: want})
-        try:
-            frame = _polars(lambda: lf.select(
-                pl.col(FEEDBACK_ID).cast(pl.String), outcome.alias(target)).collect())
-        except _PolarsFailure as exc:
-            if work.fmt == ".parquet":
-                raise ApplianceError("unparseable", f"`{work.name}` could not be read: "
-                                     f"{exc.first_line}", {"error": exc.first_line}) from None
-            raise self._csv_failure(work, path, exc) from None
+        frame = _polars(lambda: lf.select(
+            pl.col(FEEDBACK_ID).cast(pl.String), outcome.alias(target)).collect())
         if frame.height > self.settings.ingest.max_rows:
             raise ApplianceError(
                 "too_many_rows", f"`{work.name}` has {frame.height} rows, over the limit of "
@@ -837,7 +847,7 @@ class Ingester:
         taken again once there is room; it is not at fault, so it is not refused."""
         inbox = self.state.pipeline_dir(self.state.inbox, work.pipeline)
         back = _free_name(inbox, work.name)
-        os.replace(work.claimed, back)
+        shutil.move(work.claimed, back)  # a rename, unless the inbox is another file system
         self.events.emit(
             "waiting_for_space",
             f"{work.name}: the disk of the state directory filled up during ingestion; the "
@@ -1086,7 +1096,11 @@ class InboxWatcher:
         for area in (self.state.processing, self.state.datasets):
             for pipe_dir in _real_dirs(area):
                 for path in pipe_dir.iterdir():
-                    if path.name.startswith(".") and not path.is_dir():
+                    if not path.name.startswith("."):
+                        continue
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
                         with contextlib.suppress(OSError):
                             path.unlink()
         for pipe_dir in _real_dirs(self.state.processing):
@@ -1105,6 +1119,10 @@ class InboxWatcher:
             rel = path.relative_to(self.state.inbox)
         except ValueError:
             return
+        if len(rel.parts) == 1 and not is_temporary(rel.parts[0]) and path not in \
+                self._refused_names and not path.is_dir():
+            self._refused_names.add(path)
+            log.warning("inbox_file_ignored file=%s: files go in inbox/<pipeline>/", path)
         if len(rel.parts) != 2 or is_temporary(rel.parts[1]) or path.parent.is_symlink():
             return
         with self._lock:
@@ -1229,14 +1247,39 @@ class InboxWatcher:
         dest_dir = self.state.pipeline_dir(self.state.processing, pipeline)
         dest = dest_dir / f"{time.time_ns()}__{safe_name(path.name)}"
         try:
-            os.rename(path, dest)
+            try:
+                os.rename(path, dest)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                _move_across_devices(path, dest)
         except FileNotFoundError:
             return  # taken by someone else, or deleted by its writer
         except OSError as exc:
-            log.warning("claim_failed path=%s error=%s", path, exc)
+            if path not in self._refused_names:
+                log.warning("claim_failed path=%s error=%s", path, exc)
+                self._refused_names.add(path)
             return
         with contextlib.suppress(Exception):
             self.submit(dest, pipeline)
+
+
+def _move_across_devices(src: Path, dest: Path) -> None:
+    """Claim a file from an inbox on another file system (a network mount): copy it under
+    a hidden name, make it durable, rename it into place, then remove the original. A
+    crash between the last two steps leaves both; the second is then archived as a
+    duplicate, never ingested twice."""
+    st = src.lstat()
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EXDEV, "not a regular file, on another file system")
+    tmp = dest.with_name(f".copy-{dest.name}")
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as fin, open(tmp, "wb") as fout:
+        shutil.copyfileobj(fin, fout, _CHUNK)
+        fout.flush()
+        os.fsync(fout.fileno())
+    os.rename(tmp, dest)
+    os.unlink(src)
 
 
 def _prompt_renames() -> None:

@@ -309,16 +309,38 @@ def test_mangled_files_never_hurt_the_daemon(hyp_daemon, batch):
 
 # --- the free-space floor, on a real small disk -------------------------------------------
 
-@pytest.fixture
-def small_disk(tmp_path):
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mnt)],
+def mount_tmpfs(where: Path, size: str) -> None:
+    where.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
                             capture_output=True)
     if result.returncode != 0:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mnt = tmp_path / "disk"
+    mount_tmpfs(mnt, "48m")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_an_inbox_folder_on_another_file_system(state_root, start_daemon):
+    """A pipeline folder that is a mount point (a network share, say): files are copied
+    into processing/ and removed from the share, not lost to a failing rename."""
+    configure(state_root)
+    remote = state_root / "inbox" / "p"
+    mount_tmpfs(remote, "8m")
+    try:
+        daemon = start_daemon(state_root)
+        put(state_root, "remote.csv", good_csv(33))
+        wait_for(lambda: settled(state_root, 1), timeout=20, what="the file on the mount")
+        assert finals(state_root)["archive"] == ["remote.csv"]
+        assert ingestions(daemon)[0]["rows"] == 33
+        assert list(remote.iterdir()) == []
+        daemon.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(remote)], capture_output=True)
 
 
 def test_files_wait_while_the_disk_is_nearly_full(small_disk, start_daemon):

@@ -391,7 +391,8 @@ def shared(tmp_path_factory):
     harness.store.close()
 
 
-@settings(max_examples=60, deadline=None,
+# HYP_N=2000 runs a deeper search by hand; the suite keeps 60 examples.
+@settings(max_examples=int(os.environ.get("HYP_N", "60")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(files)
 def test_any_bytes_end_in_archive_or_rejected(shared, file):
