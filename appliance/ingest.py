@@ -431,11 +431,15 @@ class Ingester:
                 return self._duplicate(work, dup)
             return self._feedback(work, source, lf, have, target, schema)
         if target not in have:
+            only = next(iter(have), "") if len(have) == 1 else ""
+            sep = next((c for c in (";", "\t", "|") if c in only), None)
+            hint = (f" The file seems to separate columns with {sep!r}; the appliance reads "
+                    "comma-separated files, so save it with commas." if sep else "")
             raise ApplianceError(
                 "missing_target",
                 f"column `{target}` not found in `{name}`; the target column of pipeline "
                 f"`{work.pipeline}` is `{target}`. Name the right one with "
-                f'[pipelines.{work.pipeline}] target = "..." in appliance.toml',
+                f'[pipelines.{work.pipeline}] target = "..." in appliance.toml.{hint}',
                 {"expected_column": target, "columns": list(have)[:50],
                  "config_key": f"pipelines.{work.pipeline}.target"},
             )

@@ -143,6 +143,9 @@ def test_refusals_say_where(h):
     missing = h.reason(h.process("no_kind.csv", by_name["no_kind.csv"]()))
     assert missing["details"]["missing"] == ["kind"]
 
+    semi = h.reason(h.process("semicolons.csv", b"x;y;kind;target\n1;0.5;a;1\n"))
+    assert semi["code"] == "missing_target" and "separate columns with ';'" in semi["message"]
+
 
 def test_bad_value_far_into_a_big_file_names_its_row(h):
     h.process("first.csv", good_csv())
