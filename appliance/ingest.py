@@ -283,6 +283,16 @@ def _kept_type(dtype: pl.DataType) -> pl.DataType | None:
     return None
 
 
+def _plain_types(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """A CSV scan whose inferred types are all ones a schema may hold (a time of day, which
+    date parsing can infer, is kept as text)."""
+    schema = _polars(lf.collect_schema)
+    if all(_kept_type(t) == t for t in schema.values()):
+        return lf
+    return lf.with_columns(pl.col(c).cast(pl.String) for c, t in schema.items()
+                           if _kept_type(t) != t)
+
+
 def _lossless(col: str, have: pl.DataType, want: pl.DataType) -> pl.Expr:
     """``col`` as ``want``; null where a value does not convert without loss."""
     x = pl.col(col)
@@ -359,6 +369,8 @@ class Ingester:
             work.digest()
             return self._refuse(work, err)
         except OSError as exc:
+            if self.store.ingestion_by_claim(pipeline, claimed.name) is not None:
+                raise  # failed after its record: the next start finishes the move
             if exc.errno in _NO_SPACE:
                 work.digest()
                 work.cleanup()
@@ -372,6 +384,8 @@ class Ingester:
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # a bug, or a panic out of Polars: refuse, never strand
+            if self.store.ingestion_by_claim(pipeline, claimed.name) is not None:
+                raise  # failed after its record: the next start finishes the move
             log.exception("ingest_internal_error file=%s", claimed)
             work.digest()
             return self._refuse(work, ApplianceError(
@@ -603,14 +617,14 @@ class Ingester:
             return
         try:
             scan = self._scan_csv(path, infer_schema_length=INFER_ROWS, try_parse_dates=True)
-            self._sink(work, path, scan, tmp)
+            self._sink(work, path, _plain_types(scan), tmp)
         except ApplianceError as err:
             if err.code != "bad_value":
                 raise
             # A value past the rows the types were inferred from does not fit them (a 2.5
             # after ten thousand integers): infer from the whole file instead.
             scan = self._scan_csv(path, infer_schema_length=None, try_parse_dates=True)
-            self._sink(work, path, scan, tmp)
+            self._sink(work, path, _plain_types(scan), tmp)
             work.warnings.append(
                 f"column types were inferred from the whole file, as `{err.details['column']}` "
                 f"changes type after row {INFER_ROWS}")

@@ -109,7 +109,7 @@ def test_duplicates_growing_files_renames_and_new_folders(state_root, start_daem
     configure(state_root, "")
     text = (state_root / "appliance.toml").read_text()
     (state_root / "appliance.toml").write_text(
-        text.replace("settle_seconds = 0.3", "settle_seconds = 1.5")
+        text.replace("settle_seconds = 0.3", "settle_seconds = 3.0")
             .replace("rescan_seconds = 1.0", "rescan_seconds = 600"))
     daemon = start_daemon(state_root)
 
@@ -119,7 +119,8 @@ def test_duplicates_growing_files_renames_and_new_folders(state_root, start_daem
     wait_for(lambda: settled(state_root, 1), timeout=20, what="the renamed file")
     first = ingestions(daemon)[0]
     claimed_at = datetime.fromisoformat(first["received_at"]).timestamp()
-    assert claimed_at - dropped_at < 1.0, "a renamed file waited for the settle time"
+    # Claimed long before the settle time (3 s); the margin is for a loaded machine.
+    assert claimed_at - dropped_at < 2.0, "a renamed file waited for the settle time"
     assert first["status"] == "accepted" and first["rows"] == 30 and first["columns"] == 4
     assert first["dataset_path"] == "datasets/p/v000001.parquet"
     assert first["duration_ms"] > 0 and "timings_ms" in first["details"]
