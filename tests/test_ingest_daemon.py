@@ -111,6 +111,9 @@ def test_duplicates_growing_files_renames_and_new_folders(state_root, start_daem
     (state_root / "appliance.toml").write_text(
         text.replace("settle_seconds = 0.3", "settle_seconds = 3.0")
             .replace("rescan_seconds = 1.0", "rescan_seconds = 600"))
+    # The folder exists before the drop: a file renamed into a folder made a moment
+    # earlier can land before the folder is watched, and then waits the settle time.
+    (state_root / "inbox/p").mkdir(parents=True)
     daemon = start_daemon(state_root)
 
     # Renamed into place: taken at once, well before the settle time.
