@@ -12,6 +12,7 @@ import io
 import json
 import os
 import random
+import stat
 import threading
 import time
 from pathlib import Path
@@ -267,6 +268,15 @@ def test_symlinks_and_fifos_are_refused_never_followed(h, tmp_path):
     t.join(10)
     assert done, "the ingester blocked on a FIFO"
     assert done[0].record.code == "not_a_regular_file"
+    device = folder / f"{time.time_ns()}__null.csv"
+    try:
+        os.mknod(device, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # like /dev/null
+    except PermissionError:
+        pass  # no CAP_MKNOD here: the symlink and the FIFO stand for it
+    else:
+        dev = h.ingester.process(device, "p")
+        assert dev is not None and dev.record.code == "not_a_regular_file"
+        assert stat.S_ISCHR(dev.final_path.lstat().st_mode)
     assert h.store.datasets("p") == []
 
 
