@@ -53,6 +53,7 @@ class IngestionInfo(msgspec.Struct, kw_only=True):
     received_at: str
     finished_at: str
     duration_ms: float | None
+    dataset_path: str | None = None
 
 
 class PipelineSummary(msgspec.Struct, kw_only=True):

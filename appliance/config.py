@@ -52,11 +52,26 @@ class IngestSettings(_Section):
         msgspec.Meta(gt=0),
     ] = 30.0
     max_file_mb: Annotated[
-        int, _doc("files larger than this are refused"), msgspec.Meta(ge=1)
+        int, _doc("files larger than this are refused (a .csv.gz: once decompressed)"),
+        msgspec.Meta(ge=1),
     ] = 4096
     max_columns: Annotated[
         int, _doc("files with more columns than this are refused"), msgspec.Meta(ge=1)
     ] = 2000
+    max_rows: Annotated[
+        int, _doc("files with more rows than this are refused (Parquet: from its metadata)"),
+        msgspec.Meta(ge=1),
+    ] = 100_000_000
+    max_uncompressed_mb: Annotated[
+        int, _doc("a Parquet file whose data would decode to more than this is refused from "
+                  "its metadata, before it is loaded"),
+        msgspec.Meta(ge=1),
+    ] = 8192
+    min_free_mb: Annotated[
+        int, _doc("files wait in the inbox while the state dir's disk has less free space "
+                  "than this plus the room the file needs; the rest is kept for SQLite"),
+        msgspec.Meta(ge=0),
+    ] = 512
 
 
 class TrainSettings(_Section):

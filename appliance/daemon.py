@@ -169,7 +169,9 @@ class Daemon:
         self._ingest_pool = ThreadPoolExecutor(1, thread_name_prefix="ingest")
         self._ingest_futures: set[Future[None]] = set()
         self._ingest_lock = threading.Lock()
-        self.watcher = InboxWatcher(state, settings.ingest, self._submit_file)
+        self.watcher = InboxWatcher(state, settings.ingest, self._submit_file,
+                                    events=self.services.events)
+        self.services.ingester.on_requeued = self.watcher.hold
         self.server: _Server | None = None
         self.url: str | None = None
         # SIGHUP re-reads the config this way (the CLI passes its --config and flags).

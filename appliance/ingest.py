@@ -1,24 +1,43 @@
 """The drop folder: watching ``inbox/<pipeline>/`` and ingesting each complete file.
 
-Every dropped file ends, exactly once, in ``archive/<pipeline>/`` (taken) or in
-``rejected/<pipeline>/`` beside a ``<file>.reason.json`` (refused). A file is first claimed
-by an atomic rename into ``processing/<pipeline>/``; what a crash leaves there is processed
-again at the next start, and the ``stored_as`` name on its SQLite record tells whether it
-was already recorded, so nothing is taken twice.
+Every dropped file ends, exactly once, in ``archive/<pipeline>/`` (taken as data, as
+feedback, or as a duplicate) or in ``rejected/<pipeline>/`` beside a
+``<file>.reason.json`` (refused). A file is first claimed by an atomic rename into
+``processing/<pipeline>/``; what a crash leaves there is processed again at the next start,
+and the ``stored_as`` name on its SQLite record tells whether it was already recorded, so
+nothing is taken twice.
+
+Files stream: a CSV is converted with Polars' lazy engine (``scan_csv`` ... ``sink_parquet``),
+so a file several times larger than memory goes through in bounded memory, with the schema
+checks, the casts and the dropping of null targets as lazy expressions. A Parquet file is
+first judged by its footer (row count, declared and decoded sizes), so a decompression bomb
+is refused before anything is loaded. Any failure inside the parser, even a Rust panic,
+refuses that file and nothing else.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import csv
+import errno
+import gzip
 import hashlib
+import io
 import json
 import logging
 import os
+import re
+import shutil
+import signal
 import stat
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +48,7 @@ from watchdog.observers import Observer
 from appliance.config import PIPELINE_NAME, IngestSettings, Settings
 from appliance.errors import ApplianceError
 from appliance.events import Events
+from appliance.parquet_footer import FooterError, read_footer
 from appliance.statedir import StateDir
 from appliance.store import IngestionRecord, Store, monotonic_ms, now_iso
 
@@ -36,6 +56,23 @@ log = logging.getLogger("appliance.ingest")
 
 ACCEPTED_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 TEMP_SUFFIXES = (".part", ".tmp", ".crdownload", "~")
+FEEDBACK_ID = "prediction_id"
+INFER_ROWS = 10_000                 # rows a first CSV file's column types are inferred from
+NAME_MAX_BYTES = 180                # room for the claim prefix, `.N` and `.reason.json`
+GZ_ROOM_FACTOR = 6                  # disk a .csv.gz needs per byte: decompressed + converted
+_PROBE_BYTES = 4 << 20              # the CSV header must end within this
+_CHUNK = 1 << 20
+_DIAGNOSE_ROWS = 5_000_000          # how far a ragged-line diagnosis reads with Python's csv
+_ROW = "__appliance_row__"
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+# Test hook for the crash-recovery tests: the process kills itself (SIGKILL, as `kill -9`)
+# when ingestion reaches the named step. Unset in production.
+_CRASH_AT = os.environ.get("APPLIANCE_TEST_CRASH_AT", "")
+
+
+def _step(name: str) -> None:
+    if name == _CRASH_AT:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def is_temporary(name: str) -> bool:
@@ -50,6 +87,26 @@ def file_format(name: str) -> str | None:
     return None
 
 
+def safe_name(name: str) -> str:
+    """The name a dropped file is kept under: valid UTF-8, printable, never a path, short
+    enough for the claim prefix and ``.reason.json``; the format suffix is kept."""
+    text = os.fsencode(name).decode("utf-8", "replace")
+    text = "".join(ch if ch.isprintable() and ch not in "/\\\ufffd" else "_" for ch in text)
+    if text.strip(".") == "":
+        text = "_" + text
+    fmt = file_format(text)
+    suffix = text[len(text) - len(fmt):] if fmt else ""
+    stem = text[: len(text) - len(suffix)]
+    while len((stem + suffix).encode()) > NAME_MAX_BYTES and stem:
+        stem = stem[:-1]
+    return stem + suffix
+
+
+def room_needed(size: int, name: str) -> int:
+    """Bytes of disk the ingestion of a file of this size may take, beyond the file."""
+    return size * (GZ_ROOM_FACTOR if name.lower().endswith(".gz") else 1)
+
+
 @dataclass
 class Outcome:
     record: IngestionRecord
@@ -58,9 +115,12 @@ class Outcome:
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        buf = bytearray(_CHUNK * 4)
+        view = memoryview(buf)
+        while n := f.readinto(buf):
+            h.update(view[:n])
     return h.hexdigest()
 
 
@@ -74,9 +134,206 @@ def _free_name(folder: Path, name: str) -> Path:
     return candidate
 
 
+def _reason_path(final: Path) -> Path:
+    return final.with_name(final.name + ".reason.json")
+
+
 def original_name(claimed: Path) -> str:
     """Claimed files are named ``<ns>__<original>``."""
     return claimed.name.split("__", 1)[1] if "__" in claimed.name else claimed.name
+
+
+def _claim_time(claimed: Path) -> str:
+    prefix = claimed.name.split("__", 1)[0]
+    if prefix.isdigit() and len(prefix) < 21:
+        stamp = datetime.fromtimestamp(int(prefix) / 1e9, UTC)
+        return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return now_iso()
+
+
+@dataclass
+class _Work:
+    """One claimed file on its way through :meth:`Ingester.process`."""
+
+    claimed: Path
+    pipeline: str
+    name: str
+    received: str
+    started: float
+    fmt: str = ""
+    sha: str | None = None
+    size: int | None = None
+    warnings: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    temps: list[Path] = field(default_factory=list)
+    hashing: _HashJob | None = None
+    source: Path | None = None          # what Polars reads: the file, or its decompressed copy
+
+    def digest(self) -> str | None:
+        """The file's sha256, once its hashing thread is done (None if it failed)."""
+        if self.sha is None and self.hashing is not None:
+            job, self.hashing = self.hashing, None
+            job.join()
+            self.sha = job.value
+            self.timings["hash"] = job.ms
+        return self.sha
+
+    @contextlib.contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[step] = round(self.timings.get(step, 0) + monotonic_ms(t0), 1)
+
+    def cleanup(self) -> None:
+        for path in self.temps:
+            if path.is_dir() and not path.is_symlink():
+                # Polars' streaming sink can still create its file just after it reported
+                # an error; in a removed folder it can't, so nothing half written is left.
+                shutil.rmtree(path, ignore_errors=True)
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+
+class _HashJob(threading.Thread):
+    """Hashes a file on its own thread while Polars converts it, so the file's content hash
+    costs no extra wall time (hashlib releases the GIL; the second read hits the page
+    cache)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(name="ingest-hash", daemon=True)
+        self.path = path
+        self.value: str | None = None
+        self.ms = 0.0
+        self.start()
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        with contextlib.suppress(OSError):
+            self.value = _sha256(self.path)
+        self.ms = monotonic_ms(t0)
+
+
+class _PolarsFailure(Exception):
+    """Polars failed (an error or a panic); ``text`` is its message."""
+
+    def __init__(self, exc: BaseException) -> None:
+        text = str(exc).strip() or type(exc).__name__
+        super().__init__(text)
+        self.text = text
+        self.first_line = text.splitlines()[0][:300]
+
+
+def _polars(fn: Callable[[], Any]) -> Any:
+    """Run a Polars call; every failure, a panic included, becomes a ``_PolarsFailure``,
+    except a full disk, which stays an ``OSError`` (the file waits, it is not at fault)."""
+    try:
+        return fn()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            raise
+        raise _PolarsFailure(exc) from None
+    except BaseException as exc:  # Polars panics raise PanicException, a BaseException
+        text = str(exc)
+        if "os error 28" in text or "No space left" in text or "os error 122" in text:
+            raise OSError(errno.ENOSPC, "No space left on device") from None
+        raise _PolarsFailure(exc) from None
+
+
+# --- types: what a pipeline's schema may hold, and lossless casts ---------------------------
+
+_SIMPLE_TYPES: dict[str, pl.DataType] = {
+    "Int8": pl.Int8(), "Int16": pl.Int16(), "Int32": pl.Int32(), "Int64": pl.Int64(),
+    "UInt8": pl.UInt8(), "UInt16": pl.UInt16(), "UInt32": pl.UInt32(), "UInt64": pl.UInt64(),
+    "Float32": pl.Float32(), "Float64": pl.Float64(), "String": pl.String(),
+    "Boolean": pl.Boolean(), "Date": pl.Date(),
+}
+_DATETIME = re.compile(r"Datetime\(time_unit='(ns|us|ms)', time_zone=(None|'([^']*)')\)")
+
+
+def _dtype(name: str) -> pl.DataType | None:
+    """The Polars type named by ``str(dtype)`` in a stored schema."""
+    if name in _SIMPLE_TYPES:
+        return _SIMPLE_TYPES[name]
+    m = _DATETIME.fullmatch(name)
+    if m:
+        return pl.Datetime(m.group(1), m.group(3))  # type: ignore[arg-type]
+    if name.startswith("Datetime"):
+        unit = "ns" if "'ns'" in name else "ms" if "'ms'" in name else "us"
+        return pl.Datetime(unit)
+    return None
+
+
+def _kept_type(dtype: pl.DataType) -> pl.DataType | None:
+    """The type a column is kept as in a data set, or None when the appliance can't use it
+    (nested, binary, object, time of day, duration)."""
+    if dtype.is_numeric() and not isinstance(dtype, pl.Decimal):
+        return dtype
+    if isinstance(dtype, pl.Decimal):
+        return pl.Float64()
+    if isinstance(dtype, (pl.Categorical, pl.Enum, pl.Null)) or dtype == pl.String:
+        return pl.String()
+    if dtype == pl.Boolean or dtype == pl.Date or isinstance(dtype, pl.Datetime):
+        return dtype
+    return None
+
+
+def _plain_types(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """A CSV scan whose inferred types are all ones a schema may hold (a time of day, which
+    date parsing can infer, is kept as text)."""
+    schema = _polars(lf.collect_schema)
+    if all(_kept_type(t) == t for t in schema.values()):
+        return lf
+    return lf.with_columns(pl.col(c).cast(pl.String) for c, t in schema.items()
+                           if _kept_type(t) != t)
+
+
+def _lossless(col: str, have: pl.DataType, want: pl.DataType) -> pl.Expr:
+    """``col`` as ``want``; null where a value does not convert without loss."""
+    x = pl.col(col)
+    if have == want:
+        return x
+    if isinstance(have, pl.Null):
+        return x.cast(want)
+    if want == pl.String:
+        return x.cast(pl.String)
+    if have == pl.String or isinstance(have, (pl.Categorical, pl.Enum)):
+        s = x.cast(pl.String).str.strip_chars()
+        if want == pl.Boolean:
+            low = s.str.to_lowercase()
+            return (pl.when(low.is_in(["true", "1"])).then(pl.lit(True))
+                    .when(low.is_in(["false", "0"])).then(pl.lit(False))
+                    .otherwise(pl.lit(None, pl.Boolean)))
+        if isinstance(want, pl.Datetime):
+            return s.str.to_datetime(time_unit=want.time_unit, time_zone=want.time_zone,
+                                     strict=False)
+        if want == pl.Date:
+            return s.str.to_date(strict=False)
+        y = s.cast(want, strict=False)
+        if want.is_integer():
+            f = s.cast(pl.Float64, strict=False)
+            whole = (f == f.round(0)) & (f.abs() < 2.0**53)
+            y = pl.coalesce(y, pl.when(whole).then(f.cast(want, strict=False)))
+        return y
+    if isinstance(have, pl.Datetime) and isinstance(want, pl.Datetime) \
+            and have.time_zone != want.time_zone:
+        if have.time_zone and want.time_zone:
+            x = x.dt.convert_time_zone(want.time_zone)
+        elif want.time_zone:
+            x = x.dt.replace_time_zone(want.time_zone)
+        else:
+            x = x.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+        return x.dt.cast_time_unit(want.time_unit)
+    y = x.cast(want, strict=False)
+    return pl.when(y.cast(have, strict=False) == x).then(y)
+
+
+# --- ingestion ---------------------------------------------------------------------------
 
 
 class Ingester:
@@ -89,57 +346,70 @@ class Ingester:
         self.events = events
         self.settings = settings
         self.on_accepted = on_accepted
+        # Told about a file sent back to the inbox for want of disk space (the watcher then
+        # holds it for a while instead of taking it again at once).
+        self.on_requeued: Callable[[Path], None] | None = None
 
-    def process(self, claimed: Path, pipeline: str) -> Outcome:
+    def process(self, claimed: Path, pipeline: str) -> Outcome | None:
+        """Ingest one claimed file. It ends in archive/ or rejected/, with its record; or,
+        when the disk filled up meanwhile, back in the inbox (and None is returned)."""
         name = original_name(claimed)
         done = self.store.ingestion_by_claim(pipeline, claimed.name)
         if done is not None:
-            # Recorded before a crash, not yet moved: finish the move only.
-            area = self.state.archive if done.status != "rejected" else self.state.rejected
-            final = _free_name(self.state.pipeline_dir(area, pipeline), name)
-            if done.status == "rejected":
-                self._write_reason(final, done.code or "refused", done.reason or "",
-                                   done.details)
-            os.replace(claimed, final)
-            return Outcome(done, final)
-        received = now_iso()
-        started = time.monotonic()
-        sha = size = None
+            return self._finish_recorded(claimed, name, pipeline, done)
+        work = _Work(claimed=claimed, pipeline=pipeline, name=name,
+                     received=_claim_time(claimed), started=time.monotonic())
+        _step("claimed")
         try:
-            st = claimed.lstat()
-            if not stat.S_ISREG(st.st_mode):
-                raise ApplianceError(
-                    "not_a_regular_file",
-                    f"`{name}` is a symlink, FIFO, device or socket; only regular files are "
-                    "taken, and links are never followed",
-                    {"mode": stat.filemode(st.st_mode)},
-                )
-            size = st.st_size
-            sha = _sha256(claimed)
-            dup = self.store.accepted_with_hash(pipeline, sha)
-            if dup is not None:
-                record = self.store.record_ingestion(
-                    pipeline=pipeline, file_name=name, status="duplicate", received_at=received,
-                    sha256=sha, size_bytes=size, stored_as=claimed.name,
-                    reason=f"same content as `{dup.file_name}` (ingestion {dup.id}); "
-                           "archived, not ingested again",
-                    duration_ms=monotonic_ms(started),
-                )
-                final = _free_name(self.state.pipeline_dir(self.state.archive, pipeline), name)
-                os.replace(claimed, final)
-                self.events.emit("duplicate", f"{name}: {record.reason}", pipeline=pipeline)
-                return Outcome(record, final)
-            frame, warnings = self._read_and_check(claimed, name, pipeline, size)
-            return self._accept(claimed, name, pipeline, frame, warnings, sha, size, received,
-                                started)
+            try:
+                return self._ingest(work)
+            except _PolarsFailure as exc:  # any Polars failure not mapped closer to its call
+                raise self._read_failure(work, exc) from None
         except ApplianceError as err:
-            return self._refuse(claimed, name, pipeline, err, sha, size, received, started)
+            work.digest()
+            return self._refuse(work, err)
+        except OSError as exc:
+            if self.store.ingestion_by_claim(pipeline, claimed.name) is not None:
+                raise  # failed after its record: the next start finishes the move
+            if exc.errno in _NO_SPACE:
+                work.digest()
+                work.cleanup()
+                return self._send_back(work)
+            log.exception("ingest_os_error file=%s", claimed)
+            work.digest()
+            return self._refuse(work, ApplianceError(
+                "read_failed", f"`{name}` could not be read or written: {exc.strerror or exc}; "
+                "drop it again once the cause is fixed",
+                {"error": str(exc), "errno": exc.errno}))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # a bug, or a panic out of Polars: refuse, never strand
+            if self.store.ingestion_by_claim(pipeline, claimed.name) is not None:
+                raise  # failed after its record: the next start finishes the move
+            log.exception("ingest_internal_error file=%s", claimed)
+            work.digest()
+            return self._refuse(work, ApplianceError(
+                "internal_error", f"`{name}` could not be ingested: {type(exc).__name__}: "
+                f"{str(exc)[:300]}; this is a bug in the appliance, drop the file again after "
+                "an update", {"error": f"{type(exc).__name__}: {str(exc)[:1000]}"}))
+        finally:
+            work.digest()
+            work.cleanup()
 
-    # --- reading and checking ------------------------------------------------------------
+    # --- the steps -----------------------------------------------------------------------
 
-    def _read_and_check(self, path: Path, name: str, pipeline: str,
-                        size: int) -> tuple[pl.DataFrame, list[str]]:
-        limits: IngestSettings = self.settings.ingest
+    def _ingest(self, work: _Work) -> Outcome:
+        limits = self.settings.ingest
+        name = work.name
+        st = os.lstat(work.claimed)
+        if not stat.S_ISREG(st.st_mode):
+            raise ApplianceError(
+                "not_a_regular_file",
+                f"`{name}` is a symlink, FIFO, device, socket or directory; only regular files "
+                "are taken, and links are never followed",
+                {"mode": stat.filemode(st.st_mode)},
+            )
+        work.size = size = st.st_size
         fmt = file_format(name)
         if fmt is None:
             raise ApplianceError(
@@ -147,184 +417,622 @@ class Ingester:
                 f"`{name}` is not an accepted format; drop .csv, .csv.gz or .parquet files",
                 {"accepted": list(ACCEPTED_SUFFIXES)},
             )
+        work.fmt = fmt
+        if size == 0:
+            raise ApplianceError("empty_file", f"`{name}` is empty (0 bytes)", {"size_bytes": 0})
         if size > limits.max_file_mb * 1024 * 1024:
             raise ApplianceError(
                 "file_too_large",
                 f"`{name}` is {size / 1e6:.0f} MB, over the limit of {limits.max_file_mb} MB "
-                "(ingest.max_file_mb)",
+                "(ingest.max_file_mb); split it, or raise the limit",
                 {"size_bytes": size, "limit_mb": limits.max_file_mb},
             )
-        if size == 0:
-            raise ApplianceError("empty_file", f"`{name}` is empty")
-        frame = read_frame(path, fmt, name)
-        if frame.width > limits.max_columns:
-            raise ApplianceError(
-                "too_many_columns",
-                f"`{name}` has {frame.width} columns, over the limit of {limits.max_columns} "
-                "(ingest.max_columns)",
-                {"columns": frame.width, "limit": limits.max_columns},
-            )
-        if frame.height == 0:
-            raise ApplianceError("no_rows", f"`{name}` has a header but no rows",
-                                 {"columns": frame.columns})
-        target = self.settings.pipeline(pipeline).target
-        if target not in frame.columns:
+        work.hashing = _HashJob(work.claimed)
+        source = work.source = work.claimed
+        if fmt == ".csv.gz":
+            with work.timed("gunzip"):
+                source = work.source = self._gunzip(work)
+        target = self.settings.pipeline(work.pipeline).target
+        record = self.store.pipeline(work.pipeline)
+        schema = record.schema if record is not None and record.schema else None
+        if fmt == ".parquet":
+            lf, have = self._open_parquet(work, source)
+        else:
+            lf, have = self._open_csv(work, source)
+        if (set(have) == {FEEDBACK_ID, target} and target != FEEDBACK_ID):
+            dup = self.store.taken_with_hash(work.pipeline, work.digest() or "")
+            if dup is not None:
+                return self._duplicate(work, dup)
+            return self._feedback(work, source, lf, have, target, schema)
+        if target not in have:
+            only = next(iter(have), "") if len(have) == 1 else ""
+            sep = next((c for c in (";", "\t", "|") if c in only), None)
+            hint = (f" The file seems to separate columns with {sep!r}; the appliance reads "
+                    "comma-separated files, so save it with commas." if sep else "")
             raise ApplianceError(
                 "missing_target",
                 f"column `{target}` not found in `{name}`; the target column of pipeline "
-                f"`{pipeline}` is `{target}`. Name the right one with "
-                f'[pipelines.{pipeline}] target = "..." in appliance.toml',
-                {"expected_column": target, "columns": frame.columns[:50],
-                 "config_key": f"pipelines.{pipeline}.target"},
+                f"`{work.pipeline}` is `{target}`. Name the right one with "
+                f'[pipelines.{work.pipeline}] target = "..." in appliance.toml.{hint}',
+                {"expected_column": target, "columns": list(have)[:50],
+                 "config_key": f"pipelines.{work.pipeline}.target"},
             )
-        warnings: list[str] = []
-        frame = self._check_schema(frame, name, pipeline, warnings)
-        nulls = frame.get_column(target).null_count()
-        if nulls:
-            frame = frame.filter(pl.col(target).is_not_null())
-            warnings.append(f"{nulls} rows with a null target were dropped")
-        if frame.height == 0:
-            raise ApplianceError("no_rows", f"every row of `{name}` has a null target",
-                                 {"column": target})
-        return frame, warnings
+        scratch = self.state.pipeline_dir(self.state.datasets, work.pipeline) / (
+            f".tmp-{work.claimed.name}")
+        scratch.mkdir(exist_ok=True)
+        work.temps.append(scratch)
+        tmp = scratch / "data.parquet"
+        with work.timed("convert"):
+            if schema is None:
+                self._convert_first(work, source, lf, have, tmp)
+            else:
+                self._convert_to_schema(work, source, lf, have, schema, tmp)
+        _step("converted")
+        # Duplicates are found once the hash is done: a duplicate costs a conversion, but a
+        # new file (the usual case) costs no extra read for its hash.
+        dup = self.store.taken_with_hash(work.pipeline, work.digest() or "")
+        if dup is not None:
+            return self._duplicate(work, dup)
+        return self._finish_dataset(work, tmp, target, schema is None)
 
-    def _check_schema(self, frame: pl.DataFrame, name: str, pipeline: str,
-                      warnings: list[str]) -> pl.DataFrame:
-        """The first accepted file fixes the pipeline's schema; later files must keep it."""
-        record = self.store.pipeline(pipeline)
-        schema = record.schema if record else None
-        if not schema:
-            return frame
-        missing = [c for c in schema if c not in frame.columns]
+    def _gunzip(self, work: _Work) -> Path:
+        """Decompress a .csv.gz beside the claimed file (a hidden name, cleaned up after),
+        refusing it once it passes ``ingest.max_file_mb`` (a gzip bomb stops there)."""
+        limit = self.settings.ingest.max_file_mb * 1024 * 1024
+        out = work.claimed.with_name("." + work.claimed.name + ".csv")
+        work.temps.append(out)
+        total = 0
+        fd = os.open(work.claimed, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as raw, gzip.GzipFile(fileobj=raw) as gz, open(out, "wb") as f:
+            while True:
+                try:
+                    chunk = gz.read(_CHUNK)
+                except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+                    raise ApplianceError(
+                        "unparseable",
+                        f"`{work.name}` is not a valid gzip file: {exc or 'it ends early'} "
+                        f"(after {total} decompressed bytes)",
+                        {"error": str(exc) or "truncated", "decompressed_bytes": total},
+                    ) from None
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > limit:
+                    raise ApplianceError(
+                        "file_too_large",
+                        f"`{work.name}` decompresses to more than "
+                        f"{self.settings.ingest.max_file_mb} MB (ingest.max_file_mb)",
+                        {"decompressed_bytes_over": total, "limit_mb":
+                         self.settings.ingest.max_file_mb},
+                    )
+                f.write(chunk)
+        if total == 0:
+            raise ApplianceError("empty_file", f"`{work.name}` decompresses to nothing",
+                                 {"size_bytes": work.size})
+        return out
+
+    # --- opening: header and metadata checks before any data is read --------------------
+
+    def _open_parquet(self, work: _Work, path: Path) -> tuple[pl.LazyFrame, dict[str, Any]]:
+        limits = self.settings.ingest
+        name = work.name
+        try:
+            footer = read_footer(path)
+        except FooterError as exc:
+            raise ApplianceError("unparseable", f"`{name}` is not a readable Parquet file: {exc}",
+                                 {"error": str(exc)}) from None
+        details = {"rows": footer.num_rows, "columns": footer.columns,
+                   "row_groups": footer.row_groups, "decoded_bytes": footer.decoded_bytes,
+                   "uncompressed_bytes": footer.uncompressed_bytes}
+        if footer.columns > limits.max_columns:
+            raise ApplianceError(
+                "too_many_columns",
+                f"`{name}` has {footer.columns} columns, over the limit of {limits.max_columns} "
+                "(ingest.max_columns)", {**details, "limit": limits.max_columns})
+        if footer.num_rows > limits.max_rows:
+            raise ApplianceError(
+                "too_many_rows",
+                f"`{name}` has {footer.num_rows} rows, over the limit of {limits.max_rows} "
+                "(ingest.max_rows)", {**details, "limit": limits.max_rows})
+        if footer.decoded_bytes > limits.max_uncompressed_mb * 1024 * 1024:
+            raise ApplianceError(
+                "uncompressed_too_large",
+                f"`{name}` would decode to about {footer.decoded_bytes / 1e6:.0f} MB, over the "
+                f"limit of {limits.max_uncompressed_mb} MB (ingest.max_uncompressed_mb); it was "
+                "refused from its metadata, without loading it",
+                {**details, "limit_mb": limits.max_uncompressed_mb})
+        if footer.num_rows == 0:
+            raise ApplianceError("no_rows", f"`{name}` has columns but no rows", details)
+        lf = pl.scan_parquet(path, glob=False)
+        try:
+            have = dict(_polars(lf.collect_schema))
+        except _PolarsFailure as exc:
+            raise ApplianceError("unparseable",
+                                 f"`{name}` is not a readable Parquet file: {exc.first_line}",
+                                 {"error": exc.first_line}) from None
+        return lf, have
+
+    def _open_csv(self, work: _Work, path: Path) -> tuple[pl.LazyFrame, dict[str, Any]]:
+        """Check the header line (UTF-8, column count, unique names) and return a scan that
+        reads every column as text, to learn the names."""
+        limits = self.settings.ingest
+        name = work.name
+        with open(path, "rb") as f:
+            head = f.read(_PROBE_BYTES)
+        if not head.strip():
+            raise ApplianceError("empty_file", f"`{name}` holds only blank space",
+                                 {"size_bytes": work.size})
+        bom = len(codecs.BOM_UTF8) if head.startswith(codecs.BOM_UTF8) else 0
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        try:
+            text = decoder.decode(head[bom:], final=len(head) < _PROBE_BYTES)
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(name, bom + exc.start, head[: bom + exc.start].count(b"\n") + 1,
+                            head[bom + exc.start: bom + exc.start + 8]) from None
+        if len(head) == _PROBE_BYTES and "\n" not in text and "\r" not in text:
+            raise ApplianceError(
+                "unparseable",
+                f"`{name}` has no line break in its first {_PROBE_BYTES >> 20} MB; a CSV file "
+                "starts with one header line of column names", {"line": 1})
+        try:
+            header = next(csv.reader(io.StringIO(text)), [])
+        except csv.Error as exc:
+            raise ApplianceError("unparseable", f"`{name}`: the header line can't be read: "
+                                 f"{exc}", {"line": 1, "error": str(exc)}) from None
+        if len(header) > limits.max_columns:
+            raise ApplianceError(
+                "too_many_columns",
+                f"`{name}` has {len(header)} columns, over the limit of {limits.max_columns} "
+                "(ingest.max_columns)", {"columns": len(header), "limit": limits.max_columns})
+        dupes = sorted(c for c, n in Counter(header).items() if n > 1)
+        if dupes:
+            raise ApplianceError(
+                "duplicate_columns",
+                f"`{name}` names column(s) {', '.join(f'`{c}`' for c in dupes[:10])} more than "
+                "once in its header; every column needs its own name",
+                {"duplicates": dupes[:50], "line": 1})
+        lf = pl.scan_csv(path, infer_schema=False, glob=False)
+        try:
+            have = dict(_polars(lf.collect_schema))
+        except _PolarsFailure as exc:
+            raise self._csv_failure(work, path, exc) from None
+        return lf, have
+
+    # --- converting: one streaming pass from the source to a Parquet file ----------------
+
+    def _scan_csv(self, path: Path, **options: Any) -> pl.LazyFrame:
+        return pl.scan_csv(path, glob=False, **options)
+
+    def _convert_first(self, work: _Work, path: Path, lf: pl.LazyFrame, have: dict[str, Any],
+                       tmp: Path) -> None:
+        """The first file of a pipeline: its column types are inferred, and fix the schema."""
+        if work.fmt == ".parquet":
+            exprs = []
+            for col, dtype in have.items():
+                kept = _kept_type(dtype)
+                if kept is None:
+                    raise _unsupported_type(work.name, col, dtype)
+                exprs.append(pl.col(col) if kept == dtype else pl.col(col).cast(kept))
+            self._sink(work, path, lf.select(exprs), tmp)
+            return
+        try:
+            scan = self._scan_csv(path, infer_schema_length=INFER_ROWS, try_parse_dates=True)
+            self._sink(work, path, _plain_types(scan), tmp)
+        except ApplianceError as err:
+            if err.code != "bad_value":
+                raise
+            # A value past the rows the types were inferred from does not fit them (a 2.5
+            # after ten thousand integers): infer from the whole file instead.
+            scan = self._scan_csv(path, infer_schema_length=None, try_parse_dates=True)
+            self._sink(work, path, _plain_types(scan), tmp)
+            work.warnings.append(
+                f"column types were inferred from the whole file, as `{err.details['column']}` "
+                f"changes type after row {INFER_ROWS}")
+
+    def _convert_to_schema(self, work: _Work, path: Path, lf: pl.LazyFrame,
+                           have: dict[str, Any], schema: dict[str, str], tmp: Path) -> None:
+        """A later file: keep the schema's columns in its order, cast what casts losslessly,
+        refuse a value that does not (naming column, row and value), drop extras."""
+        missing = [c for c in schema if c not in have]
         if missing:
             raise ApplianceError(
                 "missing_columns",
-                f"`{name}` lacks column(s) {', '.join(f'`{c}`' for c in missing)} of the "
-                f"pipeline's schema",
-                {"missing": missing},
+                f"`{work.name}` lacks column(s) {', '.join(f'`{c}`' for c in missing[:20])} of "
+                f"pipeline `{work.pipeline}`'s schema (fixed by its first file)",
+                {"missing": missing, "schema": list(schema)},
             )
-        extra = [c for c in frame.columns if c not in schema]
+        extra = [c for c in have if c not in schema]
         if extra:
-            warnings.append(f"extra column(s) dropped: {', '.join(extra)}")
-        casts = []
-        for col, dtype_name in schema.items():
-            want = _dtype(dtype_name)
-            have = frame.schema[col]
-            if want is None or have == want:
-                casts.append(pl.col(col))
-                continue
+            shown = ", ".join(extra[:20]) + (f" and {len(extra) - 20} more" if len(extra) > 20
+                                               else "")
+            work.warnings.append(f"extra column(s) dropped: {shown}")
+        wants = {c: _dtype(t) for c, t in schema.items()}
+        if work.fmt == ".parquet":
+            for col in schema:
+                if _kept_type(have[col]) is None:
+                    raise _unsupported_type(work.name, col, have[col])
+            exprs = {c: _lossless(c, have[c], w) if w is not None else pl.col(c)
+                     for c, w in wants.items()}
+            self._check_values(work, lf, {c: e for c, e in exprs.items() if have[c] != wants[c]
+                                          and wants[c] is not None}, wants)
+            self._sink(work, path, lf.select(list(exprs.values())), tmp)
+            return
+        # CSV: the parser reads each column straight into its schema type. A column it can't
+        # parse so (an integer column holding "3.0") is read as text and cast losslessly
+        # instead, after a pass that finds the first value that does not cast.
+        as_text: set[str] = set()
+        for _ in range(len(schema) + 1):
+            overrides = {c: w for c, w in wants.items() if w is not None and c not in as_text}
+            scan = self._scan_csv(path, infer_schema=False, schema_overrides=overrides)
+            casts = {c: _lossless(c, pl.String(), wants[c]) for c in as_text}  # type: ignore[arg-type]
+            self._check_values(work, scan, casts, wants)
+            exprs = [casts.get(c, pl.col(c)) for c in schema]
             try:
-                casts.append(pl.col(col).cast(want, strict=True))
-                frame.select(casts[-1])
-            except Exception:
-                bad = frame.with_row_index("_row").filter(
-                    pl.col(col).is_not_null() & pl.col(col).cast(want, strict=False).is_null()
-                ).head(1)
-                row = int(bad["_row"][0]) + 2 if bad.height else None  # 1-based, after header
-                value = bad[col][0] if bad.height else None
-                raise ApplianceError(
-                    "bad_value",
-                    f"`{name}` column `{col}`: value {value!r} on line {row} is not "
-                    f"{dtype_name} as the pipeline's schema requires",
-                    {"column": col, "line": row, "value": str(value), "expected": dtype_name},
-                ) from None
-        return frame.select(casts)
+                self._sink(work, path, scan.select(exprs), tmp)
+                return
+            except ApplianceError as err:
+                col = err.details.get("column")
+                if err.code != "bad_value" or col not in wants or col in as_text:
+                    raise
+                as_text.add(col)
+        raise AssertionError("unreachable: every column was tried as text")
+
+    def _check_values(self, work: _Work, lf: pl.LazyFrame, casts: dict[str, pl.Expr],
+                      wants: dict[str, pl.DataType | None]) -> None:
+        """Refuse the file at the first value of ``casts`` that does not convert."""
+        if not casts:
+            return
+        bad = {c: (pl.col(c).is_not_null() & e.is_null()) for c, e in casts.items()}
+        flags = _polars(lambda: lf.select([b.any().alias(c) for c, b in bad.items()]).collect())
+        for col in casts:
+            if flags[col][0]:
+                found = _polars(lambda col=col: lf.with_row_index(_ROW).filter(bad[col])
+                                .select(_ROW, pl.col(col).cast(pl.String)).head(1).collect())
+                row = int(found[_ROW][0]) + 1 if found.height else None
+                value = found[col][0] if found.height else None
+                raise _bad_value(work, col, row, value, wants[col])
+
+    def _sink(self, work: _Work, path: Path, lf: pl.LazyFrame, tmp: Path) -> None:
+        try:
+            _polars(lambda: lf.sink_parquet(tmp, sync_on_close="all"))
+        except _PolarsFailure as exc:
+            raise self._read_failure(work, exc) from None
+
+    def _read_failure(self, work: _Work, exc: _PolarsFailure) -> ApplianceError:
+        """The refusal for a failure of Polars reading the dropped file."""
+        if work.fmt == ".parquet" or work.source is None:
+            return ApplianceError(
+                "unparseable", f"`{work.name}` could not be read as "
+                f"{work.fmt.lstrip('.') or 'data'}: {exc.first_line}", {"error": exc.first_line})
+        return self._csv_failure(work, work.source, exc)
 
     # --- the two endings -----------------------------------------------------------------
 
-    def _accept(self, claimed: Path, name: str, pipeline: str, frame: pl.DataFrame,
-                warnings: list[str], sha: str, size: int, received: str,
-                started: float) -> Outcome:
-        self.store.ensure_pipeline(pipeline)
-        record = self.store.pipeline(pipeline)
-        if record is not None and not record.schema:
-            self.store.set_pipeline_schema(
-                pipeline, {c: str(t) for c, t in frame.schema.items()}
-            )
-        version = self.store.next_dataset_version(pipeline)
-        folder = self.state.pipeline_dir(self.state.datasets, pipeline)
-        target = folder / f"v{version:06d}.parquet"
-        tmp = folder / f".tmp-v{version:06d}.parquet"
-        frame.write_parquet(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        rel = str(target.relative_to(self.state.root))
-        record_ = self.store.record_ingestion(
-            pipeline=pipeline, file_name=name, status="accepted", received_at=received,
-            sha256=sha, size_bytes=size, rows=frame.height, columns=frame.width,
-            warnings=warnings, stored_as=claimed.name, duration_ms=monotonic_ms(started),
-            dataset=(rel, frame.height, sha),
-        )
-        final = _free_name(self.state.pipeline_dir(self.state.archive, pipeline), name)
-        os.replace(claimed, final)
-        self.events.emit(
-            "ingested", f"{name}: {frame.height} rows as data set v{record_.dataset_version}",
-            pipeline=pipeline, rows=frame.height, dataset_version=record_.dataset_version,
-            warnings=warnings or None,
-        )
-        if self.on_accepted is not None:
-            self.on_accepted(pipeline, record_)
-        return Outcome(record_, final)
+    def _finish_dataset(self, work: _Work, tmp: Path, target: str, first: bool) -> Outcome:
+        limits = self.settings.ingest
+        stats = _polars(lambda: pl.scan_parquet(tmp, glob=False).select(
+            pl.len().alias("rows"), pl.col(target).null_count().alias("nulls")).collect())
+        rows, nulls = int(stats["rows"][0]), int(stats["nulls"][0])
+        if rows == 0:
+            code = "header_only" if work.fmt != ".parquet" else "no_rows"
+            raise ApplianceError(code, f"`{work.name}` has a header but no rows",
+                                 {"columns": list(_polars(
+                                     lambda: pl.scan_parquet(tmp, glob=False).collect_schema()))})
+        if rows > limits.max_rows:
+            raise ApplianceError(
+                "too_many_rows", f"`{work.name}` has {rows} rows, over the limit of "
+                f"{limits.max_rows} (ingest.max_rows)", {"rows": rows, "limit": limits.max_rows})
+        if nulls:
+            if nulls == rows:
+                raise ApplianceError(
+                    "no_rows", f"every row of `{work.name}` has a null target `{target}`",
+                    {"column": target, "rows": rows})
+            kept = tmp.with_name(tmp.name + ".kept")
+            work.temps.append(kept)
+            with work.timed("drop_null_targets"):
+                _polars(lambda: pl.scan_parquet(tmp, glob=False)
+                        .filter(pl.col(target).is_not_null())
+                        .sink_parquet(kept, sync_on_close="all"))
+            os.replace(kept, tmp)
+            work.warnings.append(f"{nulls} rows with a null target were dropped")
+            rows -= nulls
+        schema = _polars(lambda: pl.scan_parquet(tmp, glob=False).collect_schema())
+        return self._accept(work, tmp, rows, {c: str(t) for c, t in schema.items()}, first)
 
-    def _refuse(self, claimed: Path, name: str, pipeline: str, err: ApplianceError,
-                sha: str | None, size: int | None, received: str, started: float) -> Outcome:
-        self.store.ensure_pipeline(pipeline)
+    def _accept(self, work: _Work, tmp: Path, rows: int, schema: dict[str, str],
+                first: bool) -> Outcome:
+        pipeline = work.pipeline
+        with work.timed("store"):
+            self.store.ensure_pipeline(pipeline)
+            if first:
+                self.store.set_pipeline_schema(pipeline, schema)
+            version = self.store.next_dataset_version(pipeline)
+            folder = self.state.pipeline_dir(self.state.datasets, pipeline)
+            dataset = folder / f"v{version:06d}.parquet"
+            os.replace(tmp, dataset)
+            _fsync_dir(folder)
+        _step("dataset_written")
+        rel = str(dataset.relative_to(self.state.root))
         record = self.store.record_ingestion(
-            pipeline=pipeline, file_name=name, status="rejected", received_at=received,
-            sha256=sha, size_bytes=size, code=err.code, reason=err.message,
-            details=err.details, stored_as=claimed.name, duration_ms=monotonic_ms(started),
+            pipeline=pipeline, file_name=work.name, status="accepted",
+            received_at=work.received, sha256=work.sha, size_bytes=work.size, rows=rows,
+            columns=len(schema), warnings=work.warnings, stored_as=work.claimed.name,
+            duration_ms=monotonic_ms(work.started),
+            details={"format": work.fmt, "timings_ms": work.timings},
+            dataset=(rel, rows, work.sha or ""),
         )
-        final = _free_name(self.state.pipeline_dir(self.state.rejected, pipeline), name)
-        self._write_reason(final, err.code, err.message, err.details)
+        return self._finish_recorded(work.claimed, work.name, pipeline, record)
+
+    def _duplicate(self, work: _Work, dup: IngestionRecord) -> Outcome:
+        record = self.store.record_ingestion(
+            pipeline=work.pipeline, file_name=work.name, status="duplicate",
+            received_at=work.received, sha256=work.sha, size_bytes=work.size,
+            stored_as=work.claimed.name, code="duplicate",
+            reason=f"same content as `{dup.file_name}` (ingestion {dup.id}); archived, not "
+                   "ingested again",
+            details={"duplicate_of": dup.id, "format": work.fmt},
+            duration_ms=monotonic_ms(work.started),
+        )
+        return self._finish_recorded(work.claimed, work.name, work.pipeline, record)
+
+    def _feedback(self, work: _Work, path: Path, lf: pl.LazyFrame, have: dict[str, Any],
+                  target: str, schema: dict[str, str] | None) -> Outcome:
+        """A file of ``prediction_id`` and the target: outcomes of earlier predictions, kept
+        for monitoring, never training data."""
+        want = _dtype(schema[target]) if schema and target in schema else None
+        if work.fmt != ".parquet" and want is None:
+            lf = self._scan_csv(path, infer_schema_length=INFER_ROWS)
+            have = dict(_polars(lf.collect_schema))
+        outcome = pl.col(target)
+        if want is not None and have[target] != want:
+            outcome = _lossless(target, have[target], want)
+            self._check_values(work, lf, {target: outcome}, {target: want})
+        frame = _polars(lambda: lf.select(
+            pl.col(FEEDBACK_ID).cast(pl.String), outcome.alias(target)).collect())
+        if frame.height > self.settings.ingest.max_rows:
+            raise ApplianceError(
+                "too_many_rows", f"`{work.name}` has {frame.height} rows, over the limit of "
+                f"{self.settings.ingest.max_rows} (ingest.max_rows)",
+                {"rows": frame.height, "limit": self.settings.ingest.max_rows})
+        kept = frame.drop_nulls()
+        if kept.height < frame.height:
+            work.warnings.append(f"{frame.height - kept.height} rows without a prediction id "
+                                 "or an outcome were dropped")
+        if kept.height == 0:
+            code = "header_only" if frame.height == 0 and work.fmt != ".parquet" else "no_rows"
+            raise ApplianceError(code, f"`{work.name}` holds no outcome of a prediction",
+                                 {"columns": [FEEDBACK_ID, target], "rows": frame.height})
+        ids = kept[FEEDBACK_ID].to_list()
+        known = self.store.count_known_predictions(work.pipeline, ids)
+        if known < len(ids):
+            work.warnings.append(f"{len(ids) - known} of {len(ids)} prediction ids are not in "
+                                 "the prediction log of this pipeline")
+        self.store.ensure_pipeline(work.pipeline)
+        record = self.store.record_feedback_ingestion(
+            list(zip(ids, kept[target].to_list(), strict=True)),
+            pipeline=work.pipeline, file_name=work.name, received_at=work.received,
+            sha256=work.sha, size_bytes=work.size, rows=kept.height, columns=2,
+            warnings=work.warnings, stored_as=work.claimed.name,
+            duration_ms=monotonic_ms(work.started),
+            details={"format": work.fmt, "timings_ms": work.timings, "known_predictions": known},
+        )
+        return self._finish_recorded(work.claimed, work.name, work.pipeline, record)
+
+    def _refuse(self, work: _Work, err: ApplianceError) -> Outcome:
+        self.store.ensure_pipeline(work.pipeline)
+        record = self.store.record_ingestion(
+            pipeline=work.pipeline, file_name=work.name, status="rejected",
+            received_at=work.received, sha256=work.sha, size_bytes=work.size, code=err.code,
+            reason=err.message, details=err.details, warnings=work.warnings,
+            stored_as=work.claimed.name, duration_ms=monotonic_ms(work.started),
+        )
+        return self._finish_recorded(work.claimed, work.name, work.pipeline, record)
+
+    def _finish_recorded(self, claimed: Path, name: str, pipeline: str,
+                         record: IngestionRecord) -> Outcome:
+        """Move a recorded file to its final place and tell about it. Also what recovery
+        runs for a file recorded before a crash but not yet moved."""
+        _step("recorded")
+        rejected = record.status == "rejected"
+        folder = self.state.pipeline_dir(self.state.rejected if rejected else self.state.archive,
+                                         pipeline)
+        final = _final_name(folder, name, record.id) if rejected else _free_name(folder, name)
+        if rejected and not _reason_path(final).exists():
+            self._write_reason(final, record)
+            _step("reason_written")
         os.replace(claimed, final)
-        self.events.emit("refused", f"{name}: {err.message}", pipeline=pipeline,
-                         level="warning", code=err.code)
+        _step("moved")
+        if record.status == "accepted":
+            self.events.emit(
+                "ingested", f"{name}: {record.rows} rows as data set v{record.dataset_version}",
+                pipeline=pipeline, rows=record.rows, dataset_version=record.dataset_version,
+                warnings=record.warnings or None)
+            if self.on_accepted is not None:
+                self.on_accepted(pipeline, record)
+        elif record.status == "feedback":
+            self.events.emit("feedback", f"{name}: {record.rows} outcomes of predictions",
+                             pipeline=pipeline, rows=record.rows,
+                             warnings=record.warnings or None)
+        elif record.status == "duplicate":
+            self.events.emit("duplicate", f"{name}: {record.reason}", pipeline=pipeline)
+        else:
+            self.events.emit("refused", f"{name}: {record.reason}", pipeline=pipeline,
+                             level="warning", code=record.code)
         return Outcome(record, final)
 
+    def _send_back(self, work: _Work) -> None:
+        """The disk filled up while the file was ingested: it goes back to the inbox, to be
+        taken again once there is room; it is not at fault, so it is not refused."""
+        inbox = self.state.pipeline_dir(self.state.inbox, work.pipeline)
+        back = _free_name(inbox, work.name)
+        shutil.move(work.claimed, back)  # a rename, unless the inbox is another file system
+        self.events.emit(
+            "waiting_for_space",
+            f"{work.name}: the disk of the state directory filled up during ingestion; the "
+            "file is back in the inbox and is taken again once there is room",
+            pipeline=work.pipeline, level="warning", file=work.name)
+        if self.on_requeued is not None:
+            self.on_requeued(back)
+        return None
+
     @staticmethod
-    def _write_reason(final: Path, code: str, message: str, details: dict[str, Any]) -> None:
-        reason = final.with_name(final.name + ".reason.json")
+    def _write_reason(final: Path, record: IngestionRecord) -> None:
+        reason = _reason_path(final)
         tmp = reason.with_name("." + reason.name + ".tmp")
         tmp.write_text(json.dumps(
-            {"code": code, "message": message, "details": details, "file": final.name},
+            {"code": record.code or "refused", "message": record.reason or "",
+             "details": record.details, "file": final.name, "pipeline": record.pipeline,
+             "ingestion_id": record.id, "received_at": record.received_at},
             indent=2, default=str,
         ))
         os.replace(tmp, reason)
 
+    # --- saying where a CSV went wrong ----------------------------------------------------
 
-def _dtype(name: str) -> pl.DataType | None:
-    simple = {
-        "Int8": pl.Int8, "Int16": pl.Int16, "Int32": pl.Int32, "Int64": pl.Int64,
-        "UInt8": pl.UInt8, "UInt16": pl.UInt16, "UInt32": pl.UInt32, "UInt64": pl.UInt64,
-        "Float32": pl.Float32, "Float64": pl.Float64, "String": pl.String,
-        "Boolean": pl.Boolean, "Date": pl.Date,
-    }
-    if name in simple:
-        return simple[name]()
-    if name.startswith("Datetime"):
-        unit = "ns" if "'ns'" in name else "ms" if "'ms'" in name else "us"
-        return pl.Datetime(unit)
+    def _csv_failure(self, work: _Work, path: Path, exc: _PolarsFailure) -> ApplianceError:
+        name, text = work.name, exc.text
+        if "utf-8" in text.lower() or "utf8" in text.lower():
+            offset, line, sample = _locate_bad_utf8(path)
+            if offset is not None:
+                return _not_utf8(name, offset, line, sample)
+        m = re.search(r"could not parse `(.*?)` as dtype `([^`]+)` at column '(.*?)'", text, re.S)
+        if m:
+            value, dtype, col = m.group(1), m.group(2), m.group(3)
+            row = self._locate_value(path, col, value)
+            return _bad_value(work, col, row, value, dtype)
+        if "more fields" in text:
+            found = _locate_ragged(path)
+            if found is not None:
+                row, line, fields, expected = found
+                return ApplianceError(
+                    "unparseable",
+                    f"`{name}`: line {line} (row {row}) has {fields} fields, but the header "
+                    f"names {expected} columns", {"line": line, "row": row, "fields": fields,
+                                                  "expected_fields": expected})
+        details: dict[str, Any] = {"error": exc.first_line}
+        where = ""
+        off = re.search(r"offset in the file is (\d+) bytes", text)
+        if off:
+            details["byte_offset"] = int(off.group(1))
+            details["line"] = _line_at(path, int(off.group(1)))
+            where = f" near line {details['line']}"
+        return ApplianceError("unparseable",
+                              f"`{name}` could not be parsed as CSV{where}: {exc.first_line}",
+                              details)
+
+    def _locate_value(self, path: Path, col: str, value: str) -> int | None:
+        """The 1-based data row where ``value`` first appears in column ``col``."""
+        try:
+            found = _polars(lambda: self._scan_csv(path, infer_schema=False)
+                            .with_row_index(_ROW).filter(pl.col(col) == value)
+                            .select(_ROW).head(1).collect())
+        except _PolarsFailure:
+            return None
+        return int(found[_ROW][0]) + 1 if found.height else None
+
+
+def _final_name(folder: Path, name: str, ingestion_id: int) -> Path:
+    """Where a refused file goes: a free name, or the one whose reason file a crash already
+    wrote for this very ingestion (so a reason file is never orphaned)."""
+    candidate = folder / name
+    n = 1
+    while True:
+        reason = _reason_path(candidate)
+        if not candidate.exists():
+            if not reason.exists():
+                return candidate
+            with contextlib.suppress(OSError, ValueError):
+                if json.loads(reason.read_text()).get("ingestion_id") == ingestion_id:
+                    return candidate
+        candidate = folder / f"{name}.{n}"
+        n += 1
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _not_utf8(name: str, offset: int, line: int | None, sample: bytes) -> ApplianceError:
+    return ApplianceError(
+        "not_utf8",
+        f"`{name}` is not UTF-8 text: byte offset {offset} (line {line}) starts the invalid "
+        f"bytes {sample[:8]!r}; save the file as UTF-8 (for example, from a spreadsheet, "
+        "'CSV UTF-8')", {"byte_offset": offset, "line": line, "bytes": sample[:8].hex()})
+
+
+def _bad_value(work: _Work, col: str, row: int | None, value: Any,
+               want: Any) -> ApplianceError:
+    line = row + 1 if row is not None and work.fmt != ".parquet" else None
+    where = f"row {row}" + (f" (line {line})" if line else "") if row else "a row"
+    return ApplianceError(
+        "bad_value",
+        f"`{work.name}`, column `{col}`, {where}: value {str(value)[:100]!r} is not "
+        f"{want}, the column's type in pipeline `{work.pipeline}`'s schema; fix the value or "
+        "drop the row",
+        {"column": col, "row": row, "line": line, "value": None if value is None
+         else str(value)[:200], "expected": str(want)},
+    )
+
+
+def _unsupported_type(name: str, col: str, dtype: Any) -> ApplianceError:
+    return ApplianceError(
+        "unsupported_type",
+        f"`{name}`, column `{col}`: type {dtype} is not supported; columns hold numbers, "
+        "text, booleans, dates or datetimes", {"column": col, "type": str(dtype)})
+
+
+def _locate_bad_utf8(path: Path) -> tuple[int | None, int | None, bytes]:
+    """(byte offset, line, bytes) of the first invalid UTF-8 sequence, read in chunks."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    consumed = lines = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            pending = decoder.getstate()[0]  # a partial character held from the last chunk
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                data = pending + chunk
+                line = lines + chunk[: max(exc.start - len(pending), 0)].count(b"\n") + 1
+                return consumed - len(pending) + exc.start, line, data[exc.start: exc.start + 8]
+            consumed += len(chunk)
+            lines += chunk.count(b"\n")
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        pending = decoder.getstate()[0]
+        return consumed - len(pending), lines + 1, pending[:8]
+    return None, None, b""
+
+
+def _locate_ragged(path: Path) -> tuple[int, int, int, int] | None:
+    """(row, line, fields, expected) of the first record with more fields than the header."""
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+            for row, fields in enumerate(reader, start=1):
+                if len(fields) > len(header):
+                    return row, reader.line_num, len(fields), len(header)
+                if row >= _DIAGNOSE_ROWS:
+                    return None
+        except (csv.Error, StopIteration):
+            return None
     return None
 
 
-def read_frame(path: Path, fmt: str, name: str) -> pl.DataFrame:
-    """Read a dropped file; any parser failure, even a panic, is a refusal of that file."""
-    try:
-        if fmt == ".parquet":
-            return pl.read_parquet(path)
-        return pl.read_csv(path, try_parse_dates=True, infer_schema_length=10_000)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except pl.exceptions.NoDataError:
-        raise ApplianceError("empty_file", f"`{name}` has no data") from None
-    except BaseException as exc:  # Polars panics raise PanicException, a BaseException
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        code = "not_utf8" if "utf-8" in first.lower() or "utf8" in first.lower() else "unparseable"
-        raise ApplianceError(
-            code, f"`{name}` could not be read as {fmt.lstrip('.')}: {first}",
-            {"error": first},
-        ) from None
+def _line_at(path: Path, offset: int) -> int:
+    lines = 0
+    with open(path, "rb") as f:
+        remaining = offset
+        while remaining > 0 and (chunk := f.read(min(_CHUNK, remaining))):
+            lines += chunk.count(b"\n")
+            remaining -= len(chunk)
+    return lines + 1
 
 
 # --- watching --------------------------------------------------------------------------
@@ -336,9 +1044,15 @@ class _Handler(FileSystemEventHandler):
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory:
+            if event.event_type in ("created", "moved"):
+                # A new pipeline folder: look at once at what is already in it.
+                dest = event.dest_path if event.event_type == "moved" else event.src_path
+                if dest:
+                    self.watcher.scan_folder(Path(os.fsdecode(dest)))
             return
         if event.event_type == "moved":
-            self.watcher.note(Path(os.fsdecode(event.dest_path)), renamed=True)
+            if event.dest_path:
+                self.watcher.note(Path(os.fsdecode(event.dest_path)), renamed=True)
         elif event.event_type in ("created", "modified", "closed"):
             self.watcher.note(Path(os.fsdecode(event.src_path)))
 
@@ -348,19 +1062,27 @@ class InboxWatcher:
 
     A file is complete when its size and mtime have not changed for ``settle_seconds``, or
     at once when a writer renamed it into place. A full rescan at start and every
-    ``rescan_seconds`` catches what file events missed.
+    ``rescan_seconds`` catches what file events missed. A file waits in the inbox while the
+    state directory's disk has less than ``min_free_mb`` (plus the room the file needs) free.
     """
 
     POLL_SECONDS = 0.2
+    HOLD_SECONDS = 30.0
 
     def __init__(self, state: StateDir, settings: IngestSettings,
-                 submit: Callable[[Path, str], None]) -> None:
+                 submit: Callable[[Path, str], None], events: Events | None = None,
+                 free_bytes: Callable[[], int] | None = None) -> None:
         self.state = state
         self.settings = settings
         self.submit = submit
+        self.events = events
+        self.free_bytes = free_bytes or (lambda: shutil.disk_usage(self.state.root).free)
         self._pending: dict[Path, tuple[int, int, float, bool]] = {}
+        self._held: dict[Path, float] = {}
+        self._waiting: set[Path] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._observer: Any = None
         self._thread: threading.Thread | None = None
         self._last_rescan = 0.0
@@ -369,7 +1091,8 @@ class InboxWatcher:
     def start(self) -> None:
         self.recover()
         self.rescan()
-        self._observer = Observer()
+        _prompt_renames()
+        self._observer = Observer(generate_full_events=True)
         self._observer.schedule(_Handler(self), str(self.state.inbox), recursive=True)
         self._observer.daemon = True
         self._observer.start()
@@ -378,6 +1101,7 @@ class InboxWatcher:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)
@@ -385,46 +1109,74 @@ class InboxWatcher:
             self._thread.join(timeout=5)
 
     def recover(self) -> None:
-        """Hand on again what a crash left claimed but unfinished."""
-        if not self.state.processing.exists():
-            return
-        for pipe_dir in sorted(self.state.processing.iterdir()):
-            if not pipe_dir.is_dir():
-                continue
+        """Hand on again what a crash left claimed but unfinished, oldest claim first, and
+        remove what a crash left half written (hidden temporary files)."""
+        for area in (self.state.processing, self.state.datasets):
+            for pipe_dir in _real_dirs(area):
+                for path in pipe_dir.iterdir():
+                    if not path.name.startswith("."):
+                        continue
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        with contextlib.suppress(OSError):
+                            path.unlink()
+        for pipe_dir in _real_dirs(self.state.processing):
             for path in sorted(pipe_dir.iterdir()):
-                if path.is_file() and not path.name.startswith("."):
+                if not path.name.startswith("."):
                     self.submit(path, pipe_dir.name)
+
+    def hold(self, path: Path) -> None:
+        """Leave ``path`` alone for a while (it came back for want of disk space)."""
+        with self._lock:
+            self._held[path] = time.monotonic() + self.HOLD_SECONDS
+        self.note(path)
 
     def note(self, path: Path, renamed: bool = False) -> None:
         try:
             rel = path.relative_to(self.state.inbox)
         except ValueError:
             return
-        if len(rel.parts) != 2 or is_temporary(rel.parts[1]):
+        if len(rel.parts) == 1 and not is_temporary(rel.parts[0]) and path not in \
+                self._refused_names and not path.is_dir():
+            self._refused_names.add(path)
+            log.warning("inbox_file_ignored file=%s: files go in inbox/<pipeline>/", path)
+        if len(rel.parts) != 2 or is_temporary(rel.parts[1]) or path.parent.is_symlink():
             return
         with self._lock:
             self._pending[path] = (-1, -1, time.monotonic(), renamed)
+        if renamed:
+            self._wake.set()
+
+    def scan_folder(self, folder: Path) -> None:
+        try:
+            rel = folder.relative_to(self.state.inbox)
+        except ValueError:
+            return
+        if len(rel.parts) != 1 or folder.name.startswith(".") or folder.is_symlink():
+            return
+        try:
+            entries = list(folder.iterdir())
+        except OSError:
+            return
+        for path in entries:
+            if path not in self._pending:
+                self.note(path)
 
     def rescan(self) -> None:
         self._last_rescan = time.monotonic()
-        try:
-            pipe_dirs = [p for p in self.state.inbox.iterdir() if p.is_dir()]
-        except OSError:
-            return
-        for pipe_dir in pipe_dirs:
-            try:
-                entries = list(pipe_dir.iterdir())
-            except OSError:
-                continue
-            for path in entries:
-                if path not in self._pending:
-                    self.note(path)
+        for pipe_dir in _real_dirs(self.state.inbox):
+            self.scan_folder(pipe_dir)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.POLL_SECONDS):
-            if time.monotonic() - self._last_rescan >= self.settings.rescan_seconds:
-                self.rescan()
+        while not self._stop.is_set():
+            self._wake.wait(self.POLL_SECONDS)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
+                if time.monotonic() - self._last_rescan >= self.settings.rescan_seconds:
+                    self.rescan()
                 self._check_pending()
             except Exception:
                 log.exception("inbox_check_failed")
@@ -433,43 +1185,142 @@ class InboxWatcher:
         now = time.monotonic()
         with self._lock:
             items = list(self._pending.items())
+        ready: list[tuple[int, str, Path, os.stat_result]] = []
         for path, (size, mtime, since, renamed) in items:
             try:
                 st = path.lstat()
             except FileNotFoundError:
                 with self._lock:
                     self._pending.pop(path, None)
+                    self._held.pop(path, None)
+                self._left_waiting(path)
+                continue
+            if self._held.get(path, 0) > now:
                 continue
             current = (st.st_size, st.st_mtime_ns)
             if not stat.S_ISREG(st.st_mode) or renamed:
-                ready = True
+                ready.append((st.st_mtime_ns, path.name, path, st))
             elif current != (size, mtime):
                 with self._lock:
                     self._pending[path] = (*current, now, False)
+            elif now - since >= self.settings.settle_seconds:
+                ready.append((st.st_mtime_ns, path.name, path, st))
+        # Oldest first: files are taken in the order they were written.
+        for _, _, path, st in sorted(ready, key=lambda r: r[:2]):
+            if stat.S_ISREG(st.st_mode) and not self._room_for(path, st.st_size):
                 continue
+            with self._lock:
+                self._pending.pop(path, None)
+                self._held.pop(path, None)
+            self._claim(path)
+            self._left_waiting(path)
+
+    # --- the free-space floor ------------------------------------------------------------
+
+    def _room_for(self, path: Path, size: int) -> bool:
+        floor = self.settings.min_free_mb * 1024 * 1024
+        need = floor + room_needed(size, path.name)
+        try:
+            free = self.free_bytes()
+        except OSError:
+            return True
+        if free >= need:
+            return True
+        if path not in self._waiting:
+            first = not self._waiting
+            self._waiting.add(path)
+            message = (
+                f"{path.name} waits in the inbox: the state directory's disk has "
+                f"{free / 1e6:.0f} MB free, and taking it needs {need / 1e6:.0f} MB "
+                f"(ingest.min_free_mb = {self.settings.min_free_mb}, plus room for the file); "
+                "free some space, and waiting files are taken by themselves"
+            )
+            if first and self.events is not None:
+                self.events.emit("waiting_for_space", message, pipeline=path.parent.name,
+                                 level="warning", file=path.name, free_bytes=free,
+                                 needed_bytes=need)
             else:
-                ready = now - since >= self.settings.settle_seconds
-            if ready:
-                with self._lock:
-                    self._pending.pop(path, None)
-                self._claim(path)
+                log.warning("waiting_for_space file=%s free=%d needed=%d", path, free, need)
+        return False
+
+    def _left_waiting(self, path: Path) -> None:
+        if path not in self._waiting:
+            return
+        self._waiting.discard(path)
+        if not self._waiting and self.events is not None:
+            self.events.emit("space_available",
+                             "there is room on the disk again; waiting files are taken",
+                             pipeline=path.parent.name)
+
+    # --- claiming ------------------------------------------------------------------------
 
     def _claim(self, path: Path) -> None:
         pipeline = path.parent.name
         if not PIPELINE_NAME.match(pipeline):
             if path not in self._refused_names:
-                log.warning("inbox_folder_ignored folder=%s: not a valid pipeline name",
-                            path.parent)
+                log.warning("inbox_folder_ignored folder=%s: not a valid pipeline name "
+                            "(letters, digits, '_', '.', '-')", path.parent)
                 self._refused_names.add(path)
             return
         dest_dir = self.state.pipeline_dir(self.state.processing, pipeline)
-        dest = dest_dir / f"{time.time_ns()}__{path.name}"
+        dest = dest_dir / f"{time.time_ns()}__{safe_name(path.name)}"
         try:
-            os.rename(path, dest)
+            try:
+                os.rename(path, dest)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                _move_across_devices(path, dest)
         except FileNotFoundError:
             return  # taken by someone else, or deleted by its writer
         except OSError as exc:
-            log.warning("claim_failed path=%s error=%s", path, exc)
+            if path not in self._refused_names:
+                log.warning("claim_failed path=%s error=%s", path, exc)
+                self._refused_names.add(path)
             return
         with contextlib.suppress(Exception):
             self.submit(dest, pipeline)
+
+
+def _move_across_devices(src: Path, dest: Path) -> None:
+    """Claim a file from an inbox on another file system (a network mount): copy it under
+    a hidden name, make it durable, rename it into place, then remove the original. A
+    crash between the last two steps leaves both; the second is then archived as a
+    duplicate, never ingested twice."""
+    st = src.lstat()
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EXDEV, "not a regular file, on another file system")
+    tmp = dest.with_name(f".copy-{dest.name}")
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as fin, open(tmp, "wb") as fout:
+        shutil.copyfileobj(fin, fout, _CHUNK)
+        fout.flush()
+        os.fsync(fout.fileno())
+    os.rename(tmp, dest)
+    os.unlink(src)
+
+
+def _prompt_renames() -> None:
+    """See a rename into the inbox at once. watchdog's inotify observer holds each
+    IN_MOVED_FROM for 0.5 s to pair it with its IN_MOVED_TO, and every later event waits
+    behind it in its queue; so each rename (ours into processing/ too) would delay what
+    follows by half a second. With full events no pairing is needed (an unpaired
+    IN_MOVED_TO is still reported as a move into the inbox), so the hold is made short."""
+    with contextlib.suppress(ImportError, AttributeError):
+        from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
+
+        InotifyMoveEventGrouper.delay = min(InotifyMoveEventGrouper.delay, 0.02)
+
+
+def _real_dirs(area: Path) -> list[Path]:
+    """The sub-folders of ``area``, never following a symlink, hidden ones left out."""
+    try:
+        entries = sorted(area.iterdir())
+    except OSError:
+        return []
+    out = []
+    for path in entries:
+        with contextlib.suppress(OSError):
+            if not path.name.startswith(".") and stat.S_ISDIR(path.lstat().st_mode):
+                out.append(path)
+    return out

@@ -240,7 +240,8 @@ def create_app(services: Services) -> Litestar:
                           reason=r.reason, details=r.details, warnings=r.warnings, rows=r.rows,
                           columns=r.columns, size_bytes=r.size_bytes, sha256=r.sha256,
                           dataset_version=r.dataset_version, received_at=r.received_at,
-                          finished_at=r.finished_at, duration_ms=r.duration_ms)
+                          finished_at=r.finished_at, duration_ms=r.duration_ms,
+                          dataset_path=r.dataset_path)
             for r in records
         ])
 

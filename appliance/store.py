@@ -727,6 +727,39 @@ class Store:
         return [(r["id"], r["ts"], r["model_version"], json.loads(r["output"]),
                  json.loads(r["outcome"])) for r in rows]
 
+    # --- ingestion: duplicates and feedback files --------------------------------------
+
+    def taken_with_hash(self, pipeline: str, sha256: str) -> IngestionRecord | None:
+        """The first ingestion that took a file with this content (as data or feedback)."""
+        rows = self._rows(
+            "SELECT * FROM ingestions WHERE pipeline = ? AND sha256 = ?"
+            " AND status IN ('accepted', 'feedback') ORDER BY id LIMIT 1",
+            [pipeline, sha256],
+        )
+        return self._ingestion(rows[0]) if rows else None
+
+    def record_feedback_ingestion(
+        self, outcomes: list[tuple[str, Any]], **ingestion: Any
+    ) -> IngestionRecord:
+        """Record a feedback file and its (prediction_id, outcome) pairs in one transaction,
+        so a crash leaves either both or neither."""
+        with self._atomic():
+            record = self.record_ingestion(status="feedback", **ingestion)
+            self.add_feedback(record.pipeline, outcomes, record.id)
+        return record
+
+    def count_known_predictions(self, pipeline: str, ids: list[str]) -> int:
+        """How many of ``ids`` are in the prediction log of ``pipeline``."""
+        known = 0
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            known += self._rows(
+                f"SELECT COUNT(*) AS n FROM predictions WHERE pipeline = ? AND id IN ({marks})",
+                [pipeline, *chunk],
+            )[0]["n"]
+        return known
+
     # --- jobs ----------------------------------------------------------------------------
 
     def start_job(self, pipeline: str, kind: str, trigger: str) -> int:
