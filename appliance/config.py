@@ -221,7 +221,8 @@ class DriftSettings(_Section):
 
 class RetrainSettings(_Section):
     min_new_rows: Annotated[
-        int, _doc("retrain once this many new rows have been ingested"), msgspec.Meta(ge=1)
+        int, _doc("retrain once this many new rows arrived (a first model trains on any data)"),
+        msgspec.Meta(ge=1),
     ] = 1
     on_drift: Annotated[bool, _doc("retrain when drift is detected")] = False
     cron: Annotated[str | None, _doc("retrain on this crontab schedule")] = None

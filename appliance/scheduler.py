@@ -83,7 +83,12 @@ class Trainer:
     # --- triggers ------------------------------------------------------------------------
 
     def on_ingested(self, pipeline: str, record: IngestionRecord) -> None:
-        """New data: retrain when enough rows arrived since the data the newest model saw."""
+        """New data: retrain when enough rows arrived since the data the newest model saw.
+        A pipeline with no model in production trains on whatever data it has: the
+        threshold is about *re*training, and an operator expects the first file to serve."""
+        if self.store.production_model(pipeline) is None:
+            self.request(pipeline, "new_data")
+            return
         seen = self.last_trained_dataset(pipeline)
         new_rows = self.store.rows_since(pipeline, seen)
         if new_rows >= self.settings.pipeline(pipeline).retrain.min_new_rows:

@@ -174,3 +174,32 @@ def test_reload_rebuilds_the_schedule(machines_state, start_daemon):
     daemon.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: any(j["trigger"] == "schedule" for j in history(daemon)), timeout=30,
              what="a scheduled retraining after the reload")
+
+
+def test_drifted_labelled_batch_retrains_and_promotes_with_no_manual_step(machines_state,
+                                                                         start_daemon):
+    (machines_state / "appliance.toml").write_text(
+        FAST_CONFIG + "[pipelines.machines.retrain]\non_drift = true\nmin_new_rows = 100000\n"
+    )
+    daemon = start_daemon(machines_state)
+    drop(machines_state, "machines", SAMPLES / "machines_01.csv")
+    daemon.wait_ready_model("machines", 1)
+    drop(machines_state, "machines", SAMPLES / "machines_03_drifted.csv")
+    daemon.wait_ready_model("machines", 2, timeout=120)
+
+    jobs = history(daemon)
+    assert [(j["trigger"], j["status"], j["model_version"]) for j in jobs] == [
+        ("new_data", "succeeded", 1), ("drift", "succeeded", 2)]
+    rows = pl.read_csv(SAMPLES / "machines_03_drifted.csv").tail(5).drop(
+        "failed_within_24h").to_dicts()
+    assert daemon.post("/v1/pipelines/machines/predict",
+                       json={"rows": rows}).json()["model_version"] == 2
+    v2 = daemon.get("/v1/pipelines/machines/models").json()["models"][0]
+    assert v2["version"] == 2 and v2["stage"] == "production"
+    assert "vs production v1" in v2["decision"] or "v1" in v2["decision"]
+
+    story = [e["kind"] for e in daemon.get("/v1/events?pipeline=machines").json()["events"]][::-1]
+    wanted = ["ingested", "trained", "promoted", "ingested", "drift_detected",
+              "training_started", "trained", "promoted"]
+    it = iter(story)
+    assert all(kind in it for kind in wanted), story  # in this order
