@@ -142,6 +142,21 @@ def _m0002(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX feedback_prediction ON feedback (pipeline, prediction_id)")
 
 
+@migrations(name="0010_issue10_online_features")
+def _m0010(db: sqlite_utils.Database) -> None:
+    # The online store: the latest values per entity key of every feature set.
+    db.execute("""
+        CREATE TABLE online_features (
+            feature_set TEXT NOT NULL,
+            key TEXT NOT NULL,
+            values_json TEXT NOT NULL,
+            event_time TEXT,                -- the row's own time, when the set has one
+            dataset_version INTEGER NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (feature_set, key)
+        )""")
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -593,6 +608,61 @@ class Store:
         )
         return [(r["id"], r["ts"], r["model_version"], json.loads(r["output"]),
                  json.loads(r["outcome"])) for r in rows]
+
+    # --- online feature store ------------------------------------------------------------
+
+    def upsert_online_features(
+        self, feature_set: str, entries: dict[str, dict[str, Any]], dataset_version: int,
+        timestamp: str | None,
+    ) -> int:
+        """Store the newest values per key. With a time column, a stored row is replaced
+        only by one at least as new (a late file can't roll a key back)."""
+        now = now_iso()
+        rows = [
+            (feature_set, key, _dumps(values),
+             str(values.get(timestamp)) if timestamp and values.get(timestamp) is not None
+             else None, dataset_version, now)
+            for key, values in entries.items()
+        ]
+        with self._atomic() as db:
+            db.conn.executemany(
+                "INSERT INTO online_features (feature_set, key, values_json, event_time,"
+                " dataset_version, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(feature_set, key) DO UPDATE SET"
+                " values_json = excluded.values_json, event_time = excluded.event_time,"
+                " dataset_version = excluded.dataset_version, updated_at = excluded.updated_at"
+                " WHERE excluded.event_time IS NULL OR online_features.event_time IS NULL"
+                " OR excluded.event_time >= online_features.event_time",
+                rows,
+            )
+        return len(rows)
+
+    def online_features(self, feature_set: str) -> dict[str, dict[str, Any]]:
+        rows = self._rows(
+            "SELECT key, values_json FROM online_features WHERE feature_set = ?",
+            [feature_set],
+        )
+        return {r["key"]: json.loads(r["values_json"]) for r in rows}
+
+    def online_feature(self, feature_set: str, key: str) -> dict[str, Any] | None:
+        rows = self._rows(
+            "SELECT values_json, event_time, dataset_version, updated_at FROM online_features"
+            " WHERE feature_set = ? AND key = ?",
+            [feature_set, key],
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return {"values": json.loads(r["values_json"]), "event_time": r["event_time"],
+                "dataset_version": r["dataset_version"], "updated_at": r["updated_at"]}
+
+    def online_summary(self, feature_set: str) -> dict[str, Any]:
+        row = self._rows(
+            "SELECT COUNT(*) AS keys, MAX(updated_at) AS updated_at,"
+            " MAX(event_time) AS newest_event FROM online_features WHERE feature_set = ?",
+            [feature_set],
+        )[0]
+        return row
 
     # --- jobs ----------------------------------------------------------------------------
 
