@@ -272,6 +272,25 @@ class PipelineSettings(_Section):
     id: Annotated[str | None, _doc("row id column: never a feature")] = None
     retrain: RetrainSettings = msgspec.field(default_factory=RetrainSettings)
     train: PipelineTrainSettings = msgspec.field(default_factory=PipelineTrainSettings)
+    derived: Annotated[
+        dict[str, str],
+        _doc("derived features: name = Polars SQL expression over the row's columns"),
+    ] = msgspec.field(default_factory=dict)
+    join: Annotated[
+        list[str], _doc("feature sets joined to each row by their key (as of the row's time)")
+    ] = msgspec.field(default_factory=list)
+    missing_key: Annotated[
+        Literal["null", "error"],
+        _doc("a request's entity key with no stored features: its features are missing "
+             "(null) or the request is refused (error)"),
+    ] = "null"
+
+
+class FeatureSetSettings(_Section):
+    key: Annotated[str, _doc("the entity id column the feature set is keyed by")] = ""
+    timestamp: Annotated[
+        str | None, _doc("time the values became true: point-in-time joins use it")
+    ] = None
 
 
 class Settings(_Section):
@@ -283,6 +302,7 @@ class Settings(_Section):
     monitor: MonitorSettings = msgspec.field(default_factory=MonitorSettings)
     drift: DriftSettings = msgspec.field(default_factory=DriftSettings)
     pipelines: dict[str, PipelineSettings] = msgspec.field(default_factory=dict)
+    feature_sets: dict[str, FeatureSetSettings] = msgspec.field(default_factory=dict)
 
     def pipeline(self, name: str) -> PipelineSettings:
         """The settings of a pipeline; one without config gets every default."""
@@ -374,14 +394,60 @@ def parse(raw: dict[str, Any], path: Path | None = None) -> Settings:
                     key=f"pipelines.{name}.retrain.cron", path=path,
                 ) from None
         _check_pipeline_train(name, pipelines[name], path)
-    rest = {k: v for k, v in raw.items() if k != "pipelines"}
+    feature_sets = _parse_feature_sets(raw.get("feature_sets", {}), pipelines, path)
+    rest = {k: v for k, v in raw.items() if k not in ("pipelines", "feature_sets")}
     try:
         settings = msgspec.convert(rest, Settings)
     except msgspec.ValidationError as exc:
         message, key = _split_validation_error(exc)
         raise ConfigError(message, key=key, path=path) from None
     settings.pipelines = pipelines
+    settings.feature_sets = feature_sets
     return settings
+
+
+def _parse_feature_sets(raw: Any, pipelines: dict[str, PipelineSettings],
+                        path: Path | None) -> dict[str, FeatureSetSettings]:
+    """Feature sets, and the pipelines' derived features and joins that refer to them."""
+    if not isinstance(raw, dict):
+        raise ConfigError("expected a table of feature sets", key="feature_sets", path=path)
+    out: dict[str, FeatureSetSettings] = {}
+    for name, section in raw.items():
+        where = f"feature_sets.{name}"
+        if not PIPELINE_NAME.match(name):
+            raise ConfigError("a feature set name is letters, digits, '_', '.' and '-'",
+                              key=where, path=path)
+        if name in pipelines:
+            raise ConfigError("a name is either a pipeline or a feature set, not both",
+                              key=where, path=path)
+        try:
+            fs = msgspec.convert(section, FeatureSetSettings)
+        except msgspec.ValidationError as exc:
+            message, key = _split_validation_error(exc)
+            raise ConfigError(message, key=f"{where}.{key}" if key else where,
+                              path=path) from None
+        if not fs.key:
+            raise ConfigError('a feature set needs its entity key column: key = "..."',
+                              key=f"{where}.key", path=path)
+        out[name] = fs
+    for name, p in pipelines.items():
+        for fs_name in p.join:
+            if fs_name not in out:
+                raise ConfigError(
+                    f"joins feature set `{fs_name}`, which is not declared; add "
+                    f"[feature_sets.{fs_name}] with its key",
+                    key=f"pipelines.{name}.join", path=path,
+                )
+        for feature, text in p.derived.items():
+            from appliance.errors import ApplianceError
+            from appliance.featurestore import compile_expression
+
+            try:
+                compile_expression(feature, text)
+            except ApplianceError as err:
+                raise ConfigError(err.message, key=f"pipelines.{name}.derived.{feature}",
+                                  path=path) from None
+    return out
 
 
 def cron_trigger(expr: str) -> Any:
@@ -445,18 +511,20 @@ def reference() -> list[tuple[str, Any, str]]:
     def walk(prefix: str, cls: type) -> None:
         hints = typing.get_type_hints(cls, include_extras=True)
         for f in msgspec.structs.fields(cls):
+            default = f.default
             if f.default_factory is not msgspec.NODEFAULT:
-                sub = f.default_factory()
-                if isinstance(sub, msgspec.Struct):
-                    walk(f"{prefix}{f.name}.", type(sub))
-                continue
+                default = f.default_factory()
+                if isinstance(default, msgspec.Struct):
+                    walk(f"{prefix}{f.name}.", type(default))
+                    continue
             metas = getattr(hints[f.name], "__metadata__", ())
             text = next((m.description for m in metas if getattr(m, "description", None)), "")
-            out.append((prefix + f.name, f.default, text))
+            out.append((prefix + f.name, default, text))
 
     for section in ("server", "ingest", "train", "jobs", "log"):
         walk(f"{section}.", type(getattr(Settings(), section)))
     for section in ("monitor", "drift"):
         walk(f"{section}.", type(getattr(Settings(), section)))
     walk("pipelines.NAME.", PipelineSettings)
+    walk("feature_sets.NAME.", FeatureSetSettings)
     return out

@@ -22,7 +22,7 @@ import msgspec
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4  # the number of migrations; a test keeps them in step
 ROLLUP_SECONDS = 3600.0  # monitoring roll-ups are hourly; shorter rows are raw
 
 migrations = Migrations("appliance")
@@ -211,6 +211,21 @@ def _m0003_monitoring(db: sqlite_utils.Database) -> None:
         )""")
     db.execute("CREATE INDEX live_performance_age ON live_performance (start)")
     db.execute("CREATE INDEX feedback_age ON feedback (received_at)")
+
+
+@migrations(name="0010_issue10_online_features")
+def _m0010(db: sqlite_utils.Database) -> None:
+    # The online store: the latest values per entity key of every feature set.
+    db.execute("""
+        CREATE TABLE online_features (
+            feature_set TEXT NOT NULL,
+            key TEXT NOT NULL,
+            values_json TEXT NOT NULL,
+            event_time TEXT,                -- the row's own time, when the set has one
+            dataset_version INTEGER NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (feature_set, key)
+        )""")
 
 
 def now_iso() -> str:
@@ -759,6 +774,62 @@ class Store:
                 [pipeline, *chunk],
             )[0]["n"]
         return known
+
+
+    # --- online feature store ------------------------------------------------------------
+
+    def upsert_online_features(
+        self, feature_set: str, entries: dict[str, dict[str, Any]], dataset_version: int,
+        timestamp: str | None,
+    ) -> int:
+        """Store the newest values per key. With a time column, a stored row is replaced
+        only by one at least as new (a late file can't roll a key back)."""
+        now = now_iso()
+        rows = [
+            (feature_set, key, _dumps(values),
+             str(values.get(timestamp)) if timestamp and values.get(timestamp) is not None
+             else None, dataset_version, now)
+            for key, values in entries.items()
+        ]
+        with self._atomic() as db:
+            db.conn.executemany(
+                "INSERT INTO online_features (feature_set, key, values_json, event_time,"
+                " dataset_version, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(feature_set, key) DO UPDATE SET"
+                " values_json = excluded.values_json, event_time = excluded.event_time,"
+                " dataset_version = excluded.dataset_version, updated_at = excluded.updated_at"
+                " WHERE excluded.event_time IS NULL OR online_features.event_time IS NULL"
+                " OR excluded.event_time >= online_features.event_time",
+                rows,
+            )
+        return len(rows)
+
+    def online_features(self, feature_set: str) -> dict[str, dict[str, Any]]:
+        rows = self._rows(
+            "SELECT key, values_json FROM online_features WHERE feature_set = ?",
+            [feature_set],
+        )
+        return {r["key"]: json.loads(r["values_json"]) for r in rows}
+
+    def online_feature(self, feature_set: str, key: str) -> dict[str, Any] | None:
+        rows = self._rows(
+            "SELECT values_json, event_time, dataset_version, updated_at FROM online_features"
+            " WHERE feature_set = ? AND key = ?",
+            [feature_set, key],
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return {"values": json.loads(r["values_json"]), "event_time": r["event_time"],
+                "dataset_version": r["dataset_version"], "updated_at": r["updated_at"]}
+
+    def online_summary(self, feature_set: str) -> dict[str, Any]:
+        row = self._rows(
+            "SELECT COUNT(*) AS keys, MAX(updated_at) AS updated_at,"
+            " MAX(event_time) AS newest_event FROM online_features WHERE feature_set = ?",
+            [feature_set],
+        )[0]
+        return row
 
     # --- jobs ----------------------------------------------------------------------------
 

@@ -1,0 +1,215 @@
+"""The feature store: features declared once and computed the same way for training and
+for serving.
+
+- **Derived features** are Polars SQL expressions from the config (``pl.sql_expr``, never
+  Python ``eval``). The same compiled expressions run on the training frame and on the rows
+  of a prediction request, and a model stores the expressions it was trained with, so a
+  served version always computes what it learned from.
+- **Feature sets** are tables keyed by an entity id (and optionally an event time), dropped
+  into ``inbox/<feature_set>/`` and versioned like pipeline data.
+- **Offline joins** give each training row the feature values as they were at that row's
+  time (an as-of join, never a later value); without times, the latest values per key.
+- **The online store** keeps the latest values per key of every feature set (SQLite, with
+  an in-memory copy for the request path), so a prediction may send only the entity key.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import polars as pl
+
+from appliance.errors import ApplianceError
+
+
+class DerivedFeatures:
+    """The compiled derived-feature expressions of one pipeline or one model, in order
+    (a later expression may use an earlier one)."""
+
+    def __init__(self, expressions: dict[str, str]) -> None:
+        self.source = dict(expressions)
+        self.compiled: list[tuple[str, pl.Expr]] = []
+        for name, text in expressions.items():
+            self.compiled.append((name, compile_expression(name, text)))
+
+    def __bool__(self) -> bool:
+        return bool(self.compiled)
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self.compiled]
+
+    def inputs(self) -> set[str]:
+        """The raw columns the expressions read (derived names excluded)."""
+        roots: set[str] = set()
+        for _, expr in self.compiled:
+            roots |= set(expr.meta.root_names())
+        return roots - set(self.names)
+
+    def check_columns(self, available: Iterable[str]) -> None:
+        """Every column an expression names must exist; the error names the feature."""
+        known = set(available)
+        for name, expr in self.compiled:
+            missing = sorted(set(expr.meta.root_names()) - known)
+            if missing:
+                raise ApplianceError(
+                    "derived_unknown_column",
+                    f"derived feature `{name}` names unknown column(s) "
+                    f"{', '.join(f'`{c}`' for c in missing)}",
+                    {"feature": name, "missing": missing},
+                )
+            known.add(name)
+
+    def apply(self, frame: pl.DataFrame) -> pl.DataFrame:
+        for name, expr in self.compiled:
+            frame = frame.with_columns(expr.alias(name))
+        return frame
+
+
+def compile_expression(name: str, text: str) -> pl.Expr:
+    try:
+        return pl.sql_expr(text)
+    except Exception as exc:  # Polars raises SQLInterfaceError / SQLSyntaxError
+        raise ApplianceError(
+            "derived_parse",
+            f"derived feature `{name}`: `{text}` is not a valid SQL expression ({exc})",
+            {"feature": name, "expression": text},
+        ) from None
+
+
+# --- offline: point-in-time joins --------------------------------------------------------
+
+
+def latest_per_key(frame: pl.DataFrame, key: str, timestamp: str | None) -> pl.DataFrame:
+    """One row per key: the newest by ``timestamp``, else the last one in file order."""
+    if timestamp:
+        frame = frame.sort(timestamp, nulls_last=False, maintain_order=True)
+    return frame.group_by(key, maintain_order=True).last()
+
+
+def join_feature_set(
+    rows: pl.DataFrame,
+    features: pl.DataFrame,
+    *,
+    key: str,
+    row_time: str | None,
+    feature_time: str | None,
+    name: str,
+) -> pl.DataFrame:
+    """Join one feature set onto training rows by ``key``.
+
+    With both times, each row gets the values as they were at the row's time: the newest
+    feature row at or before it (a backward as-of join), never a later one. Otherwise the
+    latest values per key. The feature set's own time column is not carried over: it is
+    bookkeeping, not a feature.
+    """
+    if key not in rows.columns:
+        raise ApplianceError(
+            "join_key_missing",
+            f"the data has no column `{key}` to join feature set `{name}` on",
+            {"feature_set": name, "key": key},
+        )
+    clash = (set(features.columns) - {key, feature_time or ""}) & set(rows.columns)
+    if clash:
+        raise ApplianceError(
+            "join_column_clash",
+            f"feature set `{name}` and the pipeline both have column(s) "
+            f"{', '.join(sorted(clash))}; rename one side",
+            {"feature_set": name, "columns": sorted(clash)},
+        )
+    features = features.with_columns(pl.col(key).cast(rows.schema[key], strict=False))
+    if row_time and feature_time and row_time in rows.columns:
+        right = features.sort(feature_time)
+        left_dtype = rows.schema[row_time]
+        if right.schema[feature_time] != left_dtype:
+            right = right.with_columns(pl.col(feature_time).cast(left_dtype, strict=False))
+        joined = rows.sort(row_time).join_asof(
+            right, left_on=row_time, right_on=feature_time, by=key, strategy="backward",
+            check_sortedness=False,
+        )
+        if feature_time != row_time and feature_time in joined.columns:
+            joined = joined.drop(feature_time)
+        return joined
+    latest = latest_per_key(features, key, feature_time)
+    if feature_time and feature_time in latest.columns:
+        latest = latest.drop(feature_time)
+    return rows.join(latest, on=key, how="left", maintain_order="left")
+
+
+# --- online: the latest values per key ----------------------------------------------------
+
+
+class OnlineStore:
+    """The latest feature values per entity key, for the request path.
+
+    SQLite is the record (``Store.upsert_online_features``); this in-memory copy is what
+    requests read, refreshed from each newly ingested feature set version.
+    """
+
+    def __init__(self) -> None:
+        self._tables: dict[str, dict[str, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def load(self, feature_set: str, entries: dict[str, dict[str, Any]]) -> None:
+        with self._lock:
+            self._tables = {**self._tables, feature_set: dict(entries)}
+
+    def update(self, feature_set: str, entries: dict[str, dict[str, Any]]) -> None:
+        with self._lock:
+            table = dict(self._tables.get(feature_set, {}))
+            table.update(entries)
+            self._tables = {**self._tables, feature_set: table}
+
+    def get(self, feature_set: str, key: Any) -> dict[str, Any] | None:
+        return self._tables.get(feature_set, {}).get(str(key))
+
+    def size(self, feature_set: str) -> int:
+        return len(self._tables.get(feature_set, {}))
+
+
+def online_entries(frame: pl.DataFrame, key: str, timestamp: str | None
+                   ) -> dict[str, dict[str, Any]]:
+    """The newest values per key of a feature set frame, as JSON-able dicts by key."""
+    latest = latest_per_key(frame, key, timestamp)
+    out: dict[str, dict[str, Any]] = {}
+    for row in latest.to_dicts():
+        k = row.pop(key)
+        if k is None:
+            continue
+        out[str(k)] = {c: (v.isoformat() if hasattr(v, "isoformat") else v)
+                       for c, v in row.items()}
+    return out
+
+
+def fill_rows(
+    rows: list[Any], feature_set: str, key: str, columns: list[str], store: OnlineStore,
+    missing_key: str,
+) -> None:
+    """Fill the feature set's columns of each request row from the online store, in place.
+    Values sent in the request win; a key with no stored values is missing (null) or an
+    error naming the key, by the pipeline's ``missing_key`` policy."""
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            continue
+        absent = [c for c in columns if c not in row]
+        if not absent:
+            continue
+        value = row.get(key)
+        stored = store.get(feature_set, value) if value is not None else None
+        if stored is None:
+            if missing_key == "error":
+                raise ApplianceError(
+                    "unknown_entity",
+                    f"row {i}: no stored features for `{key}` = {value!r} in feature set "
+                    f"`{feature_set}`; send {', '.join(absent)} in the row, or ingest the "
+                    "entity first",
+                    {"row": i, "field": key, "value": value, "feature_set": feature_set},
+                    status=422,
+                )
+            for c in absent:
+                row[c] = None
+            continue
+        for c in absent:
+            row[c] = stored.get(c)
