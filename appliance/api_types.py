@@ -261,3 +261,33 @@ class JobsResponse(msgspec.Struct, kw_only=True):
     pipeline: str
     scheduled: list[ScheduledJob]
     history: list[JobInfo]
+
+
+# --- feature store -----------------------------------------------------------------------
+
+
+class FeatureSetInfo(msgspec.Struct, kw_only=True):
+    name: str
+    key: str
+    timestamp: str | None
+    schema: dict[str, str] | None
+    datasets: int
+    rows: int
+    keys: int  # entities in the online store
+    updated_at: str | None  # when the online store last changed
+    newest_event: str | None  # the newest event time among the stored values
+    last_ingestion: str | None
+    used_by: list[str]  # pipelines that join it
+
+
+class FeatureSetList(msgspec.Struct, kw_only=True):
+    feature_sets: list[FeatureSetInfo]
+
+
+class OnlineFeatures(msgspec.Struct, kw_only=True):
+    feature_set: str
+    key: str
+    values: dict[str, Any]
+    event_time: str | None
+    dataset_version: int
+    updated_at: str

@@ -367,5 +367,35 @@ def tui(url: str | None, state_dir: str | None, token: str | None, refresh: floa
                      refresh_seconds=refresh, open_pipeline=pipeline))
 
 
+@cli.command()
+@click.argument("name", required=False)
+@click.argument("key", required=False)
+@_client_options
+@click.option("--json", "as_json", is_flag=True, help="print the raw JSON")
+def features(name: str | None, key: str | None, url: str | None, state_dir: str | None,
+             as_json: bool) -> None:
+    """List the feature sets; with NAME, one of them; with NAME KEY, an entity's values.
+
+    Example: appliance features machine_info M-007
+    """
+    client = Client(url, state_dir)
+    if name and key:
+        body = client.call("GET", f"/v1/feature-sets/{name}/{key}")
+    elif name:
+        body = client.call("GET", f"/v1/feature-sets/{name}")
+    else:
+        body = client.call("GET", "/v1/feature-sets")
+    if as_json or (name and key):
+        click.echo(json.dumps(body, indent=2))
+        return
+    sets = [body] if name else body["feature_sets"]
+    if not sets:
+        click.echo('no feature sets; declare one with [feature_sets.NAME] key = "..."')
+    for fs in sets:
+        click.echo(f"{fs['name']:<20} key={fs['key']:<14} keys={fs['keys']:<6} "
+                   f"rows={fs['rows']:<8} datasets={fs['datasets']} "
+                   f"updated={fs['updated_at'] or '-'} used by={','.join(fs['used_by']) or '-'}")
+
+
 def main() -> None:
     cli(prog_name="appliance")

@@ -31,6 +31,7 @@ KINDS = {
     "training_retry_scheduled": "a failed training job will be retried after a backoff",
     "promoted": "a model version was made production",
     "not_promoted": "a new model version was kept out of production by the gate",
+    "features_updated": "a feature set's new version updated the online store",
     "model_loaded": "a production model was loaded for serving",
     "model_load_failed": "a model could not be loaded; the previous one keeps serving",
     "config_reloaded": "the config was re-read (SIGHUP); the message lists what changed",

@@ -56,6 +56,13 @@ class FeatureSpec(msgspec.Struct, kw_only=True):
     target: str
     classes: list[Any] | None
     features: list[Feature]
+    # The feature store's part (see featurestore.py), kept with the model so that serving
+    # computes exactly what training did: feature sets joined by key (filled from the online
+    # store at prediction time), derived features as Polars SQL, and the types of the raw
+    # columns those expressions read.
+    joins: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    derived: dict[str, str] = msgspec.field(default_factory=dict)
+    derived_inputs: dict[str, str] = msgspec.field(default_factory=dict)
 
     @property
     def columns(self) -> list[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -213,3 +214,70 @@ def fill_rows(
             continue
         for c in absent:
             row[c] = stored.get(c)
+
+
+# --- the service the daemon holds -------------------------------------------------------
+
+
+class FeatureStore:
+    """Feature sets of one daemon: their versions (offline) and latest values (online)."""
+
+    def __init__(self, settings: Any, store: Any, root: Path) -> None:
+        self.settings = settings
+        self.store = store
+        self.root = root
+        self.online = OnlineStore()
+
+    def names(self) -> list[str]:
+        return sorted(self.settings.feature_sets)
+
+    def load(self) -> None:
+        """Fill the in-memory online store from SQLite (at start)."""
+        for name in self.names():
+            self.online.load(name, self.store.online_features(name))
+
+    def on_ingested(self, name: str, dataset_path: str, dataset_version: int) -> int:
+        """A new version of a feature set: update the online store with its newest values
+        per key. Returns how many keys were written."""
+        fs = self.settings.feature_sets[name]
+        frame = pl.read_parquet(self.root / dataset_path)
+        entries = online_entries(frame, fs.key, fs.timestamp)
+        written = self.store.upsert_online_features(name, entries, dataset_version,
+                                                    fs.timestamp)
+        # Re-read what SQLite kept: a late, older row must not win in memory either.
+        self.online.load(name, self.store.online_features(name))
+        return written
+
+    def frame(self, name: str) -> pl.DataFrame:
+        """Every version of a feature set, oldest first (its history, for as-of joins)."""
+        paths = [self.root / d.path for d in self.store.datasets(name)]
+        if not paths:
+            raise ApplianceError(
+                "feature_set_empty",
+                f"feature set `{name}` has no data yet; drop a file into inbox/{name}/",
+                {"feature_set": name},
+            )
+        frames = [pl.read_parquet(p) for p in paths]
+        return pl.concat(frames, how="diagonal_relaxed") if len(frames) > 1 else frames[0]
+
+    def prepare(self, frame: pl.DataFrame, pipeline: Any) -> tuple[pl.DataFrame, dict[str, Any]]:
+        """The training frame of a pipeline: its rows joined to its feature sets (as of each
+        row's time), then its derived features. Returns the frame and what a model must
+        keep to compute the same at prediction time."""
+        joins = []
+        for name in pipeline.join:
+            fs = self.settings.feature_sets[name]
+            features = self.frame(name)
+            before = set(frame.columns)
+            frame = join_feature_set(frame, features, key=fs.key, row_time=pipeline.timestamp,
+                                     feature_time=fs.timestamp, name=name)
+            joins.append({"feature_set": name, "key": fs.key,
+                          "columns": [c for c in frame.columns if c not in before]})
+        derived = DerivedFeatures(pipeline.derived)
+        inputs: dict[str, str] = {}
+        if derived:
+            derived.check_columns(frame.columns)
+            inputs = {c: str(frame.schema[c]) for c in sorted(derived.inputs())}
+            frame = derived.apply(frame)
+        return frame, {"joins": joins, "derived": dict(pipeline.derived),
+                       "derived_inputs": inputs}

@@ -432,14 +432,28 @@ class Ingester:
         if fmt == ".csv.gz":
             with work.timed("gunzip"):
                 source = work.source = self._gunzip(work)
-        target = self.settings.pipeline(work.pipeline).target
+        # A feature set's rows are keyed by its entity column, as a pipeline's rows are by
+        # their target: the column must be there, and rows without it are dropped.
+        feature_set = self.settings.feature_sets.get(work.pipeline)
+        target = feature_set.key if feature_set else self.settings.pipeline(work.pipeline).target
         record = self.store.pipeline(work.pipeline)
         schema = record.schema if record is not None and record.schema else None
         if fmt == ".parquet":
             lf, have = self._open_parquet(work, source)
         else:
             lf, have = self._open_csv(work, source)
-        if (set(have) == {FEEDBACK_ID, target} and target != FEEDBACK_ID):
+        if feature_set is not None:
+            for column, key in ((feature_set.key, "key"), (feature_set.timestamp, "timestamp")):
+                if column and column not in have:
+                    raise ApplianceError(
+                        "missing_key" if key == "key" else "missing_timestamp",
+                        f"column `{column}` not found in `{name}`; it is the {key} of feature "
+                        f"set `{work.pipeline}` ([feature_sets.{work.pipeline}] {key} in "
+                        "appliance.toml)",
+                        {"expected_column": column, "columns": list(have)[:50],
+                         "config_key": f"feature_sets.{work.pipeline}.{key}"},
+                    )
+        elif (set(have) == {FEEDBACK_ID, target} and target != FEEDBACK_ID):
             dup = self.store.taken_with_hash(work.pipeline, work.digest() or "")
             if dup is not None:
                 return self._duplicate(work, dup)
@@ -725,7 +739,8 @@ class Ingester:
         if nulls:
             if nulls == rows:
                 raise ApplianceError(
-                    "no_rows", f"every row of `{work.name}` has a null target `{target}`",
+                    "no_rows", f"every row of `{work.name}` has a null {self._role(work)} "
+                    f"`{target}`",
                     {"column": target, "rows": rows})
             kept = tmp.with_name(tmp.name + ".kept")
             work.temps.append(kept)
@@ -734,10 +749,13 @@ class Ingester:
                         .filter(pl.col(target).is_not_null())
                         .sink_parquet(kept, sync_on_close="all"))
             os.replace(kept, tmp)
-            work.warnings.append(f"{nulls} rows with a null target were dropped")
+            work.warnings.append(f"{nulls} rows with a null {self._role(work)} were dropped")
             rows -= nulls
         schema = _polars(lambda: pl.scan_parquet(tmp, glob=False).collect_schema())
         return self._accept(work, tmp, rows, {c: str(t) for c, t in schema.items()}, first)
+
+    def _role(self, work: _Work) -> str:
+        return "key" if work.pipeline in self.settings.feature_sets else "target"
 
     def _accept(self, work: _Work, tmp: Path, rows: int, schema: dict[str, str],
                 first: bool) -> Outcome:

@@ -78,6 +78,8 @@ class Trainer:
         # Set by the daemon: called as retry(pipeline, delay_seconds) after a failed job.
         self.schedule_retry: Callable[[str, float], None] | None = None
         self._tune: dict[str, int] = {}  # a search asked for with the next run (--tune N)
+        # The feature store, when feature sets or derived features are configured.
+        self.features: Any = None
         self._promote_lock = threading.Lock()
 
     # --- triggers ------------------------------------------------------------------------
@@ -232,8 +234,15 @@ class Trainer:
             settings.train.tune_trials if settings.train.tune_trials is not None
             else ts.tune_trials)
         seconds = settings.train.tune_seconds or ts.tune_seconds
+        serving: dict[str, Any] = {}
+        if self.features is not None and (settings.join or settings.derived):
+            data.frame, serving = self.features.prepare(data.frame, settings)
         candidate = train(data.frame, settings, ts, tune_trials=trials, tune_seconds=seconds,
                           should_stop=self._cancel.is_set)
+        if serving:
+            candidate.spec.joins = serving["joins"]
+            candidate.spec.derived = serving["derived"]
+            candidate.spec.derived_inputs = serving["derived_inputs"]
         rows = data.frame.height
         del data.frame
         min_improvement = (settings.train.min_improvement

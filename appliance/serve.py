@@ -44,6 +44,7 @@ from appliance.api_types import (
     SystemResponse,
 )
 from appliance.errors import ApplianceError
+from appliance.features_api import feature_set_routes
 from appliance.metrics import primary_metric
 from appliance.services import Services
 from appliance.store import ModelRecord
@@ -342,7 +343,8 @@ def create_app(services: Services) -> Litestar:
 
     app = Litestar(
         route_handlers=[health, ready, pipelines, pipeline, predict, models, promote, retrain,
-                        ingestions, jobs, events, prometheus, drift, pipeline_metrics, system],
+                        ingestions, jobs, events, prometheus, drift, pipeline_metrics, system,
+                        *feature_set_routes(services)],
         exception_handlers={
             ApplianceError: on_appliance_error,
             ValidationException: on_validation_error,

@@ -8,6 +8,7 @@ from appliance import drift
 from appliance.api_types import DriftReport, ScheduledJob
 from appliance.config import Settings
 from appliance.events import Events
+from appliance.featurestore import FeatureStore
 from appliance.ingest import Ingester
 from appliance.monitor import Monitor
 from appliance.predictor import LiveModels
@@ -30,6 +31,7 @@ class Services:
     scheduler: JobScheduler
     token: str
     monitor: Monitor
+    features: FeatureStore
     started: bool = False
     load_failures: dict[str, str] = field(default_factory=dict)
 
@@ -50,7 +52,19 @@ class Services:
             if report is not None and drift.alarm(report) and not trainer.busy(pipeline):
                 trainer.on_drift(pipeline)
 
+        features = FeatureStore(settings, store, state.root)
+        features.load()
+        trainer.features = features
+
         def on_accepted(pipeline: str, record: IngestionRecord) -> None:
+            if pipeline in settings.feature_sets:
+                if record.dataset_path and record.dataset_version is not None:
+                    keys = features.on_ingested(pipeline, record.dataset_path,
+                                                record.dataset_version)
+                    events.emit("features_updated",
+                                f"{keys} keys updated in the online store from v"
+                                f"{record.dataset_version}", pipeline=pipeline, keys=keys)
+                return
             # Drift first, against the model that served until this data came.
             report = monitor.on_ingested(pipeline, record)
             trainer.on_ingested(pipeline, record)
@@ -61,7 +75,7 @@ class Services:
         return cls(settings=settings, state=state, store=store, events=events,
                    registry=registry, live=live, trainer=trainer, ingester=ingester,
                    scheduler=JobScheduler(trainer, settings), token=state.ensure_token(),
-                   monitor=monitor)
+                   monitor=monitor, features=features)
 
     def load_production_models(self) -> None:
         """Load every pipeline's production model; one that fails is reported, not served."""
@@ -84,7 +98,7 @@ class Services:
 
     def pipeline_names(self) -> list[str]:
         names = {p.name for p in self.store.pipelines()} | set(self.settings.pipelines)
-        return sorted(names)
+        return sorted(names - set(self.settings.feature_sets))
 
     def scheduled_jobs(self, pipeline: str) -> list[ScheduledJob]:
         """Jobs the scheduler will run for this pipeline, and the box-wide ones."""

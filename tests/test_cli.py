@@ -9,6 +9,7 @@ from appliance.cli import cli
 from tests.conftest import SAMPLES
 
 COMMANDS = ["run", "demo", "tui", "status", "ingest", "train", "models", "promote", "predict",
+            "features",
             "doctor", "backup"]
 
 

@@ -1,0 +1,69 @@
+"""The feature store's routes: ``/v1/feature-sets``, one set, and one entity's online
+values. Kept beside ``serve.py`` so the HTTP app stays one list of small handlers."""
+
+from typing import Any
+
+from litestar import get
+from litestar.openapi import ResponseSpec
+from litestar.params import FromPath
+
+from appliance.api_types import ErrorBody, FeatureSetInfo, FeatureSetList, OnlineFeatures
+from appliance.errors import ApplianceError
+from appliance.services import Services
+
+NOT_FOUND = {404: ResponseSpec(data_container=ErrorBody, description="no such feature set "
+                                                                      "or key")}
+
+
+def feature_set_routes(services: Services) -> list[Any]:
+    store, settings = services.store, services.settings
+
+    def known(name: str) -> None:
+        if name not in settings.feature_sets:
+            raise ApplianceError(
+                "unknown_feature_set",
+                f"no feature set `{name}`; declare it in appliance.toml as "
+                f'[feature_sets.{name}] key = "..."', {"feature_set": name}, status=404,
+            )
+
+    def info(name: str) -> FeatureSetInfo:
+        fs = settings.feature_sets[name]
+        record = store.pipeline(name)
+        datasets = store.datasets(name)
+        last = store.ingestions(name, limit=1)
+        online = store.online_summary(name)
+        return FeatureSetInfo(
+            name=name, key=fs.key, timestamp=fs.timestamp,
+            schema=record.schema if record else None, datasets=len(datasets),
+            rows=sum(d.rows for d in datasets), keys=online["keys"],
+            updated_at=online["updated_at"], newest_event=online["newest_event"],
+            last_ingestion=last[0].finished_at if last else None,
+            used_by=sorted(p for p, cfg in settings.pipelines.items() if name in cfg.join),
+        )
+
+    @get("/v1/feature-sets", sync_to_thread=False, tags=["features"])
+    def feature_sets() -> FeatureSetList:
+        """Every declared feature set with its schema, size and freshness."""
+        return FeatureSetList(feature_sets=[info(n) for n in sorted(settings.feature_sets)])
+
+    @get("/v1/feature-sets/{name:str}", sync_to_thread=False, tags=["features"],
+         responses=NOT_FOUND)
+    def feature_set(name: FromPath[str]) -> FeatureSetInfo:
+        """One feature set: schema, rows, keys in the online store, freshness."""
+        known(name)
+        return info(name)
+
+    @get("/v1/feature-sets/{name:str}/{key:str}", sync_to_thread=False, tags=["features"],
+         responses=NOT_FOUND)
+    def online_values(name: FromPath[str], key: FromPath[str]) -> OnlineFeatures:
+        """The online store's latest values of one entity."""
+        known(name)
+        found = store.online_feature(name, key)
+        if found is None:
+            raise ApplianceError(
+                "unknown_entity", f"feature set `{name}` has no values for key `{key}`",
+                {"feature_set": name, "key": key}, status=404,
+            )
+        return OnlineFeatures(feature_set=name, key=key, **found)
+
+    return [feature_sets, feature_set, online_values]
