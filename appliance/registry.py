@@ -155,13 +155,23 @@ class Registry:
                     "it will not be served",
                     {"pipeline": pipeline, "version": version, "file": str(path)}, status=409,
                 )
-        meta = json.loads((folder / "model.json").read_bytes())
-        booster = lgb.Booster(model_str=(folder / "model.txt").read_text())
-        spec = msgspec.convert(meta["spec"], FeatureSpec)
-        model = LoadedModel(pipeline=pipeline, version=version, booster=booster, spec=spec,
-                            meta=meta)
-        # Warm it: the first call allocates LightGBM's predictor.
-        model.predict_matrix(np.zeros((1, len(spec.columns))))
+        try:
+            meta = json.loads((folder / "model.json").read_bytes())
+            booster = lgb.Booster(model_str=(folder / "model.txt").read_text())
+            spec = msgspec.convert(meta["spec"], FeatureSpec)
+            model = LoadedModel(pipeline=pipeline, version=version, booster=booster,
+                                spec=spec, meta=meta)
+            # Warm it: the first call of each path allocates LightGBM's predictor.
+            model.warm()
+        except ApplianceError:
+            raise
+        except Exception as exc:  # whatever LightGBM or the metadata says, it isn't served
+            raise ApplianceError(
+                "model_unloadable",
+                f"v{version} of `{pipeline}` could not be loaded ({type(exc).__name__}: "
+                f"{exc}); it will not be served",
+                {"pipeline": pipeline, "version": version}, status=409,
+            ) from None
         return model
 
     def promote(self, pipeline: str, version: int, decision: str) -> None:

@@ -37,6 +37,9 @@ class Trainer:
         self._running: set[str] = set()
         self._follow_up: dict[str, str] = {}
         self._closed = False
+        # One promotion at a time, so the production stage in SQLite and the served model
+        # can't be left disagreeing by two promotions racing.
+        self._promote_lock = threading.Lock()
 
     # --- triggers ------------------------------------------------------------------------
 
@@ -147,8 +150,9 @@ class Trainer:
             self.events.emit("model_load_failed", err.message, pipeline=pipeline,
                              level="error", version=version)
             raise
-        self.registry.promote(pipeline, version, reason)
-        old = self.live.swap(loaded)
+        with self._promote_lock:
+            self.registry.promote(pipeline, version, reason)
+            old = self.live.swap(loaded)
         self.events.emit("promoted", f"v{version} is production: {reason}", pipeline=pipeline,
                          version=version, previous=old.version if old else None)
         return old.version if old else None

@@ -9,6 +9,7 @@ from appliance.config import Settings
 from appliance.events import Events
 from appliance.ingest import Ingester
 from appliance.predictor import LiveModels
+from appliance.predlog import PredictionIds, PredictionLog
 from appliance.registry import Registry
 from appliance.scheduler import Trainer
 from appliance.statedir import StateDir
@@ -28,6 +29,11 @@ class Services:
     token: str
     started: bool = False
     load_failures: dict[str, str] = field(default_factory=dict)
+    # The prediction log (its writer is started and flushed by the daemon), the ids of
+    # predictions, and the predict token when server.predict_token_required.
+    predlog: PredictionLog | None = None
+    prediction_ids: PredictionIds = field(default_factory=PredictionIds)
+    predict_token: str | None = None
 
     @classmethod
     def build(cls, settings: Settings, state: StateDir) -> Services:
@@ -38,9 +44,14 @@ class Services:
         live = LiveModels()
         trainer = Trainer(state, store, registry, events, settings, live)
         ingester = Ingester(state, store, events, settings, on_accepted=trainer.on_ingested)
+        server = settings.server
+        predlog = PredictionLog(store, sample_rate=server.log_sample_rate,
+                                max_pending=server.log_queue_max,
+                                flush_seconds=server.log_flush_seconds)
+        predict_token = state.ensure_predict_token() if server.predict_token_required else None
         return cls(settings=settings, state=state, store=store, events=events,
                    registry=registry, live=live, trainer=trainer, ingester=ingester,
-                   token=state.ensure_token())
+                   token=state.ensure_token(), predlog=predlog, predict_token=predict_token)
 
     def load_production_models(self) -> None:
         """Load every pipeline's production model; one that fails is reported, not served."""
