@@ -24,7 +24,14 @@ from litestar.exceptions import HTTPException, NotAuthorizedException, Validatio
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig, ResponseSpec
-from litestar.openapi.spec import Components, SecurityScheme
+from litestar.openapi.spec import (
+    Components,
+    OpenAPIHeader,
+    OpenAPIResponse,
+    OpenAPIType,
+    Schema,
+    SecurityScheme,
+)
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 from litestar.types import ASGIApp, Receive, Scope, Send
 from litestar.utils.scope.state import ScopeState
@@ -432,7 +439,7 @@ def create_app(services: Services) -> Litestar:
         in at once: requests in flight finish on the model they started with.
         """
         known(name)
-        if not 0 < version <= MAX_INT64:
+        if not 0 < version <= MAX_INT64 or store.model(name, version) is None:
             raise ApplianceError(
                 "unknown_model", f"pipeline `{name}` has no model version {version}",
                 {"pipeline": name, "version": version}, status=404,
@@ -521,6 +528,9 @@ def create_app(services: Services) -> Litestar:
                        "...}, ...]}"
                 details.setdefault("field", "(body)")
                 details.setdefault("expected", '{"rows": [...]}')
+            elif key and source == "body":
+                text = f"`{key}` in the body: {text}"
+                details.setdefault("field", key)
             elif key:
                 text = f"{source or 'request'} parameter `{key}`: {text}"
                 details.setdefault("field", key)
@@ -562,7 +572,7 @@ def create_app(services: Services) -> Litestar:
                                   message="the appliance failed on this request; see its log"),
                         status_code=500)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[health, ready, pipelines, pipeline, predict, models, promote, retrain,
                         ingestions, jobs, events],
         exception_handlers={
@@ -585,3 +595,24 @@ def create_app(services: Services) -> Litestar:
         logging_config=None,
         debug=False,
     )
+    _refine_openapi(app)
+    return app
+
+
+def _refine_openapi(app: Litestar) -> None:
+    """Say in the schema what Litestar can't infer: the predict body takes no other field
+    than ``rows`` (the Struct forbids unknown fields), and a 503 from predict carries
+    ``Retry-After``. Call it after the last route is registered."""
+    spec = app.openapi_schema
+    schemas = spec.components.schemas if spec.components else None
+    request_schema = (schemas or {}).get("PredictRequest")
+    if isinstance(request_schema, Schema):
+        request_schema.additional_properties = False
+    predict = (spec.paths or {}).get("/v1/pipelines/{name}/predict")
+    if predict is not None and predict.post is not None and predict.post.responses:
+        unavailable = predict.post.responses.get("503")
+        if isinstance(unavailable, OpenAPIResponse):
+            unavailable.headers = {"Retry-After": OpenAPIHeader(
+                schema=Schema(type=OpenAPIType.INTEGER),
+                description="seconds to wait before asking again", required=True,
+            )}
