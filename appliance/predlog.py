@@ -151,33 +151,38 @@ class PredictionLog:
             self._write(taken)
 
     def _write(self, entries: list[_Entry]) -> None:
-        rate = self.sample_rate
-        rnd = self._random.random
-        encode = msgspec.json.encode
-        rows: list[tuple[str, str, float, int, str, str | None]] = []
-        for pipeline, version, ts, ids, outputs, inputs, features in entries:
-            for pid, output, row in zip(ids, outputs, inputs, strict=True):
-                sampled = rate >= 1.0 or (rate > 0.0 and rnd() < rate)
-                row_json = None
-                if sampled and isinstance(row, dict):
-                    row_json = encode({k: row.get(k) for k in features}).decode()
-                rows.append((pid, pipeline, ts, version, encode(output).decode(), row_json))
         try:
+            rows = self._rows(entries)
             self.store.insert_predictions(rows)
         except Exception as exc:  # a full disk or a locked file must not stop serving
-            log_event(log, logging.ERROR, "prediction_log_write_failed", rows=len(rows),
+            log_event(log, logging.ERROR, "prediction_log_write_failed",
+                      rows=sum(len(e[3]) for e in entries),
                       error=f"{type(exc).__name__}: {exc}")
             ok = False
         else:
             ok = True
         with self._lock:
             for pipeline, _v, _ts, ids, *_ in entries:
+                n = len(ids)
                 counts = self._counts[pipeline]
                 if ok:
-                    counts.logged += len(ids)
+                    counts.logged += n
                 else:
-                    counts.failed += len(ids)
-            self._pending -= len(rows)
+                    counts.failed += n
+                self._pending -= n
+
+    def _rows(self, entries: list[_Entry]) -> list[tuple[str, str, float, int, str, str | None]]:
+        rate = self.sample_rate
+        rnd = self._random.random
+        encode = msgspec.json.encode
+        rows: list[tuple[str, str, float, int, str, str | None]] = []
+        for pipeline, version, ts, ids, outputs, inputs, features in entries:
+            for pid, output, row in zip(ids, outputs, inputs, strict=True):
+                row_json = None
+                if (rate >= 1.0 or (rate > 0.0 and rnd() < rate)) and isinstance(row, dict):
+                    row_json = encode({k: row.get(k) for k in features}).decode()
+                rows.append((pid, pipeline, ts, version, encode(output).decode(), row_json))
+        return rows
 
     def _warn_drops(self) -> None:
         now = time.monotonic()

@@ -8,6 +8,7 @@ import gc
 import logging
 import math
 import os
+import sqlite3
 import stat
 import threading
 import time
@@ -306,3 +307,31 @@ def test_token_files_are_made_private_and_an_empty_token_is_refused(tmp_path):
     state.token_file.write_text("\n")
     with pytest.raises(StartupError, match="empty or too short"):
         check_startup(_settings(), state)
+
+
+class _FlakyStore(Store):
+    """A real store whose first write fails, as on a full disk."""
+
+    failures = 1
+
+    def insert_predictions(self, rows):  # type: ignore[no-untyped-def]
+        if self.failures:
+            self.failures -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        super().insert_predictions(rows)
+
+
+def test_a_failed_write_is_counted_and_the_log_goes_on(tmp_path, caplog):
+    store = _FlakyStore.open(tmp_path / "a.db")
+    log = PredictionLog(store, sample_rate=0.0, max_pending=100, flush_seconds=3600)
+    ids = PredictionIds()
+    log.record("p", 1, ids.take(3), [0.1, 0.2, 0.3], [{}, {}, {}], ())
+    with caplog.at_level(logging.ERROR, logger="appliance.predlog"):
+        log.flush()
+    assert "prediction_log_write_failed" in caplog.text
+    log.record("p", 1, ids.take(2), [0.4, 0.5], [{}, {}], ())
+    log.flush()
+    stats = log.stats("p")
+    assert (stats.failed, stats.logged, stats.pending) == (3, 2, 0)
+    assert store.count_predictions("p") == 2
+    store.close()
