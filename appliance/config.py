@@ -62,7 +62,7 @@ class ServerSettings(_Section):
     ] = 100_000
     log_flush_seconds: Annotated[
         float, _doc("the prediction log is written at least this often"), msgspec.Meta(gt=0),
-    ] = 0.5
+    ] = 0.1
 
 
 class IngestSettings(_Section):

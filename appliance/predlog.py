@@ -181,7 +181,9 @@ class PredictionLog:
                 row_json = None
                 if (rate >= 1.0 or (rate > 0.0 and rnd() < rate)) and isinstance(row, dict):
                     row_json = encode({k: row.get(k) for k in features}).decode()
-                rows.append((pid, pipeline, ts, version, encode(output).decode(), row_json))
+                # A model's float output is finite, and its repr is its JSON (and cheaper).
+                text = repr(output) if type(output) is float else encode(output).decode()
+                rows.append((pid, pipeline, ts, version, text, row_json))
         return rows
 
     def _warn_drops(self) -> None:
