@@ -79,6 +79,16 @@ class PipelineList(msgspec.Struct, kw_only=True):
     pipelines: list[PipelineSummary]
 
 
+class PredictionLogInfo(msgspec.Struct, kw_only=True):
+    """The prediction log of one pipeline since the daemon started."""
+
+    logged: int  # predictions written to the log
+    dropped: int  # not logged: the queue was full (server.log_queue_max); requests never wait
+    failed: int  # not logged: the write failed (see the daemon's log)
+    pending: int  # waiting to be written, all pipelines
+    sample_rate: float  # share of predictions whose inputs are kept (server.log_sample_rate)
+
+
 class PipelineDetail(msgspec.Struct, kw_only=True):
     name: str
     status: str
@@ -93,6 +103,7 @@ class PipelineDetail(msgspec.Struct, kw_only=True):
     rows: int
     models: int
     ingestions: dict[str, int]
+    prediction_log: PredictionLogInfo | None = None
 
 
 class ModelList(msgspec.Struct, kw_only=True):

@@ -40,6 +40,29 @@ class ServerSettings(_Section):
     max_body_bytes: Annotated[
         int, _doc("largest request body accepted, in bytes"), msgspec.Meta(ge=1024)
     ] = 1_048_576
+    allowed_hosts: Annotated[
+        list[str],
+        _doc("host names clients may use in the Host header besides the bound address "
+             "(DNS rebinding protection); `*.example.com` matches sub-domains"),
+    ] = []
+    predict_token_required: Annotated[
+        bool, _doc("predict calls need `Authorization: Bearer` with <state>/predict_token "
+                   "(or the admin token)"),
+    ] = False
+    allow_open_predict: Annotated[
+        bool, _doc("allow a non-loopback host without predict_token_required (logged)"),
+    ] = False
+    log_sample_rate: Annotated[
+        float, _doc("share of predictions whose inputs are kept in the prediction log"),
+        msgspec.Meta(ge=0, le=1),
+    ] = 0.1
+    log_queue_max: Annotated[
+        int, _doc("predictions waiting to be logged before new ones are dropped (counted)"),
+        msgspec.Meta(ge=1),
+    ] = 100_000
+    log_flush_seconds: Annotated[
+        float, _doc("the prediction log is written at least this often"), msgspec.Meta(gt=0),
+    ] = 0.1
 
 
 class IngestSettings(_Section):

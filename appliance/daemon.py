@@ -24,6 +24,8 @@ import asyncio
 import contextlib
 import errno
 import fnmatch
+import gc
+import ipaddress
 import json
 import logging
 import os
@@ -158,6 +160,56 @@ def bind_socket(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+MIN_TOKEN_CHARS = 32  # secrets.token_urlsafe(32) makes 43; anything shorter is not ours
+
+
+def check_startup(settings: Settings, state: StateDir) -> None:
+    """Refuse a start that would expose the API, or trust a damaged token.
+
+    - Listening on a non-loopback address serves predictions to the network: only with a
+      token for predict routes (``server.predict_token_required``) or an explicit opt-out
+      (``server.allow_open_predict``, logged at every start).
+    - A token file readable by others is made private again (0600), with a warning; one
+      that is empty or short (truncated, hand-edited) stops the start, because an empty
+      token would let an empty ``Authorization: Bearer`` in.
+    """
+    server = settings.server
+    if not is_loopback(server.host):
+        if server.predict_token_required:
+            pass
+        elif server.allow_open_predict:
+            log.warning("open_predict host=%s: predictions are served to anyone who can reach "
+                        "this address (server.allow_open_predict = true)", server.host)
+        else:
+            raise StartupError(
+                f"refusing to listen on {server.host}: predictions would be open to the "
+                "network. Set [server] predict_token_required = true (clients then send "
+                "`Authorization: Bearer <state>/predict_token`), or allow_open_predict = "
+                "true to accept that anyone who reaches the address can predict"
+            )
+    for path in (state.token_file, state.predict_token_file):
+        if not path.exists():
+            continue
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            path.chmod(0o600)
+            log.warning("token_mode_fixed file=%s was=%o now=600", path, mode)
+        if len(path.read_text().strip()) < MIN_TOKEN_CHARS:
+            raise StartupError(
+                f"{path} is empty or too short to be a token; delete it and start again to "
+                "have a new one made (clients then need the new token)"
+            )
 
 
 class Daemon:
@@ -324,6 +376,7 @@ class Daemon:
 
     async def run(self) -> int:
         services = self.services
+        check_startup(self.settings, self.state)
         sock = bind_socket(self.settings.server.host, self.settings.server.port)
         host, port = sock.getsockname()[:2]
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
@@ -342,7 +395,14 @@ class Daemon:
             log.info("recovered removed=%d abandoned_jobs=%d", len(removed), abandoned)
         sdnotify.status("loading models")
         await asyncio.to_thread(services.load_production_models)
+        if services.predlog is not None:
+            services.predlog.start()
         app = create_app(services)
+        # What start-up built (libraries, config, models) lives as long as the process: keep
+        # it out of the cyclic collector's sweeps, which otherwise pause serving for tens of
+        # milliseconds. Swapped-out models are still freed (by reference counting).
+        gc.collect()
+        gc.freeze()
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=5, server_header=False)
         self.server = _Server(config)
@@ -380,6 +440,8 @@ class Daemon:
 
     def _shutdown(self, finished: bool = True) -> None:
         # Metrics and other buffers are flushed here, before the store closes.
+        if self.services.predlog is not None:
+            self.services.predlog.close()  # serving has stopped: write what is queued
         try:
             self.services.monitor.flush_windows(force=True)
         except Exception:
@@ -407,8 +469,16 @@ class Daemon:
         os.replace(tmp, path)
 
 
+# How long a thread may hold the GIL while another waits for it (CPython's default is 5 ms).
+# Ingestion, training and the prediction log run Python on threads beside the event loop;
+# at 5 ms a request could wait that long behind them, so a shorter slice keeps the tail of
+# prediction latency short for a little more switching.
+GIL_SWITCH_INTERVAL = 0.001
+
+
 def run(settings: Settings, state: StateDir,
         reload_settings: Callable[[], Settings] | None = None) -> int:
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     daemon = Daemon(settings, state, reload_settings)
     try:
         import uvloop

@@ -11,8 +11,10 @@ from appliance.api_types import ErrorBody, FeatureSetInfo, FeatureSetList, Onlin
 from appliance.errors import ApplianceError
 from appliance.services import Services
 
-NOT_FOUND = {404: ResponseSpec(data_container=ErrorBody, description="no such feature set "
-                                                                      "or key")}
+HOST = {400: ResponseSpec(data_container=ErrorBody, description="the Host header is not this "
+                          "appliance's address or a name in server.allowed_hosts")}
+NOT_FOUND = {**HOST, 404: ResponseSpec(data_container=ErrorBody,
+                                       description="no such feature set or key")}
 
 
 def feature_set_routes(services: Services) -> list[Any]:
@@ -41,7 +43,7 @@ def feature_set_routes(services: Services) -> list[Any]:
             used_by=sorted(p for p, cfg in settings.pipelines.items() if name in cfg.join),
         )
 
-    @get("/v1/feature-sets", sync_to_thread=False, tags=["features"])
+    @get("/v1/feature-sets", sync_to_thread=False, tags=["features"], responses=HOST)
     def feature_sets() -> FeatureSetList:
         """Every declared feature set with its schema, size and freshness."""
         return FeatureSetList(feature_sets=[info(n) for n in sorted(settings.feature_sets)])

@@ -183,16 +183,19 @@ class Registry:
             meta = json.loads(content["model.json"])
             booster = lgb.Booster(model_str=content["model.txt"].decode())
             spec = msgspec.convert(meta["spec"], FeatureSpec)
-        except Exception as exc:  # matches its hash, yet unusable: registered broken
+            model = LoadedModel(pipeline=pipeline, version=version, booster=booster,
+                                spec=spec, meta=meta)
+            # Warm it: the first call of each path allocates LightGBM's predictor.
+            model.warm()
+        except ApplianceError:
+            raise
+        except Exception as exc:  # matches its hash, yet unusable: it isn't served
             raise ApplianceError(
                 "model_unusable",
-                f"v{version} of `{pipeline}` can't be loaded: {type(exc).__name__}: {exc}",
+                f"v{version} of `{pipeline}` can't be loaded ({type(exc).__name__}: {exc}); "
+                "it will not be served",
                 {"pipeline": pipeline, "version": version}, status=409,
             ) from None
-        model = LoadedModel(pipeline=pipeline, version=version, booster=booster, spec=spec,
-                            meta=meta)
-        # Warm it: the first call allocates LightGBM's predictor.
-        model.predict_matrix(np.zeros((1, len(spec.columns))))
         return model
 
     def promote(self, pipeline: str, version: int, decision: str) -> None:

@@ -80,6 +80,8 @@ class Trainer:
         self._tune: dict[str, int] = {}  # a search asked for with the next run (--tune N)
         # The feature store, when feature sets or derived features are configured.
         self.features: Any = None
+        # One promotion at a time, so the production stage in SQLite and the served model
+        # can't be left disagreeing by two promotions racing.
         self._promote_lock = threading.Lock()
 
     # --- triggers ------------------------------------------------------------------------

@@ -3,19 +3,38 @@
 Handlers are small and synchronous where the work is (a prediction is microseconds of
 LightGBM, cheaper than a hop to a thread); everything slow is handed to the daemon's jobs.
 Every error a client sees is an :class:`ErrorBody`; none carries a stack trace.
+
+Every status code a route can answer is declared in its OpenAPI operation (``/schema``),
+so a generated client knows them all: 400 on every route (a Host header that is not this
+appliance's, see :class:`HostPolicy`), and per route what its handler can refuse.
 """
 
 import hmac
+import ipaddress
+import json
 import logging
-import secrets
-from typing import Any
+import math
+import re
+from typing import Annotated, Any
 
+import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, NotAuthorizedException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig, ResponseSpec
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.openapi.spec import (
+    Components,
+    OpenAPIHeader,
+    OpenAPIResponse,
+    OpenAPIType,
+    Schema,
+    SecurityScheme,
+)
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
+from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.utils.scope.state import ScopeState
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from appliance import __version__
@@ -58,6 +77,229 @@ def _error(status: int, description: str) -> ResponseSpec:
 
 ERRORS_PIPELINE = {404: _error(404, "no such pipeline")}
 ERRORS_ADMIN = {401: _error(401, "missing or wrong bearer token")}
+# Every route: the Host check answers 400 before any handler runs.
+ERRORS_HOST = {400: _error(400, "the Host header is not this appliance's address or a name "
+                                "in server.allowed_hosts (DNS rebinding protection)")}
+ERRORS_QUERY = {400: _error(400, "a query parameter is invalid, or the Host header is not "
+                                 "this appliance's")}
+BEARER = "bearer"
+SECURITY_ADMIN = [{BEARER: []}]
+MAX_INT64 = 2**63 - 1
+
+
+class HostPolicy:
+    """Which Host headers the API answers, against DNS rebinding.
+
+    A web page on a name its author controls can make a browser on the box's network send
+    requests to the appliance, if that name resolves to the appliance's address; its
+    requests carry the page's name in Host. So: an IP address is accepted when it is the
+    bound one (any, when bound to all interfaces; any loopback one, when bound to loopback),
+    ``localhost`` when loopback is reachable, and other names only when configured in
+    ``server.allowed_hosts`` (``*.example.com`` matches sub-domains). A request without a
+    Host header (HTTP/1.0) is accepted: browsers always send one.
+    """
+
+    def __init__(self, bound: str, names: list[str]) -> None:
+        bound = bound.strip().strip("[]").lower()
+        try:
+            self.bound_ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = (
+                ipaddress.ip_address(bound))
+        except ValueError:
+            self.bound_ip = None
+        self.wildcard = self.bound_ip is not None and self.bound_ip.is_unspecified
+        self.loopback = bound == "localhost" or (
+            self.bound_ip is not None and self.bound_ip.is_loopback)
+        wanted = [n.strip().lower().rstrip(".") for n in names if n.strip()]
+        if self.bound_ip is None and bound:
+            wanted.append(bound)
+        self.exact = frozenset(n for n in wanted if not n.startswith("*."))
+        self.suffixes = tuple(n[1:] for n in wanted if n.startswith("*."))
+        self._cache: dict[bytes, bool] = {}
+
+    def allows(self, raw: bytes) -> bool:
+        ok = self._cache.get(raw)
+        if ok is None:
+            ok = self._decide(raw)
+            if len(self._cache) < 1024:
+                self._cache[raw] = ok
+        return ok
+
+    def _decide(self, raw: bytes) -> bool:
+        try:
+            text = raw.decode("ascii").strip().lower()
+        except UnicodeDecodeError:
+            return False
+        if text.startswith("["):
+            end = text.find("]")
+            host, rest = (text[1:end], text[end + 1:]) if end > 0 else ("", "")
+            if rest and not (rest[0] == ":" and rest[1:].isdigit()):
+                return False
+        else:
+            host, sep, port = text.rpartition(":")
+            if not sep:
+                host = text
+            elif not port.isdigit():
+                return False
+        host = host.rstrip(".")
+        if not host:
+            return False
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = None
+        if ip is not None:
+            return self.wildcard or ip == self.bound_ip or (self.loopback and ip.is_loopback)
+        if host == "localhost" and (self.loopback or self.wildcard):
+            return True
+        return host in self.exact or (bool(self.suffixes) and host.endswith(self.suffixes))
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+async def _send_error(send: Send, status: int, body: ErrorBody,
+                      headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    payload = msgspec.json.encode(body)
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+        *(headers or []),
+    ]})
+    await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+class HostCheckMiddleware:
+    """Refuses, with 400, a request whose Host header the :class:`HostPolicy` refuses."""
+
+    def __init__(self, app: ASGIApp, policy: HostPolicy) -> None:
+        self.app = app
+        self.policy = policy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = _header(scope, b"host")
+            if host is not None and not self.policy.allows(host):
+                shown = host.decode("latin-1")[:100]
+                await _send_error(send, 400, ErrorBody(
+                    code="invalid_host",
+                    message=f"Host `{shown}` is not this appliance's address; if clients "
+                            "reach it by that name, add it to server.allowed_hosts",
+                    details={"field": "Host", "got": shown},
+                ))
+                return
+        await self.app(scope, receive, send)
+
+
+def _bearer(connection: ASGIConnection) -> bytes:
+    raw = _header(connection.scope, b"authorization") or b""
+    scheme, _, token = raw.partition(b" ")
+    return token.strip() if scheme.lower() == b"bearer" else b""
+
+
+def _token_matches(presented: bytes, *accepted: str | None) -> bool:
+    """Constant-time comparison against each accepted token; an empty token never matches."""
+    ok = False
+    for token in accepted:
+        if token:
+            ok |= hmac.compare_digest(presented, token.encode())
+    return ok and bool(presented)
+
+
+JSON_MEDIA = re.compile(r"^application/([a-z0-9.+-]+\+)?json$")
+
+
+_json_media_cache: dict[bytes, str | None] = {}
+
+
+def _not_json(raw: bytes) -> str | None:
+    """The media type of a Content-Type that is not JSON, else None (cached)."""
+    if raw in _json_media_cache:
+        return _json_media_cache[raw]
+    media = raw.decode("latin-1").split(";", 1)[0].strip().lower()
+    verdict = None if JSON_MEDIA.match(media) else media
+    if len(_json_media_cache) < 256:
+        _json_media_cache[raw] = verdict
+    return verdict
+
+
+class PredictGateMiddleware:
+    """What predict checks before its body is read, in one pass over the headers.
+
+    - With ``server.predict_token_required``: ``Authorization: Bearer`` with the predict
+      token or the admin token, compared in constant time (else 401).
+    - The body must be declared JSON (else 415). No Content-Type is taken as JSON (simple
+      clients omit it). Refusing ``text/plain`` and forms also means a web page can't post
+      to the API without a CORS preflight.
+
+    A route middleware rather than Litestar guards: a guard costs a copy of the route
+    handler on every call, which is most of a fast prediction.
+    """
+
+    def __init__(self, app: ASGIApp, tokens: tuple[str, ...] | None) -> None:
+        self.app = app
+        self.tokens = tokens
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        content_type = authorization = None
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                content_type = value
+            elif key == b"authorization":
+                authorization = value
+        if self.tokens is not None:
+            scheme, _, token = (authorization or b"").partition(b" ")
+            presented = token.strip() if scheme.lower() == b"bearer" else b""
+            if not _token_matches(presented, *self.tokens):
+                await _send_error(send, 401, ErrorBody(
+                    code="unauthorized",
+                    message="predictions need a token here (server.predict_token_required): "
+                            "Authorization: Bearer <token from the state directory's "
+                            "`predict_token` file>",
+                ), [(b"www-authenticate", b"Bearer")])
+                return
+        if content_type is not None:
+            media = _not_json(content_type)
+            if media is not None:
+                await _send_error(send, 415, ErrorBody(
+                    code="unsupported_media_type",
+                    message=f"the body must be JSON: send `Content-Type: application/json` "
+                            f"(got `{media}`)",
+                    details={"field": "Content-Type", "expected": "application/json",
+                             "got": media},
+                ))
+                return
+        await self.app(scope, receive, send)
+
+
+class _Constant(str):
+    """NaN, Infinity or -Infinity, as written in a body."""
+
+
+def _non_finite_number(body: bytes) -> tuple[int, str, str] | None:
+    """Find NaN or Infinity (or a number too large for a double) in a predict body that
+    the strict JSON parser refused; returns (row, field, what it is). Only on errors."""
+    try:  # the stdlib parser takes NaN and Infinity, and reads 1e400 as inf
+        doc = json.loads(body, parse_constant=_Constant)
+    except (ValueError, RecursionError):
+        return None
+    rows = doc.get("rows") if isinstance(doc, dict) else None
+    if not isinstance(rows, list):
+        return None
+    for r, row in enumerate(rows):
+        if isinstance(row, dict):
+            for key, value in row.items():
+                if isinstance(value, _Constant):
+                    return r, str(key), f"{value}, which JSON does not allow"
+                if isinstance(value, float) and not math.isfinite(value):
+                    return r, str(key), "a number too large for a double"
+    return None
+
+
+_ROW_KEY = re.compile(r"^rows\[(\d+)\]$")
+_GOT = re.compile(r"got `([^`]+)`")
 
 
 def _model_info(r: ModelRecord) -> ModelInfo:
@@ -79,16 +321,25 @@ def create_app(services: Services) -> Litestar:
                 {"pipeline": name}, status=404,
             )
 
-    def admin_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-        header = connection.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.strip().encode(), services.token.encode()
-        ):
+    async def admin_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        if not _token_matches(_bearer(connection), services.token):
             raise NotAuthorizedException(
                 "this route needs the admin token: Authorization: Bearer <token from the "
-                "state directory's `token` file>"
+                "state directory's `token` file>", headers={"WWW-Authenticate": "Bearer"},
             )
+
+    predict_token_required = settings.server.predict_token_required
+    predict_tokens = (tuple(t for t in (services.predict_token, services.token) if t)
+                      if predict_token_required else None)
+    predict_auth_errors = (
+        {401: _error(401, "missing or wrong bearer token (server.predict_token_required)")}
+        if predict_token_required else {})
+
+    max_body = settings.server.max_body_bytes
+    server_settings = settings.server
+    live = services.live
+    predlog = services.predlog
+    new_ids = services.prediction_ids.take
 
     def status_of(name: str) -> str:
         if services.trainer.busy(name):
@@ -118,13 +369,14 @@ def create_app(services: Services) -> Litestar:
             last_ingestion=last[0].finished_at if last else None,
         )
 
-    @get("/health", sync_to_thread=False, tags=["health"])
+    @get("/health", sync_to_thread=False, tags=["health"], responses=ERRORS_HOST)
     def health() -> Health:
         """Liveness: 200 while the process serves."""
         return Health(status="ok", version=__version__)
 
     @get("/ready", sync_to_thread=False, tags=["health"],
-         responses={503: ResponseSpec(data_container=Ready, description="not ready yet")})
+         responses={**ERRORS_HOST,
+                    503: ResponseSpec(data_container=Ready, description="not ready yet")})
     def ready() -> Response[Ready]:
         """200 once started and every pipeline with a production model has it loaded."""
         waiting = []
@@ -137,14 +389,14 @@ def create_app(services: Services) -> Litestar:
         body = Ready(ready=ok, models=services.live.versions(), waiting_for=waiting)
         return Response(body, status_code=200 if ok else 503)
 
-    @get("/v1/pipelines", sync_to_thread=False, tags=["pipelines"])
+    @get("/v1/pipelines", sync_to_thread=False, tags=["pipelines"], responses=ERRORS_HOST)
     def pipelines() -> PipelineList:
         """Every pipeline with its status and production version."""
         return PipelineList(pipelines=[services.monitor.fill_summary(summary(n))
                                        for n in services.pipeline_names()])
 
     @get("/v1/pipelines/{name:str}", sync_to_thread=False, tags=["pipelines"],
-         responses=ERRORS_PIPELINE)
+         responses={**ERRORS_HOST, **ERRORS_PIPELINE})
     def pipeline(name: FromPath[str]) -> PipelineDetail:
         """One pipeline: schema, production model, counts."""
         known(name)
@@ -164,19 +416,33 @@ def create_app(services: Services) -> Litestar:
             serving_version=live.version if live else None,
             datasets=len(datasets), rows=sum(d.rows for d in datasets),
             models=len(store.models(name)), ingestions=counts,
+            prediction_log=predlog.stats(name) if predlog is not None else None,
         )
 
     @post("/v1/pipelines/{name:str}/predict", status_code=200, sync_to_thread=False,
-          tags=["predict"], responses={
+          tags=["predict"],
+          middleware=[DefineMiddleware(PredictGateMiddleware, tokens=predict_tokens)],
+          security=SECURITY_ADMIN if predict_token_required else None, responses={
               **ERRORS_PIPELINE,
-              400: _error(400, "the body is not a valid request"),
-              413: _error(413, "the body or the batch is too large"),
-              422: _error(422, "a row does not match the model's features"),
-              503: _error(503, "the pipeline has no model yet; retry later"),
+              **predict_auth_errors,
+              400: _error(400, "the body is not valid JSON or not a predict request (NaN and "
+                               "Infinity are not JSON), or the Host header is not this "
+                               "appliance's"),
+              413: _error(413, "the body is over server.max_body_bytes, or the batch over "
+                               "server.max_batch_rows"),
+              415: _error(415, "the body is not declared as JSON (Content-Type)"),
+              422: _error(422, "a row does not match the model's features: `details` names "
+                               "the row, the field and what was expected; or `rows` is empty"),
+              503: _error(503, "the pipeline has no model yet; retry after Retry-After "
+                               "seconds"),
           })
     def predict(name: FromPath[str], data: JSONBody[PredictRequest]) -> PredictResponse:
-        """Predict one row or a batch. Features are matched by name; null means missing."""
-        model = services.live.get(name)
+        """Predict one row or a batch. Features are matched by name; null means missing.
+
+        Binary: the probability of the positive class; multiclass: `{"class",
+        "probabilities"}`; regression: the value. One id per prediction, for feedback.
+        """
+        model = live.get(name)  # this request finishes on this model, even across a swap
         if model is None:
             known(name)
             raise ApplianceError(
@@ -184,40 +450,57 @@ def create_app(services: Services) -> Litestar:
                 {"pipeline": name}, status=503,
             )
         rows = data.rows
-        if not rows:
+        n = len(rows)
+        if not n:
             raise ApplianceError("empty_batch", "`rows` is empty; send at least one row",
-                                 {"field": "rows"}, status=422)
-        limit = settings.server.max_batch_rows
-        if len(rows) > limit:
+                                 {"field": "rows", "expected": "1 or more rows"}, status=422)
+        max_rows = server_settings.max_batch_rows  # read per request: SIGHUP may change it
+        if n > max_rows:
             raise ApplianceError(
-                "batch_too_large", f"{len(rows)} rows in one call; at most {limit} "
-                "(server.max_batch_rows)", {"rows": len(rows), "limit": limit}, status=413,
+                "batch_too_large", f"{n} rows in one call; at most {max_rows} "
+                "(server.max_batch_rows)", {"field": "rows", "rows": n, "limit": max_rows},
+                status=413,
             )
         predictions = model.predict_rows(rows)
-        services.monitor.requests.count_rows(name, len(rows))
-        ids = [secrets.token_hex(8) for _ in rows]
+        services.monitor.requests.count_rows(name, n)
+        ids = new_ids(n)
+        if predlog is not None:
+            predlog.record(name, model.version, ids, predictions, rows, model.encoder.names)
         return PredictResponse(model_version=model.version, predictions=predictions,
                                prediction_ids=ids)
 
     @get("/v1/pipelines/{name:str}/models", sync_to_thread=False, tags=["models"],
-         responses=ERRORS_PIPELINE)
+         responses={**ERRORS_HOST, **ERRORS_PIPELINE})
     def models(name: FromPath[str]) -> ModelList:
         """Versions with metrics, lineage and stage, newest first."""
         known(name)
         return ModelList(pipeline=name, models=[_model_info(r) for r in store.models(name)])
 
     @post("/v1/pipelines/{name:str}/models/{version:int}/promote", status_code=200,
-          guards=[admin_guard], sync_to_thread=True, tags=["models"],
-          responses={**ERRORS_PIPELINE, **ERRORS_ADMIN,
-                     409: _error(409, "the model's files are damaged; not promoted")})
+          guards=[admin_guard], sync_to_thread=True, tags=["models"], security=SECURITY_ADMIN,
+          responses={**ERRORS_HOST, **ERRORS_ADMIN,
+                     404: _error(404, "no such pipeline, or no such version"),
+                     409: _error(409, "the model failed its hash check or could not be "
+                                      "loaded; it was not promoted and the serving model "
+                                      "stays")})
     def promote(name: FromPath[str], version: FromPath[int]) -> PromoteResponse:
-        """Admin: make a version production (rollback too)."""
+        """Admin: make a version production (rollback too).
+
+        The version is verified (hash), loaded and warmed on a worker thread, then swapped
+        in at once: requests in flight finish on the model they started with.
+        """
         known(name)
+        if not 0 < version <= MAX_INT64 or store.model(name, version) is None:
+            raise ApplianceError(
+                "unknown_model", f"pipeline `{name}` has no model version {version}",
+                {"pipeline": name, "version": version}, status=404,
+            )
         previous = services.trainer.promote(name, version, "promoted by an operator")
         return PromoteResponse(pipeline=name, version=version, previous_version=previous)
 
     @post("/v1/pipelines/{name:str}/retrain", status_code=202, guards=[admin_guard],
-          sync_to_thread=False, tags=["models"], responses={**ERRORS_PIPELINE, **ERRORS_ADMIN})
+          sync_to_thread=False, tags=["models"], security=SECURITY_ADMIN,
+          responses={**ERRORS_HOST, **ERRORS_PIPELINE, **ERRORS_ADMIN})
     def retrain(name: FromPath[str],
                 data: JSONBody[RetrainRequest | None] = None) -> RetrainResponse:
         """Admin: start a training job (or queue one after the running job). The body is
@@ -231,7 +514,7 @@ def create_app(services: Services) -> Litestar:
         return RetrainResponse(pipeline=name, started=started, message=msg)
 
     @get("/v1/pipelines/{name:str}/ingestions", sync_to_thread=False, tags=["data"],
-         responses=ERRORS_PIPELINE)
+         responses={**ERRORS_QUERY, **ERRORS_PIPELINE})
     def ingestions(name: FromPath[str], limit: FromQuery[int] = 100) -> IngestionList:
         """Accepted and refused files, newest first, with reasons."""
         known(name)
@@ -247,7 +530,7 @@ def create_app(services: Services) -> Litestar:
         ])
 
     @get("/v1/pipelines/{name:str}/jobs", sync_to_thread=False, tags=["jobs"],
-         responses=ERRORS_PIPELINE)
+         responses={**ERRORS_QUERY, **ERRORS_PIPELINE})
     def jobs(name: FromPath[str], limit: FromQuery[int] = 50) -> JobsResponse:
         """Scheduled jobs with their next run, and the history of job runs, newest first."""
         known(name)
@@ -260,8 +543,9 @@ def create_app(services: Services) -> Litestar:
         return JobsResponse(pipeline=name, scheduled=services.scheduled_jobs(name),
                             history=history)
 
-    @get("/v1/events", sync_to_thread=False, tags=["events"])
-    def events(pipeline: FromQuery[str | None] = None, after: FromQuery[int] = 0,
+    @get("/v1/events", sync_to_thread=False, tags=["events"], responses=ERRORS_QUERY)
+    def events(pipeline: FromQuery[str | None] = None,
+               after: Annotated[int, Parameter(ge=0, le=MAX_INT64)] = 0,
                limit: FromQuery[int] = 200) -> EventList:
         """The event log, newest first: ingested, refused, trained, promoted, errors."""
         rows = store.events(pipeline=pipeline, after_id=after, limit=max(1, min(limit, 1000)))
@@ -284,14 +568,15 @@ def create_app(services: Services) -> Litestar:
         longest = settings.monitor.rollup_retention_days * 86400
         return max(1.0, min(float(seconds), longest)), resolution
 
-    @get("/metrics", sync_to_thread=True, tags=["monitoring"], media_type=CONTENT_TYPE_LATEST)
+    @get("/metrics", sync_to_thread=True, tags=["monitoring"], media_type=CONTENT_TYPE_LATEST,
+         responses=ERRORS_HOST)
     def prometheus() -> Response[bytes]:
         """Prometheus text format: requests, latency, errors, served versions, drift,
         live performance, ingestion and training counts and durations, resources."""
         return Response(generate_latest(prometheus_registry), media_type=CONTENT_TYPE_LATEST)
 
     @get("/v1/pipelines/{name:str}/drift", sync_to_thread=True, tags=["monitoring"],
-         responses=ERRORS_PIPELINE)
+         responses={**ERRORS_QUERY, **ERRORS_PIPELINE})
     def drift(name: FromPath[str], limit: FromQuery[int] = 100) -> DriftResponse:
         """The latest drift report (per feature and of the predictions) and the history of
         checks, oldest first."""
@@ -299,7 +584,7 @@ def create_app(services: Services) -> Litestar:
         return monitor.drift_response(name, limit=max(1, min(limit, 1000)))
 
     @get("/v1/pipelines/{name:str}/metrics", sync_to_thread=True, tags=["monitoring"],
-         responses=ERRORS_PIPELINE)
+         responses={**ERRORS_QUERY, **ERRORS_PIPELINE})
     def pipeline_metrics(name: FromPath[str], seconds: FromQuery[float] = 3600.0,
                          resolution: FromQuery[str] = "auto") -> PipelineMetrics:
         """Request windows over the last `seconds` (raw 10-second windows up to 6 hours,
@@ -309,7 +594,7 @@ def create_app(services: Services) -> Litestar:
         span, res = time_range(seconds, resolution)
         return monitor.pipeline_metrics(name, span, res)
 
-    @get("/v1/system", sync_to_thread=True, tags=["monitoring"])
+    @get("/v1/system", sync_to_thread=True, tags=["monitoring"], responses=ERRORS_QUERY)
     def system(seconds: FromQuery[float] = 3600.0,
                resolution: FromQuery[str] = "auto") -> SystemResponse:
         """Process and box resources over the last `seconds` (raw samples up to 6 hours,
@@ -323,17 +608,68 @@ def create_app(services: Services) -> Litestar:
                         status_code=exc.status, headers=headers)
 
     def on_validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
-        problems = [str(e.get("message", e)) if isinstance(e, dict) else str(e)
-                    for e in (exc.extra or [])]
+        problems = []
+        details: dict[str, Any] = {}
+        for e in exc.extra or []:
+            if not isinstance(e, dict):
+                problems.append(str(e))
+                continue
+            text = str(e.get("message", e))
+            key = str(e.get("key") or "")
+            source = getattr(e.get("source"), "value", e.get("source"))
+            row = _ROW_KEY.match(key)
+            got = _GOT.search(text)
+            if row and "object" in text:
+                r = int(row.group(1))
+                text = f"row {r}: expected an object of feature values" + (
+                    f", got {got.group(1)}" if got else "")
+                details.setdefault("row", r)
+                details.setdefault("field", "(row)")
+                details.setdefault("expected", "an object of feature values")
+            elif key == "data" and source == "body":
+                if text == "'data'":  # Litestar's words for "no body at all"
+                    text = "the body is empty or null"
+                text = f"{text.rstrip('.')}; send a JSON object {{\"rows\": [{{feature: value, " \
+                       "...}, ...]}"
+                details.setdefault("field", "(body)")
+                details.setdefault("expected", '{"rows": [...]}')
+            elif key and source == "body":
+                text = f"`{key}` in the body: {text}"
+                details.setdefault("field", key)
+            elif key:
+                text = f"{source or 'request'} parameter `{key}`: {text}"
+                details.setdefault("field", key)
+            problems.append(text)
         message = "; ".join(problems) or exc.detail
         return Response(ErrorBody(code="invalid_request", message=message,
-                                  details={"problems": problems}), status_code=400)
+                                  details={**details, "problems": problems}), status_code=400)
 
-    def on_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+        status = exc.status_code
         code = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-                413: "body_too_large"}.get(exc.status_code, "http_error")
-        return Response(ErrorBody(code=code, message=exc.detail), status_code=exc.status_code,
-                        headers=exc.headers)
+                413: "body_too_large"}.get(status, "http_error")
+        message = exc.detail
+        details: dict[str, Any] = {}
+        if status == 413:
+            message = (f"the body is over {max_body} bytes (server.max_body_bytes); send "
+                       "fewer rows per call")
+            details = {"limit": max_body}
+        elif status == 400 and request.method == "POST":
+            # The body could not be parsed as JSON.
+            code = "invalid_json"
+            body = ScopeState.from_scope(request.scope).body
+            found = _non_finite_number(body) if isinstance(body, bytes) else None
+            if found is not None:
+                r, key, what = found
+                message = (f"row {r}: field `{key}` is {what}; send a finite number, or null "
+                           "for a missing value")
+                details = {"row": r, "field": key, "expected": "a finite number or null"}
+            else:
+                message = (f"the body is not valid JSON ({exc.detail}); send "
+                           '{"rows": [{feature: value, ...}]} (NaN and Infinity are not JSON;'
+                           " send null for a missing value)")
+        return Response(ErrorBody(code=code, message=message, details=details),
+                        status_code=status, headers=exc.headers)
 
     def on_crash(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
         log.error("request_failed path=%s error=%r", request.url.path, exc, exc_info=exc)
@@ -352,11 +688,40 @@ def create_app(services: Services) -> Litestar:
             Exception: on_crash,
         },
         request_max_body_size=settings.server.max_body_bytes,
-        openapi_config=OpenAPIConfig(title="appliance", version=__version__),
+        middleware=[DefineMiddleware(HostCheckMiddleware, policy=HostPolicy(
+            settings.server.host, settings.server.allowed_hosts))],
+        openapi_config=OpenAPIConfig(
+            title="appliance", version=__version__,
+            components=Components(security_schemes={BEARER: SecurityScheme(
+                type="http", scheme="bearer",
+                description="the admin token from <state>/token (or, for predict with "
+                            "server.predict_token_required, <state>/predict_token)",
+            )}),
+        ),
         logging_config=None,
         debug=False,
     )
+    _refine_openapi(app)
     # Request metrics wrap the whole app, outside Litestar's own layers: cheaper than a
     # Litestar middleware, and they see every answer, errors of the framework included.
     app.asgi_handler = monitor.instrument(app.asgi_handler)
     return app
+
+
+def _refine_openapi(app: Litestar) -> None:
+    """Say in the schema what Litestar can't infer: the predict body takes no other field
+    than ``rows`` (the Struct forbids unknown fields), and a 503 from predict carries
+    ``Retry-After``. Call it after the last route is registered."""
+    spec = app.openapi_schema
+    schemas = spec.components.schemas if spec.components else None
+    request_schema = (schemas or {}).get("PredictRequest")
+    if isinstance(request_schema, Schema):
+        request_schema.additional_properties = False
+    predict = (spec.paths or {}).get("/v1/pipelines/{name}/predict")
+    if predict is not None and predict.post is not None and predict.post.responses:
+        unavailable = predict.post.responses.get("503")
+        if isinstance(unavailable, OpenAPIResponse):
+            unavailable.headers = {"Retry-After": OpenAPIHeader(
+                schema=Schema(type=OpenAPIType.INTEGER),
+                description="seconds to wait before asking again", required=True,
+            )}

@@ -12,6 +12,7 @@ from appliance.featurestore import FeatureStore
 from appliance.ingest import Ingester
 from appliance.monitor import Monitor
 from appliance.predictor import LiveModels
+from appliance.predlog import PredictionIds, PredictionLog
 from appliance.registry import Registry
 from appliance.scheduler import JobScheduler, Trainer
 from appliance.statedir import StateDir
@@ -34,6 +35,11 @@ class Services:
     features: FeatureStore
     started: bool = False
     load_failures: dict[str, str] = field(default_factory=dict)
+    # The prediction log (its writer is started and flushed by the daemon), the ids of
+    # predictions, and the predict token when server.predict_token_required.
+    predlog: PredictionLog | None = None
+    prediction_ids: PredictionIds = field(default_factory=PredictionIds)
+    predict_token: str | None = None
 
     @classmethod
     def build(cls, settings: Settings, state: StateDir) -> Services:
@@ -72,10 +78,16 @@ class Services:
 
         monitor.on_drift = retrain_on_drift
         ingester = Ingester(state, store, events, settings, on_accepted=on_accepted)
+        server = settings.server
+        predlog = PredictionLog(store, sample_rate=server.log_sample_rate,
+                                max_pending=server.log_queue_max,
+                                flush_seconds=server.log_flush_seconds)
+        predict_token = state.ensure_predict_token() if server.predict_token_required else None
         return cls(settings=settings, state=state, store=store, events=events,
                    registry=registry, live=live, trainer=trainer, ingester=ingester,
                    scheduler=JobScheduler(trainer, settings), token=state.ensure_token(),
-                   monitor=monitor, features=features)
+                   monitor=monitor, features=features, predlog=predlog,
+                   predict_token=predict_token)
 
     def load_production_models(self) -> None:
         """Load every pipeline's production model; one that fails is reported, not served."""

@@ -69,6 +69,23 @@ class StateDir:
             f.write(token + "\n")
         return token
 
+    @property
+    def predict_token_file(self) -> Path:
+        """The token predict clients send when ``server.predict_token_required``."""
+        return self.root / "predict_token"
+
+    def ensure_predict_token(self) -> str:
+        """Return the predict token, creating it (256 bits, mode 0600) when absent."""
+        try:
+            return self.predict_token_file.read_text().strip()
+        except FileNotFoundError:
+            pass
+        token = secrets.token_urlsafe(32)
+        fd = os.open(self.predict_token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        return token
+
     def pipeline_dir(self, area: Path, pipeline: str) -> Path:
         path = area / pipeline
         path.mkdir(parents=True, exist_ok=True)

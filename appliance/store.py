@@ -8,6 +8,7 @@ processes (``sqlite3``, backups) read while the daemon writes.
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
@@ -226,6 +227,15 @@ def _m0010(db: sqlite_utils.Database) -> None:
             updated_at TEXT NOT NULL,
             PRIMARY KEY (feature_set, key)
         )""")
+
+
+_PREDICTIONS_PER_INSERT = 100  # 600 parameters, far under SQLite's limit of 32766
+
+
+@functools.cache
+def _insert_predictions_sql(n: int) -> str:
+    return ("INSERT OR IGNORE INTO predictions (id, pipeline, ts, model_version, output, inputs)"
+            " VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * n))
 
 
 def now_iso() -> str:
@@ -691,12 +701,14 @@ class Store:
         in one transaction."""
         if not rows:
             return
+        # Many rows per statement: one sqlite3_step, so one release of the GIL, per 100 rows
+        # instead of per row; with a row each, the writer thread and the event loop that
+        # serves predictions hand the GIL back and forth thousands of times a second.
         with self._atomic() as db:
-            db.conn.executemany(
-                "INSERT OR IGNORE INTO predictions (id, pipeline, ts, model_version, output,"
-                " inputs) VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            for start in range(0, len(rows), _PREDICTIONS_PER_INSERT):
+                chunk = rows[start:start + _PREDICTIONS_PER_INSERT]
+                db.conn.execute(_insert_predictions_sql(len(chunk)),
+                                [value for row in chunk for value in row])
 
     def prediction_inputs(
         self, pipeline: str, since_ts: float, limit: int = 10_000

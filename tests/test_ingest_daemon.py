@@ -174,6 +174,14 @@ def test_feedback_file_through_the_daemon(machines_state, start_daemon):
                          json={"rows": rows.drop("failed_within_24h").to_dicts()}).json()
     feedback = pl.DataFrame({"prediction_id": answer["prediction_ids"],
                              "failed_within_24h": rows["failed_within_24h"]})
+
+    def logged_now() -> int:
+        with sqlite3.connect(machines_state / "appliance.db") as conn:
+            return conn.execute("SELECT COUNT(*) FROM predictions").fetchone()[0]
+
+    # Outcomes come after the predictions were logged (the log is written off the request
+    # path, within log_flush_seconds).
+    wait_for(lambda: logged_now() == 5, timeout=10, what="the prediction log")
     put(machines_state, "outcomes.csv", feedback.write_csv().encode(), pipeline="machines")
     wait_for(lambda: ingestions(daemon, "machines")[0]["file_name"] == "outcomes.csv",
              timeout=20, what="the feedback file")

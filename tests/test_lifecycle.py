@@ -73,7 +73,7 @@ def test_sigterm_finishes_the_request_in_flight_and_refuses_new_ones(
     body = json.dumps({"rows": batch}).encode()
     conn = socket.create_connection((url.hostname, url.port), timeout=10)
     conn.sendall(
-        b"POST /v1/pipelines/machines/predict HTTP/1.1\r\nHost: appliance\r\n"
+        b"POST /v1/pipelines/machines/predict HTTP/1.1\r\nHost: " + url.netloc.encode() + b"\r\n"
         b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
         + b"\r\n\r\n" + body[:20]
     )
