@@ -15,6 +15,7 @@ for serving.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -281,3 +282,65 @@ class FeatureStore:
             frame = derived.apply(frame)
         return frame, {"joins": joins, "derived": dict(pipeline.derived),
                        "derived_inputs": inputs}
+
+    def prepare_rows(self, spec: Any, rows: list[Any], missing_key: str) -> list[Any]:
+        """A prediction request's rows as the model was trained: feature set columns filled
+        from the online store (values sent win), then the derived features, computed by the
+        same Polars expressions as in training. Rows are updated in place."""
+        for join in spec.joins:
+            fill_rows(rows, join["feature_set"], join["key"], join["columns"], self.online,
+                      missing_key)
+        if spec.derived:
+            derive_rows(rows, spec.derived, spec.derived_inputs)
+        return rows
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(expressions: tuple[tuple[str, str], ...]) -> DerivedFeatures:
+    """Compiled once per set of expressions (a model's), not per request."""
+    return DerivedFeatures(dict(expressions))
+
+
+def _polars_type(name: str) -> pl.DataType | None:
+    simple = {"Int8": pl.Int8, "Int16": pl.Int16, "Int32": pl.Int32, "Int64": pl.Int64,
+              "UInt8": pl.UInt8, "UInt16": pl.UInt16, "UInt32": pl.UInt32,
+              "UInt64": pl.UInt64, "Float32": pl.Float32, "Float64": pl.Float64,
+              "String": pl.String, "Boolean": pl.Boolean}
+    kind = simple.get(name)
+    return kind() if kind else None
+
+
+def derive_rows(rows: list[Any], expressions: dict[str, str], inputs: dict[str, str]) -> None:
+    """Compute derived features for request rows, in place, with the input columns typed as
+    they were in training (so the same expression gives the same bits)."""
+    derived = _compiled(tuple(expressions.items()))
+    columns: dict[str, pl.Series] = {}
+    for col, dtype_name in inputs.items():
+        values = [r.get(col) if isinstance(r, dict) else None for r in rows]
+        dtype = _polars_type(dtype_name)
+        try:
+            columns[col] = pl.Series(col, values, dtype=dtype, strict=True)
+        except Exception:
+            raise _bad_input(rows, col, dtype_name) from None
+    frame = derived.apply(pl.DataFrame(columns, height=len(rows)))
+    for name in derived.names:
+        for row, value in zip(rows, frame.get_column(name).to_list(), strict=True):
+            if isinstance(row, dict) and name not in row:
+                row[name] = value
+
+
+def _bad_input(rows: list[Any], col: str, dtype_name: str) -> ApplianceError:
+    """Name the first row whose value of ``col`` can't be what training saw."""
+    dtype = _polars_type(dtype_name)
+    for i, row in enumerate(rows):
+        value = row.get(col) if isinstance(row, dict) else None
+        try:
+            pl.Series(col, [value], dtype=dtype, strict=True)
+        except Exception:
+            return ApplianceError(
+                "invalid_row", f"row {i}: field `{col}` expected {dtype_name} (a derived "
+                f"feature is computed from it), got {value!r}",
+                {"row": i, "field": col, "expected": dtype_name}, status=422,
+            )
+    return ApplianceError("invalid_row", f"field `{col}` expected {dtype_name}",
+                          {"field": col, "expected": dtype_name}, status=422)

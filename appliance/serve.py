@@ -461,6 +461,10 @@ def create_app(services: Services) -> Litestar:
                 "(server.max_batch_rows)", {"field": "rows", "rows": n, "limit": max_rows},
                 status=413,
             )
+        spec = model.spec
+        if spec.joins or spec.derived:  # the feature store: fill by key, then derive
+            rows = services.features.prepare_rows(spec, rows,
+                                                  settings.pipeline(name).missing_key)
         predictions = model.predict_rows(rows)
         services.monitor.requests.count_rows(name, n)
         ids = new_ids(n)

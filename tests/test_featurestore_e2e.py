@@ -144,3 +144,101 @@ def test_training_joins_as_of_each_row_and_computes_derived_features(state_root,
     importance = meta["feature_importance"]
     assert max(importance, key=importance.get) == "load_ratio"
     assert meta["metrics"]["auc"] > 0.8
+
+
+def trained(state_root: Path, start_daemon, files, missing_key: str = "null"):
+    daemon = start(state_root, start_daemon, missing_key)
+    drop(state_root, "machine_info", files["info"])
+    wait_for(lambda: daemon.get("/v1/feature-sets/machine_info").json()["keys"] == 40,
+             timeout=30)
+    drop(state_root, "wear", files["train"])
+    daemon.wait_ready_model("wear", 1, timeout=120)
+    return daemon
+
+
+def test_prediction_fills_features_by_key_and_computes_derived_ones(state_root, start_daemon,
+                                                                     files):
+    daemon = trained(state_root, start_daemon, files)
+    raw = {"machine_id": "M2", "ts": "2026-02-20T10:00:00", "current": 21.0,
+           "temperature": 61.5}
+    # M2 was re-rated to 22.0 on day 20 ("zenith"): what the online store holds now.
+    full = {**raw, "rated_current": 22.0, "vendor": "zenith", "load_ratio": 21.0 / 22.0,
+            "temp_f": 61.5 * 1.8 + 32}
+
+    def predict(rows: list[dict]) -> dict:
+        resp = daemon.post("/v1/pipelines/wear/predict", json={"rows": rows})
+        assert resp.status_code == 200, resp.text
+        return resp.json()
+
+    by_key, sent = predict([raw]), predict([full])
+    assert by_key["predictions"] == sent["predictions"]
+    # A value in the request wins over the stored one, and the derived feature follows it.
+    over = predict([{**raw, "rated_current": 10.0}])["predictions"][0]
+    assert over == predict([{**full, "rated_current": 10.0,
+                             "load_ratio": 2.1}])["predictions"][0]
+    assert over != by_key["predictions"][0]
+    # Batches take the same path.
+    batch = predict([raw, {**raw, "machine_id": "M3"}])
+    assert batch["predictions"][0] == by_key["predictions"][0]
+    # An unknown key: missing values under the default policy.
+    unknown = predict([{**raw, "machine_id": "M999"}])
+    assert unknown["predictions"] == predict([{**full, "machine_id": "M999",
+                                               "rated_current": None, "vendor": None,
+                                               "load_ratio": None}])["predictions"]
+    # A derived feature's input of the wrong type is named.
+    bad = daemon.post("/v1/pipelines/wear/predict",
+                      json={"rows": [{**raw, "current": "high"}]})
+    assert bad.status_code == 422 and "current" in bad.json()["message"]
+
+
+def test_unknown_key_is_refused_under_the_error_policy(state_root, start_daemon, files):
+    daemon = trained(state_root, start_daemon, files, missing_key="error")
+    raw = {"machine_id": "M999", "ts": "2026-02-20T10:00:00", "current": 5.0,
+           "temperature": 60.0}
+    resp = daemon.post("/v1/pipelines/wear/predict", json={"rows": [raw]})
+    assert resp.status_code == 422
+    body = resp.json()
+    assert body["details"]["field"] == "machine_id" and "M999" in body["message"]
+    ok = daemon.post("/v1/pipelines/wear/predict", json={"rows": [{**raw, "machine_id": "M1"}]})
+    assert ok.status_code == 200
+
+
+def test_training_and_serving_compute_the_same_features_bit_for_bit(tmp_path, files):
+    from appliance.config import parse
+    from appliance.features import build_spec, to_matrix
+    from appliance.featurestore import FeatureStore, online_entries
+    from appliance.store import Store
+
+    settings = parse({"feature_sets": {"machine_info": {"key": "machine_id",
+                                                        "timestamp": "updated_at"}},
+                      "pipelines": {"wear": {"target": "failed", "timestamp": "ts",
+                                             "join": ["machine_info"],
+                                             "derived": {"load_ratio": "current / rated_current",
+                                                         "temp_f": "temperature * 1.8 + 32"}}}})
+    store = Store.open(tmp_path / "a.db")
+    info = pl.read_csv(files["info"], try_parse_dates=True)
+    (tmp_path / "datasets").mkdir()
+    info.write_parquet(tmp_path / "datasets" / "info.parquet")
+    store.record_ingestion(pipeline="machine_info", file_name="info.csv", status="accepted",
+                           received_at="t", dataset=("datasets/info.parquet", info.height, "h"))
+    features = FeatureStore(settings, store, tmp_path)
+    store.upsert_online_features("machine_info",
+                                 online_entries(info, "machine_id", "updated_at"), 1,
+                                 "updated_at")
+    features.load()
+    rows = pl.read_csv(files["train"], try_parse_dates=True)
+    training, serving = features.prepare(rows, settings.pipeline("wear"))
+    spec = build_spec(training, settings.pipeline("wear"), "binary")
+    spec.joins, spec.derived = serving["joins"], serving["derived"]
+    spec.derived_inputs = serving["derived_inputs"]
+    # Rows after the last re-rating: the online store's latest values are the ones in force.
+    late = training.filter(pl.col("ts") > T0 + timedelta(days=20)).head(300)
+    requests = [json.loads(json.dumps(r, default=str)) for r in
+                late.select("machine_id", "ts", "current", "temperature").to_dicts()]
+    features.prepare_rows(spec, requests, "null")
+    served = pl.DataFrame(requests).select(late.select(pl.exclude("failed")).columns)
+    for col in ("rated_current", "vendor", "load_ratio", "temp_f"):
+        assert served[col].to_list() == late[col].to_list(), col  # bit for bit
+    # So the model's input matrix is the same, and so are its predictions.
+    assert np.array_equal(to_matrix(served.with_columns(pl.col("ts").str.to_datetime()), spec),
+                          to_matrix(late, spec), equal_nan=True)
