@@ -29,8 +29,10 @@ from appliance.config import load
 from appliance.statedir import StateDir
 
 PIPELINE = "machines"
-# Fed in this order: the first batch trains version 1, the second retrains, the broken file
-# (no target column) is refused, and the last batch has drifted.
+# Fed in this order: the machines' metadata (a feature set the pipeline joins) with the
+# first batch, which trains version 1; the second retrains, the broken file (no target
+# column) is refused, and the last batch has drifted.
+FEATURE_SET = "machine_info"
 FEED = ["machines_01.csv", "machines_02.csv", "machines_broken.csv",
         "machines_03_drifted.csv"]
 DRIFTED = "machines_03_drifted.csv"
@@ -47,8 +49,8 @@ def sample_dir() -> Path:
     raise FileNotFoundError("the sample data is missing; run sample_data/generate.py")
 
 
-def drop(state: StateDir, source: Path) -> None:
-    folder = state.inbox / PIPELINE
+def drop(state: StateDir, source: Path, folder_name: str = PIPELINE) -> None:
+    folder = state.inbox / folder_name
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{source.name}.part"
     shutil.copyfile(source, tmp)
@@ -144,6 +146,7 @@ class Demo:
             self._threads.append(thread)
 
     def _feed(self) -> None:
+        drop(self.state, self.samples / f"{FEATURE_SET}.csv", FEATURE_SET)
         for i, name in enumerate(FEED):
             if i and self.stop_event.wait(self.interval):
                 return

@@ -9,6 +9,9 @@ Files:
   machines_03_drifted.csv  1,500 readings after a heat wave and a change of lubricant:
                            temperature runs hotter, vibration shifts, failures rise
   machines_broken.csv      a file exported without the target column: refused
+  machine_info.csv         the feature set `machine_info`: each machine's install year,
+                           rated speed and firmware, with its history (firmware updates in
+                           mid January); the pipeline joins it as of each reading's time
 """
 
 from __future__ import annotations
@@ -74,6 +77,24 @@ def readings(n: int, start: datetime, seed: int, drift: bool = False) -> pl.Data
     }).with_columns(pl.col("humidity_pct").fill_nan(None))
 
 
+def machine_info(seed: int = 5) -> pl.DataFrame:
+    """Machine metadata keyed by machine_id, with history: every machine as installed, and a
+    firmware update with a re-rated speed for a third of them on 2026-01-15."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for m in range(1, 121):
+        mtype = TYPES[m % len(TYPES)]
+        rated = {"press": 1400, "lathe": 1600, "mill": 1500, "pump": 1700}[mtype]
+        rows.append({"machine_id": f"M-{m:03d}", "updated_at": datetime(2025, 12, 1),
+                     "install_year": int(rng.integers(2008, 2025)),
+                     "rated_rpm": rated, "firmware": "v4.2"})
+        if m % 3 == 0:
+            rows.append({"machine_id": f"M-{m:03d}", "updated_at": datetime(2026, 1, 15),
+                         "install_year": rows[-1]["install_year"],
+                         "rated_rpm": rated + 100, "firmware": "v5.0"})
+    return pl.DataFrame(rows)
+
+
 def main(out: Path = HERE) -> None:
     start = datetime(2026, 1, 1)
     readings(3000, start, seed=1).write_csv(out / "machines_01.csv")
@@ -84,6 +105,7 @@ def main(out: Path = HERE) -> None:
     readings(200, start + timedelta(days=90), seed=4).drop("failed_within_24h").write_csv(
         out / "machines_broken.csv"
     )
+    machine_info().write_csv(out / "machine_info.csv")
 
 
 if __name__ == "__main__":

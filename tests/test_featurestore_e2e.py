@@ -96,6 +96,15 @@ def test_feature_set_online_store_and_routes(state_root, start_daemon, files):
     assert daemon.get("/v1/feature-sets/nope").status_code == 404
     listed = daemon.get("/v1/feature-sets").json()["feature_sets"]
     assert [f["name"] for f in listed] == ["machine_info"]
+    from click.testing import CliRunner
+
+    from appliance.cli import cli
+
+    out = CliRunner().invoke(cli, ["features", "--state-dir", str(state_root)])
+    assert out.exit_code == 0 and "machine_info" in out.output and "keys=40" in out.output
+    out = CliRunner().invoke(cli, ["features", "machine_info", "M0",
+                                   "--state-dir", str(state_root)])
+    assert out.exit_code == 0 and '"rated_current": 20.0' in out.output
     # A feature set is not a pipeline: nothing trains on it.
     assert "machine_info" not in [p["name"] for p in
                                   daemon.get("/v1/pipelines").json()["pipelines"]]
