@@ -336,8 +336,7 @@ class PipelineScreen(LiveScreen):
             self.set_class(True, "-no-feature-sets")
             self.set_class(True, "-feature-note")
             note.update(Text("Feature sets are not available from this daemon yet (no GET "
-                             "/v1/feature-sets). They show here by themselves once the daemon "
-                             "has them.", style="dim"))
+                             "/v1/feature-sets).", style="dim"))
             return
         joined = [f for f in answer.feature_sets if self.pipeline in f.used_by]
         table.set_rows([(f.name, self._feature_set_cells(f, now)) for f in joined])
