@@ -14,9 +14,9 @@ each something the UI shows differently:
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import quote
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 import msgspec
