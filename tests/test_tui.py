@@ -206,3 +206,36 @@ async def test_a_daemon_that_moved_to_another_port_is_found_again(state_root, st
         await until(pilot, lambda: app.link.state == "up", 20, "the new port to be found")
         assert app.client.url == moved.url
         assert moved.url in app.sub_title
+
+
+async def test_the_data_tab_shows_the_feature_sets_a_pipeline_joins(state_root, start_daemon,
+                                                                     tmp_path):
+    from tests.test_featurestore_e2e import machine_info, start
+
+    daemon = start(state_root, start_daemon)
+    app = make_app(daemon.url, daemon.token, refresh_seconds=0.2)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.screen.query_one("#pipelines", DataTable)
+        await until(pilot, lambda: "wear" in rows(table), 10, "the pipeline row")
+        assert "machine_info" not in rows(table)  # a feature set is not a pipeline
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, PipelineScreen), 5, "the screen")
+        screen = app.screen
+        sets = screen.query_one("#feature-sets", FilterTable)
+        await until(pilot, lambda: "machine_info" in rows(sets), 10, "the feature set")
+        assert column(sets, "machine_info", "keys") == "none yet"
+        assert sets.border_subtitle == "no values yet: drop a file into inbox/machine_info/"
+
+        # A feature-set file dropped: the same poller brings its keys and freshness.
+        info = tmp_path / "machine_info.csv"
+        machine_info().write_csv(info)
+        drop(state_root, "machine_info", info)
+        await until(pilot, lambda: column(sets, "machine_info", "keys") == "40", 30,
+                    "the online store's keys")
+        assert column(sets, "machine_info", "key") == "machine_id"
+        assert column(sets, "machine_info", "rows") == "60"
+        assert column(sets, "machine_info", "updated").endswith("ago") or \
+            column(sets, "machine_info", "updated") == "now"
+        assert column(sets, "machine_info", "event").endswith("ago")  # its newest updated_at
+        assert sets.border_subtitle == ""
+        assert sets.display

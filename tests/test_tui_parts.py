@@ -329,3 +329,82 @@ def test_headless_demo_runs_the_loop_and_stops_on_sigterm(tmp_path):
         log.close()
     assert "appliance demo (no TUI)" in (tmp_path / "demo.log").read_text()
     assert not (state / "daemon.json").exists()
+
+
+# --- the feature store on the Data tab ---------------------------------------------------
+
+
+async def test_feature_sets_an_older_daemon_lacks_get_a_placeholder_then_appear():
+    """An older daemon answers 404 to /v1/feature-sets: a calm line, no error; once the
+    daemon has the route, the feature sets this pipeline joins show with their freshness,
+    and one that joins none says what is declared and how to join it."""
+    from tests.tui_fixture import FEATURE_SETS, clock, routes
+    from tui.app import make_app
+
+    table = routes()
+    missing = {"/v1/feature-sets"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        key = (request.method, request.url.path)
+        if request.url.path in missing or key not in table:
+            return _json(404, ErrorBody(code="not_found", message="Not Found"))
+        return _json(200, table[key])
+
+    table[("GET", "/v1/events")] = {"events": []}
+    app = make_app("http://appliance.test", "t", transport=httpx.MockTransport(handler),
+                   clock=clock, refresh_seconds=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, PipelineScreen), 5, "the screen")
+        screen = app.screen
+        note = screen.query_one("#feature-note", Static)
+        sets = screen.query_one("#feature-sets", FilterTable)
+        await until(pilot, lambda: "Feature sets are not available from this daemon yet"
+                    in text_of(note), 5, "the placeholder")
+        assert note.display and not sets.display
+        assert not app._notifications  # calm: no error
+
+        missing.clear()  # the daemon is upgraded
+        await until(pilot, lambda: sets.display and sets.row_count == 2, 5, "the table")
+        assert not note.display
+        # Only the sets `machines` joins (tariffs is energy's), with their freshness.
+        assert rows(sets) == {
+            "machine_info": ["machine_info", "machine_id", "60", "40", "2m ago", "26h ago",
+                             "2m ago"],
+            "site_weather": ["site_weather", "site", "0", "none yet", "–", "no time column",
+                             "–"],
+        }
+        assert sets.title == "feature sets joined (2)"
+        assert sets.border_subtitle == "no values yet: drop a file into inbox/site_weather/"
+
+        # A pipeline that joins none: the table goes, a note names what is declared.
+        table[("GET", "/v1/feature-sets")] = msgspec.structs.replace(
+            FEATURE_SETS, feature_sets=[msgspec.structs.replace(f, used_by=["energy"])
+                                        for f in FEATURE_SETS.feature_sets])
+        await until(pilot, lambda: not sets.display and note.display, 5, "the note")
+        assert text_of(note) == (
+            "Joins no feature set (3 declared: machine_info, site_weather, tariffs). Join "
+            'one with [pipelines.machines] join = ["machine_info"] in appliance.toml.')
+        assert not app._notifications
+
+
+async def test_the_client_reads_one_feature_set_and_one_entity_and_quotes_the_key():
+    from appliance.api_types import OnlineFeatures
+    from tests.tui_fixture import FEATURE_SETS
+
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.raw_path.decode())
+        if request.url.path == "/v1/feature-sets/machine_info":
+            return _json(200, FEATURE_SETS.feature_sets[0])
+        return _json(200, OnlineFeatures(feature_set="machine_info", key="M 1/2",
+                                         values={"rated_current": 11.0}, event_time=None,
+                                         dataset_version=1, updated_at="2026-03-02T10:00:00Z"))
+
+    client = _client(handler)
+    assert (await client.feature_set("machine_info")).keys == 40
+    online = await client.online_features("machine_info", "M 1/2")
+    assert online.values == {"rated_current": 11.0}
+    assert seen[-1] == "/v1/feature-sets/machine_info/M%201%2F2"
+    await client.aclose()

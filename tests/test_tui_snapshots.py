@@ -80,7 +80,7 @@ def test_help(snap_compare):
 
 
 OLDER_DAEMON = frozenset({"/v1/system", "/v1/pipelines/machines/drift",
-                          "/v1/pipelines/machines/metrics"})
+                          "/v1/pipelines/machines/metrics", "/v1/feature-sets"})
 
 
 def test_a_daemon_without_monitoring_gets_calm_placeholders(snap_compare):

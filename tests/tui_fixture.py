@@ -19,6 +19,8 @@ from appliance.api_types import (
     ErrorBody,
     EventInfo,
     EventList,
+    FeatureSetInfo,
+    FeatureSetList,
     Health,
     IngestionInfo,
     IngestionList,
@@ -235,6 +237,21 @@ JOBS = JobsResponse(
     ])
 
 
+FEATURE_SETS = FeatureSetList(feature_sets=[
+    FeatureSetInfo(name="machine_info", key="machine_id", timestamp="updated_at",
+                   schema={"machine_id": "String", "updated_at": "Datetime(time_unit='us')",
+                           "rated_current": "Float64", "vendor": "String"},
+                   datasets=2, rows=60, keys=40, updated_at=iso(2), newest_event=iso(60 * 26),
+                   last_ingestion=iso(2), used_by=["machines"]),
+    FeatureSetInfo(name="site_weather", key="site", timestamp=None, schema=None, datasets=0,
+                   rows=0, keys=0, updated_at=None, newest_event=None, last_ingestion=None,
+                   used_by=["energy", "machines"]),
+    FeatureSetInfo(name="tariffs", key="site", timestamp=None, schema={"site": "String"},
+                   datasets=1, rows=3, keys=3, updated_at=iso(300), newest_event=None,
+                   last_ingestion=iso(300), used_by=["energy"]),
+])
+
+
 def routes() -> dict[tuple[str, str], Any]:
     return {
         ("GET", "/health"): Health(status="ok", version="0.1.0"),
@@ -248,6 +265,7 @@ def routes() -> dict[tuple[str, str], Any]:
         ("GET", "/v1/pipelines/machines/drift"): _drift(),
         ("GET", "/v1/pipelines/machines/metrics"): _metrics_windows(),
         ("GET", "/v1/system"): _system(),
+        ("GET", "/v1/feature-sets"): FEATURE_SETS,
         ("POST", "/v1/pipelines/machines/models/2/promote"): PromoteResponse(
             pipeline="machines", version=2, previous_version=3),
         ("POST", "/v1/pipelines/machines/retrain"): RetrainResponse(

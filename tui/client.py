@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 import msgspec
@@ -24,10 +25,13 @@ from appliance.api_types import (
     DriftResponse,
     ErrorBody,
     EventList,
+    FeatureSetInfo,
+    FeatureSetList,
     Health,
     IngestionList,
     JobsResponse,
     ModelList,
+    OnlineFeatures,
     PipelineDetail,
     PipelineList,
     PipelineMetrics,
@@ -214,3 +218,15 @@ class ApplianceClient:
     async def retrain(self, name: str) -> RetrainResponse:
         return await self._request("POST", f"/v1/pipelines/{name}/retrain", RetrainResponse,
                                    admin=True)
+
+    # --- the feature store (a daemon before issue 10 answers 404: NotAvailable) ----------
+
+    async def feature_sets(self) -> FeatureSetList:
+        return await self._request("GET", "/v1/feature-sets", FeatureSetList)
+
+    async def feature_set(self, name: str) -> FeatureSetInfo:
+        return await self._request("GET", f"/v1/feature-sets/{name}", FeatureSetInfo)
+
+    async def online_features(self, name: str, key: str) -> OnlineFeatures:
+        return await self._request("GET", f"/v1/feature-sets/{name}/{quote(key, safe='')}",
+                                   OnlineFeatures)

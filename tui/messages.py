@@ -13,6 +13,7 @@ from textual.message import Message
 from appliance.api_types import (
     DriftResponse,
     EventInfo,
+    FeatureSetList,
     IngestionList,
     JobsResponse,
     ModelList,
@@ -63,6 +64,7 @@ class PipelineSnapshot(Message, bubble=False):
     drift: DriftResponse | NotAvailable | None = None
     metrics: PipelineMetrics | NotAvailable | None = None
     jobs: JobsResponse | None = None
+    feature_sets: FeatureSetList | NotAvailable | None = None
     tabs: frozenset[str] = field(default_factory=frozenset)
 
     def can_replace(self, message: Message) -> bool:

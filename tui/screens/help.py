@@ -27,7 +27,7 @@ own; nothing is lost.
 
 | tab | shows |
 | --- | --- |
-| `1` Data | every file received; a refused one with the reason and what to do; the schema |
+| `1` Data | files received (a refused one: why, what to do); feature sets joined; the schema |
 | `2` Models | every version with metrics, stage, the gate's decision and its data lineage |
 | `3` Drift | each feature's drift score (PSI) against its threshold, and drift over time |
 | `4` Traffic | latency percentiles and throughput over time |

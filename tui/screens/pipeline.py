@@ -16,6 +16,8 @@ from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, Ta
 
 from appliance.api_types import (
     DriftResponse,
+    FeatureSetInfo,
+    FeatureSetList,
     IngestionInfo,
     JobInfo,
     JobsResponse,
@@ -126,6 +128,8 @@ class PipelineScreen(LiveScreen):
             with TabPane("1 Data", id="data"):
                 yield FilterTable(title="files received", id="ingestions")
                 yield Static(id="ingestion-detail", classes="detail")
+                yield FilterTable(title="feature sets joined", id="feature-sets")
+                yield Static(id="feature-note", classes="note")
                 yield FilterTable(title="schema", id="schema")
             with TabPane("2 Models", id="models"):
                 yield FilterTable(title="model versions", id="models-table")
@@ -158,6 +162,13 @@ class PipelineScreen(LiveScreen):
                            ("file", "file")]:
             ing.add_column(label, key=key)
         ing.border_subtitle = "/: filter"
+        sets = self.query_one("#feature-sets", FilterTable)
+        sets.FLEX_COLUMN = "file"
+        for label, key in [("feature set", "name"), ("key", "key"), ("rows", "rows"),
+                           ("keys online", "keys"), ("updated", "updated"),
+                           ("newest event", "event"), ("last file", "file")]:
+            sets.add_column(label, key=key)
+        self.set_class(True, "-no-feature-sets")
         schema = self.query_one("#schema", FilterTable)
         schema.add_column("column", key="column")
         schema.add_column("type", key="type")
@@ -192,6 +203,7 @@ class PipelineScreen(LiveScreen):
         }
         if tab == "data":
             calls["ingestions"] = client.ingestions(name)
+            calls["feature_sets"] = _optional(client.feature_sets())
         elif tab == "models":
             calls["models"] = client.models(name)
         elif tab == "drift":
@@ -213,6 +225,8 @@ class PipelineScreen(LiveScreen):
         self._show_schema(snap.detail)
         if snap.ingestions is not None:
             self._show_ingestions(snap.ingestions.ingestions, now)
+        if snap.feature_sets is not None:
+            self._show_feature_sets(snap.feature_sets, now)
         if snap.models is not None:
             self._show_models(snap.models.models, snap.detail, now)
         if snap.drift is not None:
@@ -311,6 +325,47 @@ class PipelineScreen(LiveScreen):
             for warning in item.warnings:
                 text.append(f"\n⚠ {warning}", style="yellow")
         panel.update(text)
+
+    def _show_feature_sets(self, answer: FeatureSetList | NotAvailable, now: datetime) -> None:
+        """The feature sets this pipeline joins, with their freshness. Only the joined ones:
+        the Data tab is about what this pipeline trains on; the others are named in a note."""
+        note = self.query_one("#feature-note", Static)
+        table = self.query_one("#feature-sets", FilterTable)
+        if isinstance(answer, NotAvailable):
+            table.set_rows([])
+            self.set_class(True, "-no-feature-sets")
+            self.set_class(True, "-feature-note")
+            note.update(Text("Feature sets are not available from this daemon yet (no GET "
+                             "/v1/feature-sets).", style="dim"))
+            return
+        joined = [f for f in answer.feature_sets if self.pipeline in f.used_by]
+        table.set_rows([(f.name, self._feature_set_cells(f, now)) for f in joined])
+        table.title = (f"feature sets joined ({len(joined)})" if len(joined) != 1 else
+                       "feature set joined")
+        empty = [f.name for f in joined if not f.keys]
+        table.border_subtitle = (
+            f"no values yet: drop a file into inbox/{empty[0]}/" if len(empty) == 1 else
+            f"no values yet in {', '.join(empty)}: drop files into their inbox folders"
+            if empty else "")
+        self.set_class(not joined, "-no-feature-sets")
+        others = [f.name for f in answer.feature_sets if f not in joined]
+        self.set_class(not joined and bool(others), "-feature-note")
+        note.update(Text(
+            f"Joins no feature set ({len(others)} declared: {', '.join(others)}). Join one "
+            f"with [pipelines.{self.pipeline}] join = [\"{others[0]}\"] in appliance.toml."
+            if others else "", style="dim"))
+
+    @staticmethod
+    def _feature_set_cells(f: FeatureSetInfo, now: datetime) -> list[str | Text]:
+        keys = (Text(f"{f.keys:,}", justify="right") if f.keys else
+                Text("none yet", style="yellow", justify="right"))
+        return [
+            Text(f.name, style="bold"), f.key, Text(f"{f.rows:,}", justify="right"), keys,
+            fmt.ago(f.updated_at, now),
+            fmt.ago(f.newest_event, now) if f.timestamp else Text("no time column",
+                                                                  style="dim"),
+            Text(fmt.ago(f.last_ingestion, now), style="dim"),
+        ]
 
     # --- models ------------------------------------------------------------------------
 
