@@ -17,6 +17,7 @@ The target, the ``id`` column and the ``timestamp`` column are never features.
 from __future__ import annotations
 
 import math
+import re
 from datetime import date, datetime
 from typing import Any, Literal
 
@@ -81,6 +82,28 @@ class FeatureSpec(msgspec.Struct, kw_only=True):
     @property
     def positive_class(self) -> Any:
         return self.classes[1] if self.task == "binary" and self.classes else None
+
+
+_SIMPLE_TYPES: dict[str, pl.DataType] = {
+    "Int8": pl.Int8(), "Int16": pl.Int16(), "Int32": pl.Int32(), "Int64": pl.Int64(),
+    "UInt8": pl.UInt8(), "UInt16": pl.UInt16(), "UInt32": pl.UInt32(), "UInt64": pl.UInt64(),
+    "Float32": pl.Float32(), "Float64": pl.Float64(), "String": pl.String(),
+    "Boolean": pl.Boolean(), "Date": pl.Date(),
+}
+_DATETIME = re.compile(r"Datetime\(time_unit='(ns|us|ms)', time_zone=(None|'([^']*)')\)")
+
+
+def dtype_from_name(name: str) -> pl.DataType | None:
+    """The Polars type named by ``str(dtype)`` in a stored schema (None: not one we keep)."""
+    if name in _SIMPLE_TYPES:
+        return _SIMPLE_TYPES[name]
+    m = _DATETIME.fullmatch(name)
+    if m:
+        return pl.Datetime(m.group(1), m.group(3))  # type: ignore[arg-type]
+    if name.startswith("Datetime"):
+        unit = "ns" if "'ns'" in name else "ms" if "'ms'" in name else "us"
+        return pl.Datetime(unit)
+    return None
 
 
 def infer_task(y: pl.Series) -> tuple[str, str]:

@@ -24,6 +24,7 @@ from typing import Any
 import polars as pl
 
 from appliance.errors import ApplianceError
+from appliance.features import dtype_from_name
 
 
 class DerivedFeatures:
@@ -301,15 +302,6 @@ def _compiled(expressions: tuple[tuple[str, str], ...]) -> DerivedFeatures:
     return DerivedFeatures(dict(expressions))
 
 
-def _polars_type(name: str) -> pl.DataType | None:
-    simple = {"Int8": pl.Int8, "Int16": pl.Int16, "Int32": pl.Int32, "Int64": pl.Int64,
-              "UInt8": pl.UInt8, "UInt16": pl.UInt16, "UInt32": pl.UInt32,
-              "UInt64": pl.UInt64, "Float32": pl.Float32, "Float64": pl.Float64,
-              "String": pl.String, "Boolean": pl.Boolean}
-    kind = simple.get(name)
-    return kind() if kind else None
-
-
 def derive_rows(rows: list[Any], expressions: dict[str, str], inputs: dict[str, str]) -> None:
     """Compute derived features for request rows, in place, with the input columns typed as
     they were in training (so the same expression gives the same bits)."""
@@ -317,7 +309,7 @@ def derive_rows(rows: list[Any], expressions: dict[str, str], inputs: dict[str, 
     columns: dict[str, pl.Series] = {}
     for col, dtype_name in inputs.items():
         values = [r.get(col) if isinstance(r, dict) else None for r in rows]
-        dtype = _polars_type(dtype_name)
+        dtype = dtype_from_name(dtype_name)
         try:
             columns[col] = pl.Series(col, values, dtype=dtype, strict=True)
         except Exception:
@@ -331,7 +323,7 @@ def derive_rows(rows: list[Any], expressions: dict[str, str], inputs: dict[str, 
 
 def _bad_input(rows: list[Any], col: str, dtype_name: str) -> ApplianceError:
     """Name the first row whose value of ``col`` can't be what training saw."""
-    dtype = _polars_type(dtype_name)
+    dtype = dtype_from_name(dtype_name)
     for i, row in enumerate(rows):
         value = row.get(col) if isinstance(row, dict) else None
         try:

@@ -48,6 +48,7 @@ from watchdog.observers import Observer
 from appliance.config import PIPELINE_NAME, IngestSettings, Settings
 from appliance.errors import ApplianceError
 from appliance.events import Events
+from appliance.features import dtype_from_name
 from appliance.parquet_footer import FooterError, read_footer
 from appliance.statedir import StateDir
 from appliance.store import IngestionRecord, Store, monotonic_ms, now_iso
@@ -246,28 +247,6 @@ def _polars(fn: Callable[[], Any]) -> Any:
 
 
 # --- types: what a pipeline's schema may hold, and lossless casts ---------------------------
-
-_SIMPLE_TYPES: dict[str, pl.DataType] = {
-    "Int8": pl.Int8(), "Int16": pl.Int16(), "Int32": pl.Int32(), "Int64": pl.Int64(),
-    "UInt8": pl.UInt8(), "UInt16": pl.UInt16(), "UInt32": pl.UInt32(), "UInt64": pl.UInt64(),
-    "Float32": pl.Float32(), "Float64": pl.Float64(), "String": pl.String(),
-    "Boolean": pl.Boolean(), "Date": pl.Date(),
-}
-_DATETIME = re.compile(r"Datetime\(time_unit='(ns|us|ms)', time_zone=(None|'([^']*)')\)")
-
-
-def _dtype(name: str) -> pl.DataType | None:
-    """The Polars type named by ``str(dtype)`` in a stored schema."""
-    if name in _SIMPLE_TYPES:
-        return _SIMPLE_TYPES[name]
-    m = _DATETIME.fullmatch(name)
-    if m:
-        return pl.Datetime(m.group(1), m.group(3))  # type: ignore[arg-type]
-    if name.startswith("Datetime"):
-        unit = "ns" if "'ns'" in name else "ms" if "'ms'" in name else "us"
-        return pl.Datetime(unit)
-    return None
-
 
 def _kept_type(dtype: pl.DataType) -> pl.DataType | None:
     """The type a column is kept as in a data set, or None when the appliance can't use it
@@ -660,7 +639,7 @@ class Ingester:
             shown = ", ".join(extra[:20]) + (f" and {len(extra) - 20} more" if len(extra) > 20
                                                else "")
             work.warnings.append(f"extra column(s) dropped: {shown}")
-        wants = {c: _dtype(t) for c, t in schema.items()}
+        wants = {c: dtype_from_name(t) for c, t in schema.items()}
         if work.fmt == ".parquet":
             for col in schema:
                 if _kept_type(have[col]) is None:
@@ -797,7 +776,7 @@ class Ingester:
                   target: str, schema: dict[str, str] | None) -> Outcome:
         """A file of ``prediction_id`` and the target: outcomes of earlier predictions, kept
         for monitoring, never training data."""
-        want = _dtype(schema[target]) if schema and target in schema else None
+        want = dtype_from_name(schema[target]) if schema and target in schema else None
         if work.fmt != ".parquet" and want is None:
             lf = self._scan_csv(path, infer_schema_length=INFER_ROWS)
             have = dict(_polars(lf.collect_schema))
