@@ -1,0 +1,182 @@
+"""Reliability with real processes (issue 9): kill -9 at random moments while the daemon
+ingests, trains and serves; nothing lost, doubled, half-written or left unanswered."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+
+from appliance.registry import Registry
+from appliance.statedir import StateDir
+from appliance.store import Store
+from tests.conftest import FAST_CONFIG, SAMPLES, DaemonProcess, drop, wait_for
+
+CRASH_CONFIG = FAST_CONFIG.replace("settle_seconds = 0.2", "settle_seconds = 0.05").replace(
+    "rescan_seconds = 1.0", "rescan_seconds = 0.5")
+
+PIPE = "machines"
+
+
+def integrity_ok(root: Path) -> None:
+    db = sqlite3.connect(f"file:{root / 'appliance.db'}?mode=ro", uri=True, timeout=10)
+    try:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        db.close()
+
+
+def placed(root: Path) -> dict[str, list[str]]:
+    """Every dropped file's name -> the areas it is in (reason files apart)."""
+    out: dict[str, list[str]] = {}
+    for area in ("inbox", "processing", "archive", "rejected"):
+        folder = root / area / PIPE
+        if not folder.exists():
+            continue
+        for p in folder.iterdir():
+            if p.name.endswith(".reason.json") or p.name.startswith("."):
+                continue
+            out.setdefault(p.name, []).append(area)
+    return out
+
+
+def stray_tmp(root: Path) -> list[Path]:
+    return [p for area in ("models", "datasets") for p in (root / area).rglob(".tmp-*")]
+
+
+def models_intact(root: Path) -> list[int]:
+    """Every registered model's files match their hashes and load; returns the versions."""
+    store = Store.open(root / "appliance.db")
+    try:
+        registry = Registry(StateDir(root), store)
+        versions = sorted(store.model_versions(PIPE))
+        for v in versions:
+            registry.load(PIPE, v)  # raises on a missing, damaged or unusable model
+        production = store.production_model(PIPE)
+        return [production.version] if production else []
+    finally:
+        store.close()
+
+
+def crash_files(rng: random.Random) -> list[tuple[str, bytes]]:
+    """Good files (distinct rows, so none is a duplicate), bad ones, and a big one."""
+    data = pl.concat([pl.read_csv(SAMPLES / "machines_01.csv"),
+                      pl.read_csv(SAMPLES / "machines_02.csv")])
+    files: list[tuple[str, bytes]] = []
+    start = 0
+    for i in range(22):
+        if i == 5:
+            files.append((f"big{i}.csv", data.slice(start, 2500).write_csv().encode()))
+            start += 2500
+        elif i % 4 == 3:
+            bad = [b"reading_id,timestamp\n1,2\n3,4,5\n", b"\xff\xfe\x00garbage\n",
+                   (SAMPLES / "machines_broken.csv").read_bytes() + str(i).encode()]
+            files.append((f"bad{i}.csv", rng.choice(bad)))
+        else:
+            files.append((f"good{i}.csv", data.slice(start, 80).write_csv().encode()))
+            start += 80
+    return files
+
+
+class PredictClient(threading.Thread):
+    """Predicts in a loop against whichever daemon is current; counts server errors."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.url: str | None = None
+        self.done = threading.Event()
+        self.statuses: list[int] = []
+        rows = pl.read_csv(SAMPLES / "machines_02.csv", n_rows=3).drop("failed_within_24h")
+        self.body = {"rows": rows.to_dicts()}
+
+    def run(self) -> None:
+        with httpx.Client(timeout=5) as http:
+            while not self.done.is_set():
+                url = self.url
+                if url is None:
+                    time.sleep(0.02)
+                    continue
+                try:
+                    r = http.post(f"{url}/v1/pipelines/{PIPE}/predict", json=self.body)
+                    self.statuses.append(r.status_code)
+                except httpx.HTTPError:
+                    time.sleep(0.02)  # killed under us: the next daemon comes
+
+
+@pytest.mark.timeout(150)
+def test_kill_9_at_random_moments_while_ingesting_training_and_serving(state_root):
+    (state_root / "appliance.toml").write_text(CRASH_CONFIG)
+    seed = int(os.environ.get("APPLIANCE_CRASH_SEED", "0")) or random.randrange(1 << 30)
+    rng = random.Random(seed)
+    files = crash_files(rng)
+    client = PredictClient()
+    client.start()
+    dropped: list[str] = []
+    daemon = DaemonProcess(state_root, [])
+    try:
+        rounds = 20
+        for n in range(rounds):
+            client.url = daemon.url
+            for _ in range(rng.choice((0, 1, 1, 2))):
+                if len(dropped) < len(files):
+                    name, content = files[len(dropped)]
+                    src = state_root.parent / f"src-{name}"
+                    src.write_bytes(content)
+                    drop(state_root, PIPE, src, name)
+                    dropped.append(name)
+            time.sleep(rng.uniform(0.0, 1.2))
+            client.url = None
+            daemon.stop(signal.SIGKILL)
+            daemon = DaemonProcess(state_root, [])
+            what = f"round {n} (seed {seed})"
+            integrity_ok(state_root)
+            where = placed(state_root)
+            assert sorted(where) == sorted(dropped), (what, where)
+            assert all(len(a) == 1 for a in where.values()), (what, where)
+            assert stray_tmp(state_root) == [], what
+            production = models_intact(state_root)
+            assert daemon.get("/health").status_code == 200, what
+            if production:
+                ready = daemon.get("/ready")
+                assert ready.status_code == 200, (what, ready.text)
+                assert ready.json()["models"][PIPE] == production[0], what
+        # The rest of the files, then let it all settle with no more kills.
+        client.url = daemon.url
+        for name, content in files[len(dropped):]:
+            src = state_root.parent / f"src-{name}"
+            src.write_bytes(content)
+            drop(state_root, PIPE, src, name)
+            dropped.append(name)
+
+        def settled() -> bool:
+            where = placed(state_root)
+            return sorted(where) == sorted(dropped) and all(
+                a in (["archive"], ["rejected"]) for a in where.values())
+
+        wait_for(settled, timeout=40, what=f"every file placed (seed {seed})")
+        for name, areas in placed(state_root).items():
+            if areas == ["rejected"]:
+                assert (state_root / "rejected" / PIPE / f"{name}.reason.json").exists(), name
+            else:
+                assert name.startswith(("good", "big")), (name, seed)
+        for name in dropped:
+            if name.startswith(("good", "big")):
+                assert (state_root / "archive" / PIPE / name).exists(), (name, seed)
+        daemon.wait_ready_model(PIPE, 1, timeout=40)
+        integrity_ok(state_root)
+        models_intact(state_root)
+    finally:
+        client.done.set()
+        client.url = None
+        daemon.stop(signal.SIGKILL)
+    client.join(10)
+    assert 500 not in client.statuses, f"seed {seed}"
+    assert any(s == 200 for s in client.statuses), "the client never got a prediction"
