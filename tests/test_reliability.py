@@ -3,10 +3,13 @@ ingests, trains and serves; nothing lost, doubled, half-written or left unanswer
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import shutil
 import signal
 import sqlite3
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -180,3 +183,114 @@ def test_kill_9_at_random_moments_while_ingesting_training_and_serving(state_roo
     client.join(10)
     assert 500 not in client.statuses, f"seed {seed}"
     assert any(s == 200 for s in client.statuses), "the client never got a prediction"
+
+
+# --- a full disk ----------------------------------------------------------------------------
+
+def mount_tmpfs(where: Path, size: str) -> None:
+    where.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {result.stderr.strip()}")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mnt = tmp_path / "disk"
+    mount_tmpfs(mnt, "40m")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill(path: Path, leave_bytes: int) -> None:
+    """Grow ``path`` until the disk has about ``leave_bytes`` free (0: until it is full)."""
+    with open(path, "ab") as f:
+        while True:
+            free = shutil.disk_usage(path.parent).free
+            if free <= leave_bytes:
+                break
+            try:
+                f.write(b"\0" * min(1 << 20, max(4096, free - leave_bytes)))
+                f.flush()
+            except OSError:
+                break
+        with contextlib.suppress(OSError):
+            os.fsync(f.fileno())
+
+
+def events_of(daemon: DaemonProcess, kind: str) -> list[dict]:
+    return [e for e in daemon.get("/v1/events", params={"limit": 500}).json()["events"]
+            if e["kind"] == kind]
+
+
+@pytest.mark.timeout(120)
+def test_a_full_disk_stops_ingestion_and_training_but_not_serving(small_disk):
+    root = small_disk / "state"
+    root.mkdir()
+    config = FAST_CONFIG.replace("[ingest]\n", "[ingest]\nmin_free_mb = 8\n")
+    (root / "appliance.toml").write_text(config + "\n[jobs]\nretry_attempts = 0\n")
+    daemon = DaemonProcess(root, [])
+    try:
+        drop(root, PIPE, SAMPLES / "machines_01.csv")
+        daemon.wait_ready_model(PIPE, 1)
+        rows = {"rows": pl.read_csv(SAMPLES / "machines_02.csv", n_rows=3)
+                .drop("failed_within_24h").to_dicts()}
+        before = daemon.post(f"/v1/pipelines/{PIPE}/predict", json=rows).json()["predictions"]
+        filler = small_disk / "filler.bin"
+        fill(filler, 3 << 20)  # below ingest.min_free_mb
+
+        # Training refuses with a clear failed job and event; nothing is registered.
+        assert daemon.post(f"/v1/pipelines/{PIPE}/retrain", admin=True).status_code == 202
+        failed = wait_for(lambda: events_of(daemon, "training_failed"), timeout=20,
+                          what="the refused training")
+        assert "min_free_mb" in failed[0]["message"], failed
+        jobs = daemon.get(f"/v1/pipelines/{PIPE}/jobs").json()["history"]
+        assert jobs[0]["status"] == "failed" and "disk" in jobs[0]["error"], jobs[0]
+        # Ingestion holds new files in the inbox, and says so once.
+        drop(root, PIPE, SAMPLES / "machines_02.csv")
+        wait_for(lambda: events_of(daemon, "waiting_for_space"), timeout=10,
+                 what="the waiting event")
+        assert (root / "inbox" / PIPE / "machines_02.csv").exists()
+        # Serving goes on, with the same model.
+        r = daemon.post(f"/v1/pipelines/{PIPE}/predict", json=rows)
+        assert r.status_code == 200 and r.json()["predictions"] == before
+        assert daemon.get("/ready").status_code == 200
+
+        # Truly full (no floor left): a retrain fails, serving still answers.
+        text = (root / "appliance.toml").read_text().replace("min_free_mb = 8",
+                                                               "min_free_mb = 0")
+        (root / "appliance.toml").write_text(text)
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: events_of(daemon, "config_reloaded"), timeout=10, what="the reload")
+        fill(filler, 0)
+        daemon.post(f"/v1/pipelines/{PIPE}/retrain", admin=True)
+        time.sleep(3)
+        r = daemon.post(f"/v1/pipelines/{PIPE}/predict", json=rows)
+        assert r.status_code == 200 and r.json()["predictions"] == before
+        assert daemon.get("/health").status_code == 200
+        assert stray_tmp(root) == []
+        print(daemon.get("/v1/events").json()["events"][:6])
+        print(daemon.get(f"/v1/pipelines/{PIPE}/jobs").json()["history"][:3])
+
+        # Space is freed: the waiting file is taken, a retrain follows and succeeds.
+        filler.unlink()
+        wait_for(lambda: (root / "archive" / PIPE / "machines_02.csv").exists(), timeout=20,
+                 what="the waiting file, once space is back")
+        def retrained() -> bool:
+            jobs = daemon.get(f"/v1/pipelines/{PIPE}/jobs").json()["history"]
+            return any(j["status"] == "succeeded" and j["trigger"] == "new_data"
+                       for j in jobs[:2])
+
+        wait_for(retrained,
+                 timeout=40, what="a retrain once space is back")
+        assert daemon.post(f"/v1/pipelines/{PIPE}/retrain", admin=True).status_code == 202
+        assert stray_tmp(root) == []
+        integrity_ok(root)
+        models_intact(root)
+        assert daemon.proc.poll() is None
+    except BaseException:
+        print(daemon.log()[-6000:])
+        raise
+    finally:
+        daemon.stop()
