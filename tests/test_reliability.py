@@ -21,7 +21,7 @@ import pytest
 from appliance.registry import Registry
 from appliance.statedir import StateDir
 from appliance.store import Store
-from tests.conftest import FAST_CONFIG, SAMPLES, DaemonProcess, drop, wait_for
+from tests.conftest import FAST_CONFIG, SAMPLES, DaemonProcess, copy_state, drop, wait_for
 
 CRASH_CONFIG = FAST_CONFIG.replace("settle_seconds = 0.2", "settle_seconds = 0.05").replace(
     "rescan_seconds = 1.0", "rescan_seconds = 0.5")
@@ -294,3 +294,62 @@ def test_a_full_disk_stops_ingestion_and_training_but_not_serving(small_disk):
         raise
     finally:
         daemon.stop()
+
+
+# --- a refused request changes nothing ------------------------------------------------------
+
+STATE_QUERIES = {
+    "models": "SELECT pipeline, version, stage, decision FROM models ORDER BY 1, 2",
+    "jobs": "SELECT id, status FROM jobs ORDER BY id",
+    "events": "SELECT count(*) FROM events",
+    "datasets": "SELECT count(*) FROM datasets",
+    "ingestions": "SELECT count(*) FROM ingestions",
+    "feedback": "SELECT count(*) FROM feedback",
+    "predictions": "SELECT count(*) FROM predictions",
+    "pipelines": "SELECT name FROM pipelines ORDER BY 1",
+}
+
+
+def db_state(root: Path) -> dict[str, list[tuple]]:
+    db = sqlite3.connect(f"file:{root / 'appliance.db'}?mode=ro", uri=True, timeout=10)
+    try:
+        return {k: db.execute(q).fetchall() for k, q in STATE_QUERIES.items()}
+    finally:
+        db.close()
+
+
+def test_refused_requests_leave_the_state_unchanged(trained_template, tmp_path, start_daemon):
+    root = copy_state(trained_template, tmp_path / "state")
+    daemon = start_daemon(root)
+    daemon.wait_ready_model(PIPE, 1)
+    rows = pl.read_csv(SAMPLES / "machines_02.csv", n_rows=2).drop("failed_within_24h")
+    served = daemon.post(f"/v1/pipelines/{PIPE}/predict", json={"rows": rows.to_dicts()})
+    assert served.status_code == 200  # a valid request, for contrast: it is served
+    time.sleep(0.5)  # the prediction log flushes
+    before = db_state(root)
+    bad = {"Authorization": "Bearer not-the-token"}
+    good = {"Authorization": f"Bearer {daemon.token}"}
+    refused = [
+        ("promote, wrong token", f"/v1/pipelines/{PIPE}/models/1/promote", bad, None, 401),
+        ("promote, no token", f"/v1/pipelines/{PIPE}/models/1/promote", {}, None, 401),
+        ("promote, unknown version", f"/v1/pipelines/{PIPE}/models/99/promote", good, None,
+         404),
+        ("promote, unknown pipeline", "/v1/pipelines/nope/models/1/promote", good, None, 404),
+        ("retrain, wrong token", f"/v1/pipelines/{PIPE}/retrain", bad, None, 401),
+        ("retrain, unknown pipeline", "/v1/pipelines/nope/retrain", good, None, 404),
+        ("retrain, bad body", f"/v1/pipelines/{PIPE}/retrain", good,
+         b'{"tune_trials": "many"}', 400),
+        ("retrain, not JSON", f"/v1/pipelines/{PIPE}/retrain", good, b"{", 400),
+        ("predict, rows not a list", f"/v1/pipelines/{PIPE}/predict", {}, b'{"rows": 3}', 400),
+        ("predict, not JSON", f"/v1/pipelines/{PIPE}/predict", {}, b"\xff{", 400),
+        ("predict, unknown pipeline", "/v1/pipelines/nope/predict", {}, b'{"rows": [{}]}', 404),
+        ("predict, missing features", f"/v1/pipelines/{PIPE}/predict", {}, b'{"rows": [{}]}',
+         422),
+    ]
+    for what, path, headers, body, status in refused:
+        r = daemon.http.post(path, headers={**headers, "Content-Type": "application/json"},
+                             content=body or b"")
+        assert r.status_code == status, (what, r.status_code, r.text)
+    time.sleep(0.5)
+    assert db_state(root) == before
+    assert daemon.get("/ready").json()["models"] == {PIPE: 1}
