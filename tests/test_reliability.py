@@ -270,8 +270,6 @@ def test_a_full_disk_stops_ingestion_and_training_but_not_serving(small_disk):
         assert r.status_code == 200 and r.json()["predictions"] == before
         assert daemon.get("/health").status_code == 200
         assert stray_tmp(root) == []
-        print(daemon.get("/v1/events").json()["events"][:6])
-        print(daemon.get(f"/v1/pipelines/{PIPE}/jobs").json()["history"][:3])
 
         # Space is freed: the waiting file is taken, a retrain follows and succeeds.
         filler.unlink()
@@ -353,3 +351,66 @@ def test_refused_requests_leave_the_state_unchanged(trained_template, tmp_path, 
     time.sleep(0.5)
     assert db_state(root) == before
     assert daemon.get("/ready").json()["models"] == {PIPE: 1}
+
+
+# --- bounded load while ingesting and retraining ---------------------------------------------
+
+LOAD_SECONDS = float(os.environ.get("APPLIANCE_LOAD_SECONDS", "20"))  # the issue asks 60
+
+
+@pytest.mark.timeout(LOAD_SECONDS + 120)
+def test_bounded_load_while_ingesting_and_retraining(trained_template, tmp_path, start_daemon):
+    """Two clients predict back to back for ``APPLIANCE_LOAD_SECONDS`` (20 s here; the
+    issue's 60 s with APPLIANCE_LOAD_SECONDS=60) while files arrive and models retrain:
+    no request fails, and the daemon's RSS is stable (the last third's peak within 25 MB
+    of the first third's)."""
+    import psutil
+
+    root = copy_state(trained_template, tmp_path / "state")
+    daemon = start_daemon(root)
+    daemon.wait_ready_model(PIPE, 1)
+    proc = psutil.Process(daemon.proc.pid)
+    body = {"rows": pl.read_csv(SAMPLES / "machines_02.csv", n_rows=20)
+            .drop("failed_within_24h").to_dicts()}
+    stop = threading.Event()
+    failures: list[str] = []
+    counts = [0, 0]
+
+    def client(i: int) -> None:
+        with httpx.Client(base_url=daemon.url, timeout=10) as http:
+            while not stop.is_set():
+                try:
+                    r = http.post(f"/v1/pipelines/{PIPE}/predict", json=body)
+                except httpx.HTTPError as exc:
+                    failures.append(repr(exc))
+                    continue
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text[:200]}")
+                counts[i] += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    data = pl.read_csv(SAMPLES / "machines_02.csv")
+    samples: list[float] = []
+    started = time.monotonic()
+    dropped = 0
+    while (elapsed := time.monotonic() - started) < LOAD_SECONDS:
+        samples.append(proc.memory_info().rss / 1e6)
+        if elapsed > dropped * LOAD_SECONDS / 4 and dropped < 4:
+            src = tmp_path / f"part{dropped}.csv"
+            data.slice(dropped * 300, 300).write_csv(src)
+            drop(root, PIPE, src)
+            dropped += 1
+        time.sleep(0.25)
+    stop.set()
+    for t in threads:
+        t.join(15)
+    assert failures == [], failures[:5]
+    assert sum(counts) > 20 * LOAD_SECONDS / 10, counts
+    jobs = daemon.get(f"/v1/pipelines/{PIPE}/jobs").json()["history"]
+    assert sum(j["trigger"] == "new_data" for j in jobs) >= 2, jobs  # it retrained meanwhile
+    third = len(samples) // 3
+    first, last = max(samples[:third]), max(samples[-third:])
+    assert last <= first + 25, (f"RSS grew from {first:.0f} MB to {last:.0f} MB",
+                                samples[::8])
