@@ -247,7 +247,33 @@ def test_a_full_disk_stops_ingestion_and_training_but_not_serving(small_disk):
         assert "min_free_mb" in failed[0]["message"], failed
         jobs = daemon.get(f"/v1/pipelines/{PIPE}/jobs").json()["history"]
         assert jobs[0]["status"] == "failed" and "disk" in jobs[0]["error"], jobs[0]
-        # Ingestion holds new files in the inbox, and says so once.
+
+        # Truly full (the floor set to 0 live): a retrain fails and registers nothing.
+        def set_floor(mb: int) -> None:
+            seen = daemon.log().count("config_reloaded")  # the journal: the disk is full
+            (root / "appliance.toml").write_text(
+                config.replace("min_free_mb = 8", f"min_free_mb = {mb}")
+                + "\n[jobs]\nretry_attempts = 0\n")
+            daemon.proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: daemon.log().count("config_reloaded") > seen, timeout=10,
+                     what="the reload")
+
+        set_floor(0)
+        fill(filler, 0)
+        daemon.post(f"/v1/pipelines/{PIPE}/retrain", admin=True)
+        time.sleep(2)
+        wait_for(lambda: daemon.get(f"/v1/pipelines/{PIPE}/jobs").json()["history"][0]
+                 ["status"] != "running", timeout=20, what="the training to end")
+        assert stray_tmp(root) == []
+        assert not any(p.name.isdigit() and p.name != "1" for p in (root / "models" / PIPE)
+                       .iterdir())
+        r = daemon.post(f"/v1/pipelines/{PIPE}/predict", json=rows)
+        assert r.status_code == 200 and r.json()["predictions"] == before
+        assert daemon.get("/health").status_code == 200
+
+        # Ingestion holds new files in the inbox, and says so.
+        set_floor(8)
+        os.truncate(filler, filler.stat().st_size - (3 << 20))  # room to drop, not to take
         drop(root, PIPE, SAMPLES / "machines_02.csv")
         wait_for(lambda: events_of(daemon, "waiting_for_space"), timeout=10,
                  what="the waiting event")
@@ -257,31 +283,17 @@ def test_a_full_disk_stops_ingestion_and_training_but_not_serving(small_disk):
         assert r.status_code == 200 and r.json()["predictions"] == before
         assert daemon.get("/ready").status_code == 200
 
-        # Truly full (no floor left): a retrain fails, serving still answers.
-        text = (root / "appliance.toml").read_text().replace("min_free_mb = 8",
-                                                               "min_free_mb = 0")
-        (root / "appliance.toml").write_text(text)
-        daemon.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: events_of(daemon, "config_reloaded"), timeout=10, what="the reload")
-        fill(filler, 0)
-        daemon.post(f"/v1/pipelines/{PIPE}/retrain", admin=True)
-        time.sleep(3)
-        r = daemon.post(f"/v1/pipelines/{PIPE}/predict", json=rows)
-        assert r.status_code == 200 and r.json()["predictions"] == before
-        assert daemon.get("/health").status_code == 200
-        assert stray_tmp(root) == []
-
         # Space is freed: the waiting file is taken, a retrain follows and succeeds.
         filler.unlink()
         wait_for(lambda: (root / "archive" / PIPE / "machines_02.csv").exists(), timeout=20,
                  what="the waiting file, once space is back")
+
         def retrained() -> bool:
             jobs = daemon.get(f"/v1/pipelines/{PIPE}/jobs").json()["history"]
             return any(j["status"] == "succeeded" and j["trigger"] == "new_data"
                        for j in jobs[:2])
 
-        wait_for(retrained,
-                 timeout=40, what="a retrain once space is back")
+        wait_for(retrained, timeout=40, what="a retrain once space is back")
         assert daemon.post(f"/v1/pipelines/{PIPE}/retrain", admin=True).status_code == 202
         assert stray_tmp(root) == []
         integrity_ok(root)
