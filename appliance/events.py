@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
 from appliance.logs import event as log_event
@@ -55,6 +56,12 @@ class Events:
         self, kind: str, message: str, *, pipeline: str | None = None, level: str = "info",
         **details: Any,
     ) -> None:
-        self.store.add_event(kind, level, message, pipeline=pipeline, details=details)
         log_event(log, _LEVELS.get(level, logging.INFO), kind, pipeline=pipeline,
                   msg=message, **details)
+        try:
+            self.store.add_event(kind, level, message, pipeline=pipeline, details=details)
+        except (sqlite3.Error, OSError) as exc:
+            # A full disk: the event is in the journal (above); what emitted it goes on
+            # (a reload still answers systemd, a refusal is still refused).
+            log_event(log, logging.ERROR, "event_not_stored", kind=kind,
+                      error=f"{type(exc).__name__}: {exc}")

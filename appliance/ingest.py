@@ -1141,9 +1141,10 @@ class InboxWatcher:
         if len(rel.parts) != 2 or is_temporary(rel.parts[1]) or path.parent.is_symlink():
             return
         with self._lock:
+            first = not self._pending
             self._pending[path] = (-1, -1, time.monotonic(), renamed)
-        if renamed:
-            self._wake.set()
+        if renamed or first:
+            self._wake.set()  # an idle poller sleeps until the next rescan otherwise
 
     def scan_folder(self, folder: Path) -> None:
         try:
@@ -1167,7 +1168,14 @@ class InboxWatcher:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(self.POLL_SECONDS)
+            with self._lock:
+                busy = bool(self._pending)
+            if busy:
+                self._wake.wait(self.POLL_SECONDS)
+            else:
+                # Nothing to watch settle: sleep until the next rescan (note() wakes it).
+                due = self.settings.rescan_seconds - (time.monotonic() - self._last_rescan)
+                self._wake.wait(max(self.POLL_SECONDS, due))
             self._wake.clear()
             if self._stop.is_set():
                 return

@@ -74,6 +74,7 @@ class PredictionLog:
         self._pending = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._arrived = threading.Event()  # the queue went from empty to not empty
         self._stop = False
         self._thread: threading.Thread | None = None
         self._counts: dict[str, _Counts] = {}
@@ -95,7 +96,10 @@ class PredictionLog:
                 counts.dropped += n
                 return False
             self._pending += n
+            first = not self._entries
             self._entries.append((pipeline, version, time.time(), ids, outputs, rows, features))
+        if first:
+            self._arrived.set()  # wakes the idle writer (once per batch, not per request)
         return True
 
     # --- the writer ----------------------------------------------------------------------
@@ -111,6 +115,7 @@ class PredictionLog:
         with self._lock:
             self._stop = True
         self._wake.set()
+        self._arrived.set()
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
@@ -125,6 +130,13 @@ class PredictionLog:
 
     def _run(self) -> None:
         while True:
+            # Idle (nothing queued), the writer sleeps until a request queues something,
+            # instead of waking every flush_seconds on an idle box.
+            self._arrived.clear()
+            with self._lock:
+                idle = not self._entries and not self._stop
+            if idle:
+                self._arrived.wait()
             self._wake.wait(self.flush_seconds)
             self._wake.clear()
             self._drain()

@@ -9,6 +9,7 @@ LightGBM aborts the whole process on some truncated model files.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -133,12 +134,26 @@ class Registry:
         }
         meta.update(extra or {})
         meta_bytes = json.dumps(meta, indent=2, default=str).encode()
-        _write_synced(tmp / "model.txt", model_bytes)
-        _write_synced(tmp / "model.json", meta_bytes)
-        _fsync_dir(tmp)
         final = root / str(version)
-        os.rename(tmp, final)
-        _fsync_dir(root)
+        try:
+            _write_synced(tmp / "model.txt", model_bytes)
+            _write_synced(tmp / "model.json", meta_bytes)
+            _fsync_dir(tmp)
+            os.rename(tmp, final)
+            _fsync_dir(root)
+        except OSError as exc:
+            # Nothing half-written stays behind (a crash leaves it to cleanup()).
+            shutil.rmtree(tmp, ignore_errors=True)
+            if final.exists() and version not in self.store.model_versions(pipeline):
+                shutil.rmtree(final, ignore_errors=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ApplianceError(
+                    "disk_full",
+                    f"v{version} of `{pipeline}` could not be written: the state directory's "
+                    "disk is full; nothing was registered. Free some space, then retrain",
+                    {"pipeline": pipeline, "version": version}, status=507,
+                ) from None
+            raise
         metrics = dict(candidate.metrics)
         return self.store.add_model(
             pipeline=pipeline, version=version, task=candidate.spec.task,

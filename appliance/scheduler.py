@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -172,7 +173,12 @@ class Trainer:
 
     def _loop(self, pipeline: str, trigger: str) -> None:
         while True:
-            self._run_once(pipeline, trigger)
+            try:
+                self._run_once(pipeline, trigger)
+            except Exception:
+                # Even the job's own record could not be written (SQLite on a full disk):
+                # logged, and the pipeline is not left marked busy for ever.
+                log.exception("training_job_unrecorded pipeline=%s", pipeline)
             with self._lock:
                 follow = self._follow_up.pop(pipeline, None)
                 if follow is None or self._closed:
@@ -226,6 +232,7 @@ class Trainer:
         """Train on the pipeline's data window, put the candidate through the gate, register
         it with its lineage and the gate's verdict, and promote it when it passed."""
         started = time.monotonic()
+        self._check_disk(pipeline)
         settings = self.settings.pipeline(pipeline)
         ts = self.settings.train
         datasets = self.store.datasets(pipeline)
@@ -277,6 +284,24 @@ class Trainer:
             self.events.emit("not_promoted", f"v{record.version}: {decision.reason}",
                              pipeline=pipeline, version=record.version)
         return self.store.model(pipeline, record.version) or record
+
+    def _check_disk(self, pipeline: str) -> None:
+        """Refuse to train while the state directory's disk is below the free-space floor
+        that also holds files in the inbox (``ingest.min_free_mb``): a model written there
+        could fill the disk SQLite needs."""
+        floor_mb = self.settings.ingest.min_free_mb
+        try:
+            free = shutil.disk_usage(self.state.root).free
+        except OSError:
+            return
+        if free < floor_mb * 1024 * 1024:
+            raise ApplianceError(
+                "disk_full",
+                f"training refused: the state directory's disk has {free / 1e6:.0f} MB free, "
+                f"below ingest.min_free_mb = {floor_mb}; free some space (old files in "
+                "archive/ or rejected/, say), then retrain or drop new data",
+                {"free_bytes": free, "min_free_mb": floor_mb}, status=507,
+            )
 
     def _lineage(self, trigger: str, datasets: list[Any], data: Any, rows: int,
                  candidate: Any, loaded_s: float) -> dict[str, Any]:
