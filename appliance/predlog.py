@@ -27,6 +27,7 @@ import msgspec
 from appliance.api_types import PredictionLogInfo
 from appliance.logs import event as log_event
 from appliance.store import Store
+from appliance.threads import lower_thread_priority
 
 log = logging.getLogger("appliance.predlog")
 
@@ -129,6 +130,9 @@ class PredictionLog:
         self._drain()
 
     def _run(self) -> None:
+        # The log is worth less than the answers it records: on a small box the writer runs
+        # at a lower CPU priority, so the event loop wins the cores under load.
+        lower_thread_priority()
         while True:
             # Idle (nothing queued), the writer sleeps until a request queues something,
             # instead of waking every flush_seconds on an idle box.

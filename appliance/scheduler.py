@@ -16,7 +16,6 @@ Triggers recorded on each job: ``new_data``, ``drift``, ``schedule``, ``manual``
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import threading
 import time
@@ -36,6 +35,7 @@ from appliance.predictor import LiveModels
 from appliance.registry import Registry, library_versions
 from appliance.statedir import StateDir
 from appliance.store import IngestionRecord, ModelRecord, Store, now_iso
+from appliance.threads import lower_thread_priority
 from appliance.train import (
     Source,
     TrainingCancelled,
@@ -46,16 +46,6 @@ from appliance.train import (
 )
 
 log = logging.getLogger("appliance.scheduler")
-
-
-def lower_thread_priority(niceness: int = 10) -> None:
-    """Run the calling thread (and the threads it starts) at a lower CPU priority, so that
-    serving wins the cores when training or ingestion is busy. Linux only; elsewhere a no-op.
-    """
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
-    except (AttributeError, OSError):
-        pass
 
 
 class Trainer:
