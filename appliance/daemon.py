@@ -51,6 +51,7 @@ from appliance.ingest import InboxWatcher
 from appliance.serve import create_app
 from appliance.services import Services
 from appliance.statedir import StateDir
+from appliance.threads import lower_thread_priority
 
 log = logging.getLogger("appliance.daemon")
 
@@ -218,7 +219,8 @@ class Daemon:
         self.settings = settings
         self.state = state
         self.services = Services.build(settings, state)
-        self._ingest_pool = ThreadPoolExecutor(1, thread_name_prefix="ingest")
+        self._ingest_pool = ThreadPoolExecutor(1, thread_name_prefix="ingest",
+                                               initializer=lower_thread_priority)
         self._ingest_futures: set[Future[None]] = set()
         self._ingest_lock = threading.Lock()
         self.watcher = InboxWatcher(state, settings.ingest, self._submit_file,
@@ -476,9 +478,26 @@ class Daemon:
 GIL_SWITCH_INTERVAL = 0.001
 
 
+def start_polars_pool_niced() -> None:
+    """Create Polars' thread pool from a thread at a lower CPU priority, so its threads
+    (which inherit it) never outrank the event loop: ingestion and training keep every
+    core when the box is idle, and give way to requests under load. Polars creates the
+    pool on its first parallel operation, so this runs before any."""
+    import polars as pl
+
+    def warm() -> None:
+        lower_thread_priority()
+        pl.DataFrame({"a": list(range(64))}).lazy().select(pl.col("a").sum()).collect()
+
+    thread = threading.Thread(target=warm, name="polars-pool")
+    thread.start()
+    thread.join()
+
+
 def run(settings: Settings, state: StateDir,
         reload_settings: Callable[[], Settings] | None = None) -> int:
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+    start_polars_pool_niced()
     daemon = Daemon(settings, state, reload_settings)
     try:
         import uvloop

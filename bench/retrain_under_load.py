@@ -48,13 +48,18 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--plain", action="store_true",
+                    help="the sample pipeline without its feature set and derived feature "
+                         "(whose per-request Polars evaluation shares Polars' threads with "
+                         "the training job)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-retrain-"))
     state = tmp / "state"
     state.mkdir()
-    (state / "appliance.toml").write_text(
-        (ROOT / "sample_data/appliance.toml").read_text() + "\n[ingest]\nsettle_seconds = 0.2\n"
-    )
+    config = (ROOT / "sample_data/appliance.toml").read_text()
+    if args.plain:
+        config = config.split("join =")[0]
+    (state / "appliance.toml").write_text(config + "\n[ingest]\nsettle_seconds = 0.2\n")
     daemon = subprocess.Popen(
         [sys.executable, "-m", "appliance", "run", "--state-dir", str(state), "--port", "0",
          "--log-level", "warning"], cwd=ROOT,
