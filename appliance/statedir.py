@@ -59,15 +59,7 @@ class StateDir:
 
     def ensure_token(self) -> str:
         """Return the admin token, creating it (256 bits, mode 0600) when absent."""
-        try:
-            return self.token_file.read_text().strip()
-        except FileNotFoundError:
-            pass
-        token = secrets.token_urlsafe(32)
-        fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-        return token
+        return _ensure_secret(self.token_file)
 
     @property
     def predict_token_file(self) -> Path:
@@ -76,17 +68,23 @@ class StateDir:
 
     def ensure_predict_token(self) -> str:
         """Return the predict token, creating it (256 bits, mode 0600) when absent."""
-        try:
-            return self.predict_token_file.read_text().strip()
-        except FileNotFoundError:
-            pass
-        token = secrets.token_urlsafe(32)
-        fd = os.open(self.predict_token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-        return token
+        return _ensure_secret(self.predict_token_file)
 
     def pipeline_dir(self, area: Path, pipeline: str) -> Path:
         path = area / pipeline
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+def _ensure_secret(path: Path) -> str:
+    """The token in ``path``, or a new one (256 bits, URL-safe) written with mode 0600 from
+    the start (O_EXCL: never readable by others, not even for a moment)."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
