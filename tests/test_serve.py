@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import sqlite3
 import stat
 import subprocess
@@ -185,6 +186,56 @@ def test_single_rows_and_batches_give_identical_answers(served):
     assert {s["model_version"] for s in singles} == {batch["model_version"]}
     ids = batch["prediction_ids"] + [s["prediction_ids"][0] for s in singles]
     assert len(set(ids)) == 80
+
+
+def _reload(daemon: DaemonProcess, config: str) -> None:
+    """Write the config and SIGHUP the daemon; returns once it has applied it."""
+    def reloads() -> int:
+        events = daemon.get("/v1/events", params={"limit": 1000}).json()["events"]
+        return sum(e["kind"] == "config_reloaded" for e in events)
+
+    before = reloads()
+    (daemon.state_root / "appliance.toml").write_text(config)
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: reloads() > before, timeout=15, what="the config to be reloaded")
+
+
+def test_the_fast_path_answers_exactly_as_the_route(served):
+    """Every call of this module's corpus, through the fast path (the default) and through
+    the Litestar route alone (server.predict_fast_path off, live by SIGHUP): the same
+    status, headers and body, but for the new prediction ids."""
+    cases = [("one row", {"json": {"rows": ROWS[:1]}}),
+             ("a batch", {"json": {"rows": ROWS[:50]}}),
+             ("chunked", {"content": lambda: iter([b'{"rows": ', json.dumps(ROWS[:3]).encode(),
+                                                  b"}"]),
+                          "headers": {"content-type": "application/json"}}),
+             ("no model", {"path": "/v1/pipelines/waiting/predict", "json": {"rows": ROWS[:1]}}),
+             ("unknown pipeline", {"path": "/v1/pipelines/nope/predict",
+                                   "json": {"rows": ROWS[:1]}}),
+             *[(c[0], c[1]) for c in REFUSALS]]
+
+    def answers() -> dict[str, tuple]:
+        out = {}
+        for case, kw in cases:
+            kw = dict(kw)
+            if callable(kw.get("content")):  # a generator: sent chunked, read once
+                kw["content"] = kw["content"]()
+            r = served.http.post(kw.pop("path", PREDICT), **kw)
+            body = r.json()
+            ids = body.pop("prediction_ids", [])
+            assert len(set(ids)) == len(body.get("predictions", []))
+            headers = {k: v for k, v in r.headers.items() if k != "date"}
+            out[case] = (r.status_code, headers, body)
+        return out
+
+    fast = answers()
+    assert fast["one row"][0] == fast["a batch"][0] == fast["chunked"][0] == 200
+    _reload(served, SERVED_CONFIG.replace("[server]\n", "[server]\npredict_fast_path = false\n"))
+    try:
+        route = answers()
+    finally:
+        _reload(served, SERVED_CONFIG)
+    assert route == fast
 
 
 @pytest.mark.parametrize(("host", "allowed"), [
