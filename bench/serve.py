@@ -4,6 +4,8 @@
     httptools, in its own process (what any Litestar service pays per request);
 (b) the appliance: the real daemon in its own process, serving the model it trained on
     sample_data/machines_01.csv, with its prediction log on (default settings);
+(b') the same with `server.predict_fast_path = false`: every call through the Litestar
+    route (what the fast path saves; `--no-route` leaves it out);
 (c) `mlflow models serve` on the same LightGBM model, when mlflow is installed.
 
 A closed-loop load generator (raw keep-alive HTTP/1.1 on uvloop, in a separate process)
@@ -186,12 +188,14 @@ def _wait(predicate: Any, timeout: float, what: str) -> Any:
     raise RuntimeError(f"timed out waiting for {what}")
 
 
-def start_appliance(workdir: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+def start_appliance(workdir: Path, extra_config: str = "",
+                    ) -> tuple[subprocess.Popen[bytes], str, Path]:
     import httpx
 
     state = workdir / "state"
-    state.mkdir()
-    (state / "appliance.toml").write_text(STATE_CONFIG)
+    state.mkdir(parents=True)
+    (state / "appliance.toml").write_text(extra_config + STATE_CONFIG)
+    workdir.mkdir(parents=True, exist_ok=True)
     log = open(workdir / "daemon.log", "wb")  # noqa: SIM115 - lives as long as the daemon
     proc = subprocess.Popen([sys.executable, "-m", "appliance", "run", "--state-dir", str(state),
                              "--port", "0"], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -263,6 +267,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell (medians)")
+    parser.add_argument("--no-route", action="store_true",
+                        help="leave out (b'), the appliance without its predict fast path")
     args = parser.parse_args()
 
     import polars as pl
@@ -280,6 +286,11 @@ def main() -> None:
         procs.append(floor)
         servers = {"(a) floor": (floor_url, "/predict", bodies),
                    "(b) appliance": (appliance_url, PREDICT_PATH, bodies)}
+        if not args.no_route:
+            route, route_url, _ = start_appliance(workdir / "route",
+                                                  "[server]\npredict_fast_path = false\n")
+            procs.append(route)
+            servers["(b') route only"] = (route_url, PREDICT_PATH, bodies)
         mlflow = start_mlflow(model_txt, workdir)
         if mlflow is not None:
             procs.append(mlflow[0])
@@ -351,6 +362,9 @@ def report(results: dict[tuple[str, str, int], list[dict[str, Any]]], servers: d
         a = med[("(a) floor", payload, c)]["rps"]
         b = med[("(b) appliance", payload, c)]["rps"]
         line = f"  {payload:<9} c={c:<3} {b / a:.2f}x"
+        if ("(b') route only", payload, c) in med:
+            route = med[("(b') route only", payload, c)]["rps"]
+            line += f"   (route only {route / a:.2f}x; fast path / route {b / route:.2f}x)"
         if ("(c) mlflow", payload, c) in med:
             line += f"   appliance / mlflow {b / med[('(c) mlflow', payload, c)]['rps']:.1f}x"
         print(line)
