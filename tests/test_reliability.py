@@ -291,14 +291,15 @@ def test_a_full_disk_stops_ingestion_and_training_but_not_serving(small_disk):
         assert daemon.get("/ready").status_code == 200
 
         # Space is freed: the waiting file is taken, a retrain follows and succeeds.
+        last_job = daemon.get(f"/v1/pipelines/{PIPE}/jobs").json()["history"][0]["id"]
         filler.unlink()
         wait_for(lambda: (root / "archive" / PIPE / "machines_02.csv").exists(), timeout=20,
                  what="the waiting file, once space is back")
 
-        def retrained() -> bool:
+        def retrained() -> bool:  # a job after the freeing, not the first one (also new_data)
             jobs = daemon.get(f"/v1/pipelines/{PIPE}/jobs").json()["history"]
             return any(j["status"] == "succeeded" and j["trigger"] == "new_data"
-                       for j in jobs[:2])
+                       and j["id"] > last_job for j in jobs)
 
         wait_for(retrained, timeout=40, what="a retrain once space is back")
         assert daemon.post(f"/v1/pipelines/{PIPE}/retrain", admin=True).status_code == 202
