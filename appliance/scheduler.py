@@ -35,7 +35,7 @@ from appliance.predictor import LiveModels
 from appliance.registry import Registry, library_versions
 from appliance.statedir import StateDir
 from appliance.store import IngestionRecord, ModelRecord, Store, now_iso
-from appliance.threads import lower_thread_priority
+from appliance.threads import lower_to_idle
 from appliance.train import (
     Source,
     TrainingCancelled,
@@ -57,8 +57,10 @@ class Trainer:
         self.events = events
         self.settings = settings
         self.live = live
+        # Training runs under SCHED_IDLE (and LightGBM's threads, which it starts): an
+        # answer waiting for a core takes it from training at once.
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="train",
-                                            initializer=lower_thread_priority)
+                                            initializer=lower_to_idle)
         self._lock = threading.Lock()
         self._running: set[str] = set()
         self._follow_up: dict[str, str] = {}

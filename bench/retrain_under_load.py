@@ -71,10 +71,11 @@ def main() -> None:
             time.sleep(0.1)
         url = json.loads(runfile.read_text())["url"]
         http = httpx.Client(base_url=url, timeout=30)
-        info = state / "inbox/machine_info"  # the feature set the sample pipeline joins
-        info.mkdir(parents=True, exist_ok=True)
-        (info / "machine_info.csv").write_bytes(
-            (ROOT / "sample_data/machine_info.csv").read_bytes())
+        if not args.plain:
+            info = state / "inbox/machine_info"  # the feature set the sample pipeline joins
+            info.mkdir(parents=True, exist_ok=True)
+            (info / "machine_info.csv").write_bytes(
+                (ROOT / "sample_data/machine_info.csv").read_bytes())
         inbox = state / "inbox/machines"
         inbox.mkdir(parents=True, exist_ok=True)
         time.sleep(1.0)
