@@ -373,16 +373,52 @@ def _only(mapping: Any) -> tuple[str, Any]:
     return next(iter(mapping.items()))
 
 
-class _Compiler:
-    """Compiles one expression. ``batch``: for a frame of many rows rather than one, where
-    Polars divides by a constant as a multiplication by its reciprocal (for one row, both
-    sides have one value and it divides)."""
+def _children(tag: str, body: Any) -> list[Any]:
+    if tag == "Ternary":
+        return [body["truthy"], body["falsy"], body["predicate"]]
+    if tag == "Cast":
+        return [body["expr"]]
+    if tag == "BinaryExpr":
+        return [body["left"], body["right"]]
+    if tag == "Function":
+        return list(body["input"])
+    return []
 
-    def __init__(self, schema: dict[str, pl.DataType], batch: bool = False) -> None:
+
+def _maybe_scalar(node: Any, scalar_columns: set[str]) -> bool:
+    """Whether Polars may hold this sub-expression as one value broadcast over a batch
+    (a scalar) rather than a column: constants, and what selects among values where one
+    may be a scalar (CASE WHEN whose rows all take the same branch, COALESCE...)."""
+    tag, body = _only(node)
+    if tag == "Column":
+        return body in scalar_columns
+    children = _children(tag, body)
+    flags = [_maybe_scalar(c, scalar_columns) for c in children]
+    selects = tag == "Ternary" or (tag == "Function" and _only(body["function"])[0] in (
+        "Coalesce", "MaxHorizontal", "MinHorizontal"))
+    if selects:
+        return any(flags[:2] if tag == "Ternary" else flags) or all(flags)
+    return all(flags)
+
+
+class _Compiler:
+    """Compiles one expression, for a frame of one row or (``batch``) of many.
+
+    Polars' arithmetic between a column and a scalar (a constant) takes other kernels
+    than between two columns: for floats, it divides by multiplying with the reciprocal,
+    takes `x + 0` and `0 + x` as x and `0 - x` as -x (the sign of a zero shows it). For one
+    row, both sides have one value: plain IEEE arithmetic. The batch form computes the
+    scalar kernels where it knows which side is the scalar; where a side may or may not be
+    one depending on the data (``batch_unsafe``), batches are left to Polars."""
+
+    def __init__(self, schema: dict[str, pl.DataType], batch: bool = False,
+                 scalar_columns: set[str] | None = None) -> None:
         self.schema = dict(schema)
         self.frame = pl.LazyFrame(schema=self.schema)
         self.batch = batch
+        self.scalar_columns = scalar_columns or set()
         self.height_sensitive = False  # whether the batch form differs from the one-row one
+        self.batch_unsafe = False
 
     def expr(self, node: Any) -> pl.Expr:
         return pl.Expr.deserialize(io.StringIO(json.dumps(node)), format="json")
@@ -455,21 +491,25 @@ class _Compiler:
         b = self.compile(right)
         constants = [_constant_value(*x) if not _roots(n) else _NOT_CONSTANT
                      for x, n in ((a, left), (b, right))]
-        if op == "Div" and kind.tag == "float" and constants[0] is _NOT_CONSTANT and \
-                constants[1] is not _NOT_CONSTANT:
-            self.height_sensitive = True
-            if self.batch:  # a column divided by a scalar: times its reciprocal, in Polars
-                f64 = Kind("float", "Float64")
-                c = constants[1]
-                inverse = None if c is None else _fdiv(1.0, _as(_const(c), b[1], f64)({}))
-                return _binary(_as(a[0], a[1], f64), _const(inverse), operator.mul)
-        fn = _binary_op(op, a, b, kind)
-        if kind.tag == "float" and ((op == "Plus" and 0 in constants) or
-                                    (op == "Minus" and constants[0] == 0)):
-            # Polars simplifies `x + 0`, `0 + x` to x and `0 - x` to -x, which differ from
-            # the IEEE sum only in the sign of a zero result: leave those rows to Polars.
-            return _unary(fn, _no_zero)
-        return fn
+        scalar = [c is not _NOT_CONSTANT for c in constants]
+        maybe = [_maybe_scalar(n, self.scalar_columns) for n in (left, right)]
+        if kind.tag == "float" and op in ("Div", "Plus", "Minus") and any(
+                m and not c for m, c in zip(maybe, scalar, strict=True)):
+            self.batch_unsafe = True  # a scalar or a column, depending on the data
+        elif kind.tag == "float" and scalar[0] != scalar[1]:
+            f64 = Kind("float", "Float64")
+            c = constants[1] if scalar[1] else constants[0]
+            if op == "Div" and scalar[1]:
+                self.height_sensitive = True
+                if self.batch:
+                    inverse = None if c is None else _fdiv(1.0, _as(_const(c), b[1], f64)({}))
+                    return _binary(_as(a[0], a[1], f64), _const(inverse), operator.mul)
+            elif c == 0 and (op == "Plus" or (op == "Minus" and scalar[0])):
+                self.height_sensitive = True
+                if self.batch:
+                    other = _as(*(b if scalar[0] else a), f64)
+                    return other if op == "Plus" else _unary(other, operator.neg)
+        return _binary_op(op, a, b, kind)
 
     def _node_Function(self, node: Any, body: Any, kind: Kind) -> Fn:
         inputs = body["input"]
@@ -607,12 +647,6 @@ def _constant_value(fn: Fn, kind: Kind) -> Any:
         return fn({})
     except Fallback:
         raise Unsupported("a constant Polars can't compute") from None
-
-
-def _no_zero(x: Any) -> Any:
-    if x == 0:
-        raise Fallback("the sign of a zero after Polars' simplification")
-    return x
 
 
 def _internal(value: Any, kind: Kind) -> Any:
@@ -975,23 +1009,31 @@ class RowProgram:
         schema = dict(inputs)
         Step = tuple[str, Fn, Callable[[Any], Any] | None]
         self._one: list[Step] = []
-        self._batch: list[Step] | None = []
+        batch: list[Step] | None = []
+        scalars: set[str] = set()  # derived features Polars may hold as one value
         for name, expr in self.expressions:
             try:
                 tree = json.loads(expr.meta.serialize(format="json"))
             except Exception as exc:
                 raise Unsupported(f"`{name}` can't be serialized: {exc}") from None
             try:
-                compiler = _Compiler(schema)
+                compiler = _Compiler(schema, scalar_columns=scalars)
                 fn, kind = compiler.compile(tree)
                 batch_fn = fn
-                if compiler.height_sensitive:
-                    batch_fn, _ = _Compiler(schema, batch=True).compile(tree)
+                if compiler.height_sensitive and not compiler.batch_unsafe:
+                    batch_fn, _ = _Compiler(schema, batch=True,
+                                            scalar_columns=scalars).compile(tree)
             except Unsupported as exc:
                 raise Unsupported(f"`{name}`: {exc}") from None
             self._one.append((name, fn, _output(kind)))
-            self._batch.append((name, batch_fn, _output(kind)))  # type: ignore[union-attr]
+            if batch is not None:
+                batch.append((name, batch_fn, _output(kind)))
+            if compiler.batch_unsafe:
+                batch = None  # batches of more than one row are computed by Polars
+            if _maybe_scalar(tree, scalars):
+                scalars.add(name)
             schema[name] = compiler.dtype(tree)
+        self._batch = batch
 
     @property
     def names(self) -> list[str]:
@@ -1004,7 +1046,7 @@ class RowProgram:
         steps = self._one
         if batch:
             if self._batch is None:
-                raise Fallback("Polars fails on a batch where it computes each row")
+                raise Fallback("batches of these expressions are left to Polars")
             steps = self._batch
         get = row.get if isinstance(row, dict) else (lambda col: None)
         env = {col: coerce(get(col)) for col, coerce in self._inputs}
