@@ -4,7 +4,9 @@ for serving.
 - **Derived features** are Polars SQL expressions from the config (``pl.sql_expr``, never
   Python ``eval``). The same compiled expressions run on the training frame and on the rows
   of a prediction request, and a model stores the expressions it was trained with, so a
-  served version always computes what it learned from.
+  served version always computes what it learned from. For request rows they are
+  evaluated in plain Python where ``rowexpr`` can give Polars' exact values (checked
+  against Polars when a model is loaded), and by Polars otherwise.
 - **Feature sets** are tables keyed by an entity id (and optionally an event time), dropped
   into ``inbox/<feature_set>/`` and versioned like pipeline data.
 - **Offline joins** give each training row the feature values as they were at that row's

@@ -65,8 +65,6 @@ _INT_TYPES = {
     "UInt8": (0, 2**8 - 1), "UInt16": (0, 2**16 - 1), "UInt32": (0, 2**32 - 1),
     "UInt64": (0, 2**64 - 1),
 }
-# The input types a request row may bring (Float32 would need single-precision arithmetic).
-INPUT_TYPES = frozenset({*_INT_TYPES, "Float64", "Boolean", "String"})
 
 
 @dataclass(frozen=True)
@@ -1067,42 +1065,37 @@ class RowProgram:
 
     def self_check(self) -> str | None:
         """Compute probe rows (zeros, negatives, nulls, extremes, fractions, empty strings)
-        both here and with Polars, one row at a time and as one batch. None if every value
-        is the same; else what differed. If Polars fails on the batch of probes but on none
-        of them alone (a bug of its own), batches are left to Polars."""
+        both here and with Polars: each row alone, and batches of them (one where an input
+        is null in every row too). None if every value is the same; else what differed.
+        Where Polars fails on a batch but on none of its rows alone (a bug of its own),
+        batches are left to Polars."""
         rows = probe_rows(self.input_types)
-        try:
-            batch: list[dict[str, Any]] | None = self.run_polars(rows)
-        except Exception:
-            batch = None  # a request with such a row fails in Polars: the row must fall back
-        # Batches where an input is missing in every row: Polars treats an all-null column
-        # apart, and has failed on one where it computes each row alone.
-        for col in [None, *self.input_types]:
-            nulls = [{**r, **({col: None} if col else dict.fromkeys(r))} for r in rows[:4]]
+        computed = []  # the rows Polars computes alone
+        for row in rows:
             try:
-                want_nulls = self.run_polars(nulls)
-            except Exception:
-                if not any(_fails(self.run_polars, [r]) for r in nulls):
-                    self._batch = None
+                alone: dict[str, Any] | Exception = self.run_polars([row])[0]
+            except Exception as exc:  # such a request fails in Polars: ours must fall back
+                alone = exc
+            else:
+                computed.append(row)
+            mismatch = self._compare(row, alone, batch=False)
+            if mismatch:
+                return mismatch
+        batches = [computed] + [
+            [{**r, **({col: None} if col else dict.fromkeys(r))} for r in computed[:4]]
+            for col in [None, *self.input_types]]
+        for batch in batches:
+            if len(batch) < 2:
                 continue
-            for row, want in zip(nulls, want_nulls, strict=True):
+            try:
+                wanted = self.run_polars(batch)
+            except Exception:
+                self._batch = None
+                return None
+            for row, want in zip(batch, wanted, strict=True):
                 mismatch = self._compare(row, want, batch=True)
                 if mismatch:
                     return mismatch
-        fails_alone = False
-        for i, row in enumerate(rows):
-            try:
-                alone: dict[str, Any] | Exception = self.run_polars([row])[0]
-            except Exception as exc:
-                alone = exc
-                fails_alone = True
-            mismatch = self._compare(row, alone, batch=False)
-            if not mismatch and batch is not None:
-                mismatch = self._compare(row, batch[i], batch=True)
-            if mismatch:
-                return mismatch
-        if batch is None and not fails_alone:
-            self._batch = None
         return None
 
     def _compare(self, row: dict[str, Any], want: dict[str, Any] | Exception,
@@ -1120,14 +1113,6 @@ class RowProgram:
                 return (f"`{name}` on {row}{' in a batch' if batch else ''}: "
                         f"{got[name]!r} here, {want[name]!r} in Polars")
         return None
-
-
-def _fails(fn: Callable[..., Any], *args: Any) -> bool:
-    try:
-        fn(*args)
-    except Exception:
-        return True
-    return False
 
 
 def same_value(a: Any, b: Any) -> bool:
