@@ -317,14 +317,21 @@ def _row_program(expressions: tuple[tuple[str, str], ...],
     derived = _compiled(expressions)
     names = ", ".join(derived.names)
     try:
-        types = {col: dtype_from_name(name) for col, name in inputs}
-        if any(t is None for t in types.values()):
-            raise rowexpr.Unsupported("an input type it doesn't cover")
-        program = rowexpr.RowProgram(derived.compiled, types)  # type: ignore[arg-type]
+        types: dict[str, pl.DataType] = {}
+        for col, dtype_name in inputs:
+            dtype = dtype_from_name(dtype_name)
+            if dtype is None:
+                raise rowexpr.Unsupported(f"input type {dtype_name}")
+            types[col] = dtype
+        program = rowexpr.RowProgram(derived.compiled, types)
+        mismatch = program.self_check()
     except rowexpr.Unsupported as exc:
         log.info("derived_features_with_polars features=%s: %s", names, exc)
         return None
-    mismatch = program.self_check()
+    except Exception:  # a fault of the evaluator must only cost speed
+        log.warning("derived_fast_path_off features=%s: the Python evaluator failed; this "
+                    "model computes its derived features with Polars", names, exc_info=True)
+        return None
     if mismatch is not None:
         source = dict(expressions)
         name = next((n for n in derived.names if f"`{n}`" in mismatch), derived.names[0])
@@ -355,6 +362,12 @@ def derive_rows(rows: list[Any], expressions: dict[str, str], inputs: dict[str, 
             values = [program.run(row, batch) for row in rows]
         except rowexpr.Fallback:
             pass
+        except Exception:  # a fault of the evaluator: Polars computes, and it is reported
+            if not program.reported:
+                program.reported = True
+                log.warning("derived_fast_path_error features=%s: the Python evaluator "
+                            "failed on a request; Polars computed it",
+                            ", ".join(expressions), exc_info=True)
         else:
             for row, derived_values in zip(rows, values, strict=True):
                 if isinstance(row, dict):

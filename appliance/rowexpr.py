@@ -1003,6 +1003,7 @@ class RowProgram:
                  inputs: dict[str, pl.DataType]) -> None:
         self.expressions = list(expressions)
         self.input_types = dict(inputs)
+        self.reported = False  # whether a fault on a request was logged (once)
         self._inputs = [(col, _coercer(str(dtype))) for col, dtype in inputs.items()]
         schema = dict(inputs)
         Step = tuple[str, Fn, Callable[[Any], Any] | None]

@@ -385,3 +385,23 @@ def test_values_polars_accepts_are_taken_the_same_way(dtype, value):
     derive_rows(rows, exprs, inputs)
     derive_rows_polars(expected, exprs, inputs)
     assert same_value(rows[0]["y"], expected[0]["y"])
+
+
+def test_a_fault_of_the_evaluator_costs_speed_not_an_answer(monkeypatch, caplog):
+    exprs, inputs = {"x": "f * 2"}, {"f": "Float64"}
+    featurestore._row_program.cache_clear()
+    try:
+        assert featurestore.prepare_derived(exprs, inputs)
+
+        def broken(self, row, batch=False):
+            raise TypeError("a bug")
+
+        monkeypatch.setattr(RowProgram, "run", broken)
+        with caplog.at_level(logging.WARNING, logger="appliance.featurestore"):
+            for _ in range(2):
+                rows = [{"f": 1.5}]
+                derive_rows(rows, exprs, inputs)
+                assert rows[0]["x"] == 3.0
+        assert len([r for r in caplog.records if "derived_fast_path_error" in r.message]) == 1
+    finally:
+        featurestore._row_program.cache_clear()
