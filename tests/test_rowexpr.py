@@ -29,7 +29,7 @@ SCHEMA = {"i": pl.Int64, "j": pl.Int64, "m": pl.Int32, "k": pl.Int8, "u": pl.UIn
 INTS = ["i", "j", "m", "k", "u", "w"]
 FLOATS = ["f", "g"]
 
-EXAMPLES = int(os.environ.get("ROWEXPR_EXAMPLES", "250"))
+EXAMPLES = int(os.environ.get("ROWEXPR_EXAMPLES", "1000"))
 
 
 def _int_values(lo: int, hi: int) -> st.SearchStrategy:
@@ -207,7 +207,9 @@ COMMON = [
     "CAST(b AS INT)", "NOT b", "b OR c", "i BETWEEN 1 AND 10", "s IN ('a', 'b')",
     "NULLIF(g, 0)", "f / NULLIF(g, 0)", "ROUND(f)", "ROUND(f, 2)", "FLOOR(f)", "CEIL(f / 3)",
     "SIGN(f)", "i + j", "i * j", "m * 2", "k + 1", "u - 1", "w + 1", "i / 0", "f / 0",
-    "i // 0", "LENGTH(s)", "s || t", "f * 2.5", "i - 0.5", "i + 2.5 > f",
+    "i // 0", "LENGTH(s)", "s || t", "f * 2.5", "i - 0.5", "i + 2.5 > f", "i / 60.0",
+    "ROUND(i * 1.8 + 32, 1)", "FLOOR(i * 0.5)", "f / 2.5", "CASE WHEN b THEN f / 2.5 END",
+    "i IS DISTINCT FROM j", "TRY_CAST(f AS INT)", "CAST(i AS VARCHAR) || s",
 ]
 COMMON_SCHEMA = {**SCHEMA, "rpm": pl.Int64, "rated_rpm": pl.Int64, "rpm_f": pl.Float64,
                  "rated_f": pl.Float64}
