@@ -283,7 +283,7 @@ def _converter(src: Kind, dst: Kind) -> Callable[[Any], Any] | None:
             return lambda v: v / div  # int / int is correctly rounded, as Polars' cast
     if d == "int" and s == "bool":
         return int
-    if d == "dec" and (s in ("int", "bool") or (s == "dec" and src.scale <= dst.scale)):
+    if d == "dec" and (s == "int" or (s == "dec" and src.scale <= dst.scale)):
         mul = 10 ** (dst.scale - src.scale) if s == "dec" else 10**dst.scale
         if s == "dec" and mul == 1 and src.limit <= dst.limit:
             return None
@@ -407,7 +407,8 @@ class _Compiler:
     takes `x + 0` and `0 + x` as x and `0 - x` as -x (the sign of a zero shows it). For one
     row, both sides have one value: plain IEEE arithmetic. The batch form computes the
     scalar kernels where it knows which side is the scalar; where a side may or may not be
-    one depending on the data (``batch_unsafe``), batches are left to Polars."""
+    one depending on the data (a CASE WHEN whose rows all take a constant), a row goes to
+    Polars if the two kernels would differ on it."""
 
     def __init__(self, schema: dict[str, pl.DataType], batch: bool = False,
                  scalar_columns: set[str] | None = None) -> None:
@@ -416,7 +417,6 @@ class _Compiler:
         self.batch = batch
         self.scalar_columns = scalar_columns or set()
         self.height_sensitive = False  # whether the batch form differs from the one-row one
-        self.batch_unsafe = False
 
     def expr(self, node: Any) -> pl.Expr:
         return pl.Expr.deserialize(io.StringIO(json.dumps(node)), format="json")
@@ -491,23 +491,50 @@ class _Compiler:
                      for x, n in ((a, left), (b, right))]
         scalar = [c is not _NOT_CONSTANT for c in constants]
         maybe = [_maybe_scalar(n, self.scalar_columns) for n in (left, right)]
-        if kind.tag == "float" and op in ("Div", "Plus", "Minus") and any(
-                m and not c for m, c in zip(maybe, scalar, strict=True)):
-            self.batch_unsafe = True  # a scalar or a column, depending on the data
-        elif kind.tag == "float" and scalar[0] != scalar[1]:
-            f64 = Kind("float", "Float64")
-            c = constants[1] if scalar[1] else constants[0]
-            if op == "Div" and scalar[1]:
-                self.height_sensitive = True
-                if self.batch:
-                    inverse = None if c is None else _fdiv(1.0, _as(_const(c), b[1], f64)({}))
-                    return _binary(_as(a[0], a[1], f64), _const(inverse), operator.mul)
-            elif c == 0 and (op == "Plus" or (op == "Minus" and scalar[0])):
-                self.height_sensitive = True
-                if self.batch:
-                    other = _as(*(b if scalar[0] else a), f64)
-                    return other if op == "Plus" else _unary(other, operator.neg)
+        if kind.tag == "float" and op in ("Div", "Plus", "Minus") and any(maybe) and not all(
+                scalar):
+            self.height_sensitive = True
+            if self.batch:
+                return self._batch_arith(op, a, b, constants, maybe)
         return _binary_op(op, a, b, kind)
+
+    def _batch_arith(self, op: str, a: tuple[Fn, Kind], b: tuple[Fn, Kind],
+                     constants: list[Any], maybe: list[bool]) -> Fn:
+        """Float ``/``, ``+``, ``-`` in a batch, where a side is or may be a scalar."""
+        f64 = Kind("float", "Float64")
+        fa, fb = _as(*a, f64), _as(*b, f64)
+        scalar = [c is not _NOT_CONSTANT for c in constants]
+        # A constant beside what is surely a column: Polars' scalar kernel, known.
+        known = scalar[0] != scalar[1] and not maybe[0 if scalar[1] else 1]
+        c = constants[1] if scalar[1] else constants[0]
+        if op == "Div":
+            if known and scalar[1]:  # times the reciprocal
+                inverse = None if c is None else _fdiv(1.0, _as(_const(c), b[1], f64)({}))
+                return _binary(fa, _const(inverse), operator.mul)
+            if scalar[0] or not maybe[1]:
+                return _binary(fa, fb, _fdiv)  # only a column by a scalar takes the inverse
+
+            def either_kernel(x: float, y: float) -> float:
+                q = _fdiv(x, y)
+                if same_value(q, x * _fdiv(1.0, y)):
+                    return q
+                raise Fallback("a division Polars computes one way or another by the data")
+
+            return _binary(fa, fb, either_kernel)
+        py = operator.add if op == "Plus" else operator.sub
+        if known:
+            if c == 0 and (op == "Plus" or scalar[0]):  # x + 0, 0 + x: x; 0 - x: -x
+                other = fb if scalar[0] else fa
+                return other if op == "Plus" else _unary(other, operator.neg)
+            return _binary(fa, fb, py)
+
+        def guarded(x: float, y: float) -> float:  # a zero scalar shows in a zero's sign
+            r = py(x, y)
+            if r == 0 and ((maybe[0] and x == 0) or (maybe[1] and y == 0)):
+                raise Fallback("the sign of a zero Polars computes one way or another")
+            return r
+
+        return _binary(fa, fb, guarded)
 
     def _node_Function(self, node: Any, body: Any, kind: Kind) -> Fn:
         inputs = body["input"]
@@ -803,11 +830,8 @@ def _arith(op: str, a: tuple[Fn, Kind], b: tuple[Fn, Kind], kind: Kind) -> Fn:
         if op != "Multiply":
             return _binary(_as(fa, ka, kind), _as(fb, kb, kind), _in_range(py, kind))
         scales = [k.scale if k.tag == "dec" else 0 for k in (ka, kb)]
-        if sum(scales) != kind.scale or any(k.tag not in ("int", "bool", "dec")
-                                           for k in (ka, kb)):
+        if sum(scales) != kind.scale or any(k.tag not in ("int", "dec") for k in (ka, kb)):
             raise Unsupported(f"decimal product of {ka.name} and {kb.name} as {kind.name}")
-        fa = _unary(fa, int) if ka.tag == "bool" else fa
-        fb = _unary(fb, int) if kb.tag == "bool" else fb
         return _binary(fa, fb, _in_range(py, kind))
     if kind.tag == "str" and op == "Plus" and ka.tag == kb.tag == "str":
         return _binary(fa, fb, operator.add)
@@ -820,6 +844,8 @@ def _compare(op: str, a: tuple[Fn, Kind], b: tuple[Fn, Kind]) -> Fn:
     table = _EXACT_COMPARE
     if "null" in tags:
         pass  # always null (or, for the validity forms, a test of nullness)
+    elif tags == {"bool", "dec"}:
+        raise Unsupported("comparing Boolean with Decimal")  # Polars refuses it when run
     elif tags <= _NUMERIC:
         if "float" in tags:
             common = Kind("float", "Float64")
@@ -1008,7 +1034,7 @@ class RowProgram:
         schema = dict(inputs)
         Step = tuple[str, Fn, Callable[[Any], Any] | None]
         self._one: list[Step] = []
-        batch: list[Step] | None = []
+        self._batch: list[Step] | None = []  # None: batches are left to Polars
         scalars: set[str] = set()  # derived features Polars may hold as one value
         for name, expr in self.expressions:
             try:
@@ -1019,20 +1045,16 @@ class RowProgram:
                 compiler = _Compiler(schema, scalar_columns=scalars)
                 fn, kind = compiler.compile(tree)
                 batch_fn = fn
-                if compiler.height_sensitive and not compiler.batch_unsafe:
+                if compiler.height_sensitive:
                     batch_fn, _ = _Compiler(schema, batch=True,
                                             scalar_columns=scalars).compile(tree)
             except Unsupported as exc:
                 raise Unsupported(f"`{name}`: {exc}") from None
             self._one.append((name, fn, _output(kind)))
-            if batch is not None:
-                batch.append((name, batch_fn, _output(kind)))
-            if compiler.batch_unsafe:
-                batch = None  # batches of more than one row are computed by Polars
+            self._batch.append((name, batch_fn, _output(kind)))  # type: ignore[union-attr]
             if _maybe_scalar(tree, scalars):
                 scalars.add(name)
             schema[name] = compiler.dtype(tree)
-        self._batch = batch
 
     @property
     def names(self) -> list[str]:
