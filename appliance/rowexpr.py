@@ -929,7 +929,7 @@ def _round(fa: Fn, ka: Kind, kind: Kind, decimals: int) -> Fn:
 def _math(name: str, arg: Any, fa: Fn, ka: Kind, kind: Kind) -> Fn:
     """The one-argument numeric functions."""
     if name == "Abs":
-        if ka.tag == "bool" or (ka.tag == "int" and ka.lo == 0):
+        if ka.tag == "int" and ka.lo == 0 and kind == ka:
             return fa
         if ka.tag in ("int", "dec", "float") and kind == ka:
             return _unary(fa, _in_range(abs, kind))

@@ -196,6 +196,30 @@ def test_random_expressions_give_polars_values_bit_for_bit(text, rows):
     event(check_same_as_polars(text, rows))
 
 
+@settings(max_examples=EXAMPLES // 4, deadline=None, derandomize=not os.environ.get(
+    "ROWEXPR_SEED"), suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(first=numeric(2), second=numeric(2), rows=rows_strategy())
+def test_chained_derived_features_give_polars_values(first, second, rows):
+    """A derived feature read by the next one: its type and value (and, in a batch,
+    whether Polars holds it as one value) carry over."""
+    second = second.replace("g", "x1")
+    try:
+        exprs = [("x1", pl.sql_expr(first)), ("x2", pl.sql_expr(second))]
+        program = RowProgram(exprs, {c: t() for c, t in SCHEMA.items()})
+    except Exception:  # not SQL, or not covered
+        return
+    for batch in ([[row] for row in rows] + ([rows] if len(rows) > 1 else [])):
+        try:
+            got = [program.run(row, len(batch) > 1) for row in batch]
+        except Fallback:
+            continue
+        want = program.run_polars(batch)
+        for mine_values, polars_values in zip(got, want, strict=True):
+            for name in ("x1", "x2"):
+                assert same_value(mine_values[name], polars_values[name]), (
+                    first, second, batch, got, want)
+
+
 # Common feature engineering: each must compile (so the property test isn't vacuous) and
 # agree with Polars on every probe row.
 COMMON = [
