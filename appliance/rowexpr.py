@@ -20,6 +20,10 @@ It compiles only what it can compute *identically* to Polars, and refuses the re
   bit-identical; decimals (SQL's ``1.8`` is a decimal literal) are exact scaled integers.
 - Integers are exact Python integers. Where Polars would wrap around (a result outside its
   type), :class:`Fallback` is raised for that row, and so for an out-of-range cast.
+- Polars itself computes a few float operations differently for a frame of one row and
+  for a batch (a column beside a constant takes other kernels: ``x / 2.5`` is
+  ``x * (1 / 2.5)``, ``0 - x`` is ``-x``); a program has a one-row form and a batch form
+  (see :class:`_Compiler`), so that each request gets what Polars gave it.
 
 Anything else raises :class:`Unsupported` at compile time. Either way the caller computes
 with Polars: correct, only slower. :meth:`RowProgram.self_check` then compares both ways on
