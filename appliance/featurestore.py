@@ -4,7 +4,9 @@ for serving.
 - **Derived features** are Polars SQL expressions from the config (``pl.sql_expr``, never
   Python ``eval``). The same compiled expressions run on the training frame and on the rows
   of a prediction request, and a model stores the expressions it was trained with, so a
-  served version always computes what it learned from.
+  served version always computes what it learned from. For request rows they are
+  evaluated in plain Python where ``rowexpr`` can give Polars' exact values (checked
+  against Polars when a model is loaded), and by Polars otherwise.
 - **Feature sets** are tables keyed by an entity id (and optionally an event time), dropped
   into ``inbox/<feature_set>/`` and versioned like pipeline data.
 - **Offline joins** give each training row the feature values as they were at that row's
@@ -16,6 +18,7 @@ for serving.
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,8 +26,11 @@ from typing import Any
 
 import polars as pl
 
+from appliance import rowexpr
 from appliance.errors import ApplianceError
 from appliance.features import dtype_from_name
+
+log = logging.getLogger("appliance.featurestore")
 
 
 class DerivedFeatures:
@@ -302,9 +308,79 @@ def _compiled(expressions: tuple[tuple[str, str], ...]) -> DerivedFeatures:
     return DerivedFeatures(dict(expressions))
 
 
+@functools.lru_cache(maxsize=64)
+def _row_program(expressions: tuple[tuple[str, str], ...],
+                 inputs: tuple[tuple[str, str], ...]) -> rowexpr.RowProgram | None:
+    """The derived features compiled to plain Python for request rows, once per model;
+    None when they must be computed with Polars (an expression or input type the
+    evaluator doesn't cover, or a difference from Polars on the probe rows)."""
+    derived = _compiled(expressions)
+    names = ", ".join(derived.names)
+    try:
+        types: dict[str, pl.DataType] = {}
+        for col, dtype_name in inputs:
+            dtype = dtype_from_name(dtype_name)
+            if dtype is None:
+                raise rowexpr.Unsupported(f"input type {dtype_name}")
+            types[col] = dtype
+        program = rowexpr.RowProgram(derived.compiled, types)
+        mismatch = program.self_check()
+    except rowexpr.Unsupported as exc:
+        log.info("derived_features_with_polars features=%s: %s", names, exc)
+        return None
+    except Exception:  # a fault of the evaluator must only cost speed
+        log.warning("derived_fast_path_off features=%s: the Python evaluator failed; this "
+                    "model computes its derived features with Polars", names, exc_info=True)
+        return None
+    if mismatch is not None:
+        source = dict(expressions)
+        name = next((n for n in derived.names if f"`{n}`" in mismatch), derived.names[0])
+        log.warning("derived_fast_path_off feature=%s expression=%r: the Python evaluator "
+                    "differs from Polars (%s); this model computes its derived features "
+                    "with Polars", name, source.get(name), mismatch)
+        return None
+    return program
+
+
+def prepare_derived(expressions: dict[str, str], inputs: dict[str, str]) -> bool:
+    """Compile (and check) a model's derived features before its first request. True if
+    requests will compute them without Polars."""
+    return _row_program(tuple(expressions.items()), tuple(inputs.items())) is not None
+
+
 def derive_rows(rows: list[Any], expressions: dict[str, str], inputs: dict[str, str]) -> None:
     """Compute derived features for request rows, in place, with the input columns typed as
-    they were in training (so the same expression gives the same bits)."""
+    they were in training (so the same expression gives the same bits).
+
+    Plain Python (``rowexpr``) when the model's expressions allow it: no DataFrame, and no
+    wait for Polars' thread pool, which runs niced beside training. Polars otherwise, and
+    for any request the evaluator hands back (a value to refuse, an integer overflow)."""
+    program = _row_program(tuple(expressions.items()), tuple(inputs.items()))
+    if program is not None:
+        try:
+            batch = len(rows) > 1  # Polars' arithmetic differs a little for a batch
+            values = [program.run(row, batch) for row in rows]
+        except rowexpr.Fallback:
+            pass
+        except Exception:  # a fault of the evaluator: Polars computes, and it is reported
+            if not program.reported:
+                program.reported = True
+                log.warning("derived_fast_path_error features=%s: the Python evaluator "
+                            "failed on a request; Polars computed it",
+                            ", ".join(expressions), exc_info=True)
+        else:
+            for row, derived_values in zip(rows, values, strict=True):
+                if isinstance(row, dict):
+                    for name, value in derived_values.items():
+                        if name not in row:
+                            row[name] = value
+            return
+    derive_rows_polars(rows, expressions, inputs)
+
+
+def derive_rows_polars(rows: list[Any], expressions: dict[str, str],
+                       inputs: dict[str, str]) -> None:
+    """``derive_rows`` through Polars: a frame of the request rows, typed as in training."""
     derived = _compiled(tuple(expressions.items()))
     columns: dict[str, pl.Series] = {}
     for col, dtype_name in inputs.items():

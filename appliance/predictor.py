@@ -27,6 +27,7 @@ from lightgbm.basic import _LIB, LightGBMError
 
 from appliance.errors import ApplianceError
 from appliance.features import FeatureSpec, RowEncoder
+from appliance.featurestore import prepare_derived
 
 # LightGBM's C API constants (c_api.h).
 _PREDICT_NORMAL = 0
@@ -142,6 +143,8 @@ class LoadedModel:
         row = [np.nan] * self.encoder.width
         self.fast.predict(row)
         self.predict_matrix(np.full((2, self.encoder.width), np.nan))
+        if self.spec.derived:  # compile (and check) the derived features for requests
+            prepare_derived(self.spec.derived, self.spec.derived_inputs)
 
     def predict_matrix(self, x: np.ndarray) -> np.ndarray:
         """Raw outputs: P(positive) for binary, class probabilities for multiclass, values
