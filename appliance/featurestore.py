@@ -354,12 +354,16 @@ def derive_rows(rows: list[Any], expressions: dict[str, str], inputs: dict[str, 
 
     Plain Python (``rowexpr``) when the model's expressions allow it: no DataFrame, and no
     wait for Polars' thread pool, which runs niced beside training. Polars otherwise, and
-    for any request the evaluator hands back (a value to refuse, an integer overflow)."""
+    for any request the evaluator hands back (a value to refuse, an integer overflow).
+
+    Every row is computed as in a frame of many rows, as training computed it: Polars
+    takes other kernels for a frame of one row (a column divided by a constant is a true
+    division there, a multiplication by the reciprocal in a longer frame), so a lone row
+    would otherwise get values a last bit away from what the model learned from."""
     program = _row_program(tuple(expressions.items()), tuple(inputs.items()))
     if program is not None:
         try:
-            batch = len(rows) > 1  # Polars' arithmetic differs a little for a batch
-            values = [program.run(row, batch) for row in rows]
+            values = [program.run(row, True) for row in rows]
         except rowexpr.Fallback:
             pass
         except Exception:  # a fault of the evaluator: Polars computes, and it is reported
@@ -380,17 +384,28 @@ def derive_rows(rows: list[Any], expressions: dict[str, str], inputs: dict[str, 
 
 def derive_rows_polars(rows: list[Any], expressions: dict[str, str],
                        inputs: dict[str, str]) -> None:
-    """``derive_rows`` through Polars: a frame of the request rows, typed as in training."""
+    """``derive_rows`` through Polars: a frame of the request rows, typed as in training
+    (a lone row beside a copy of itself, so it is computed as in a frame of many)."""
     derived = _compiled(tuple(expressions.items()))
-    columns: dict[str, pl.Series] = {}
-    for col, dtype_name in inputs.items():
-        values = [r.get(col) if isinstance(r, dict) else None for r in rows]
-        dtype = dtype_from_name(dtype_name)
+
+    def compute(framed: list[Any]) -> pl.DataFrame:
+        columns: dict[str, pl.Series] = {}
+        for col, dtype_name in inputs.items():
+            values = [r.get(col) if isinstance(r, dict) else None for r in framed]
+            try:
+                columns[col] = pl.Series(col, values, dtype=dtype_from_name(dtype_name),
+                                         strict=True)
+            except Exception:
+                raise _bad_input(rows, col, dtype_name) from None
+        return derived.apply(pl.DataFrame(columns, height=len(framed)))
+
+    if len(rows) == 1:
         try:
-            columns[col] = pl.Series(col, values, dtype=dtype, strict=True)
-        except Exception:
-            raise _bad_input(rows, col, dtype_name) from None
-    frame = derived.apply(pl.DataFrame(columns, height=len(rows)))
+            frame = compute(rows * 2).head(1)
+        except pl.exceptions.PolarsError:  # Polars fails on some frames it computes alone
+            frame = compute(rows)
+    else:
+        frame = compute(rows)
     for name in derived.names:
         for row, value in zip(rows, frame.get_column(name).to_list(), strict=True):
             if isinstance(row, dict) and name not in row:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -130,3 +131,30 @@ def test_sqlite_online_store_keeps_the_newest_values(tmp_path):
     assert stored["b"]["v"] == 9
     assert db.online_feature("fs", "b")["dataset_version"] == 2
     assert db.online_summary("fs")["keys"] == 2
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["python", "polars"])
+def test_a_request_row_gets_the_derived_values_training_computed(fast, monkeypatch):
+    """Polars computes a column divided by a constant as a true division in a frame of one
+    row but by the reciprocal in a longer frame (and x + 0 keeps or drops a -0.0 sign by
+    the same rule): a lone request row must still get training's bits, by either path."""
+    from appliance import featurestore
+
+    expressions = {"ratio": "load / 2.5", "scaled": "load * 0.3 / 7", "shifted": "load + 0",
+                   "mixed": "CASE WHEN load > 3 THEN load / 1.1 ELSE -load END"}
+    inputs = {"load": "Float64"}
+    if not fast:
+        monkeypatch.setattr(featurestore, "_row_program", lambda *_: None)
+    values = [7.0, 0.1, 3.3, -0.0, 1e-300, 123456.789, 2.5, None]
+    trained = featurestore.DerivedFeatures(expressions).apply(
+        pl.DataFrame({"load": values}, schema={"load": pl.Float64}))
+    for i, value in enumerate(values):
+        row = {"load": value}
+        featurestore.derive_rows([row], expressions, inputs)
+        for name in expressions:
+            want = trained[name][i]
+            assert row[name] == want or (row[name] != row[name] and want != want), (name, value)
+            if isinstance(want, float):
+                assert math.copysign(1, row[name]) == math.copysign(1, want), (name, value)
+    assert featurestore.DerivedFeatures({"r": "load / 2.5"}).apply(
+        pl.DataFrame({"load": [7.0]}))["r"][0] != trained["ratio"][0]  # the rule it guards

@@ -277,12 +277,15 @@ def test_a_batch_takes_polars_kernels_for_a_column_with_a_constant():
         derive_rows_polars(slow, exprs, inputs)
         return [r["x"] for r in fast], [r["x"] for r in slow]
 
-    # One row: IEEE division. A batch: Polars multiplies by the reciprocal of a constant.
-    assert both("f / 2.5", [{"f": 7.0}]) == ([2.8], [2.8])
+    # A frame of one row: IEEE division. Of more (training's): Polars multiplies by the
+    # reciprocal of a constant. A request row, even alone, is computed as in training.
+    one_row_frame = pl.DataFrame({"f": [7.0]}).select(pl.sql_expr("f / 2.5"))
+    assert one_row_frame.item() == 2.8
+    assert both("f / 2.5", [{"f": 7.0}]) == ([2.8000000000000003],) * 2
     assert both("f / 2.5", [{"f": 7.0}] * 2) == ([2.8000000000000003] * 2,) * 2
-    # `0 - x` is -x in a batch (a zero keeps its sign), 0.0 - 0.0 for one row.
+    # `0 - x` is -x in a frame of rows (a zero keeps its sign), 0.0 - 0.0 for one row.
     one, batch = both("-f", [{"f": 0.0}]), both("-f", [{"f": 0.0}, {"f": 1.0}])
-    assert math.copysign(1, one[0][0]) == math.copysign(1, one[1][0]) == 1
+    assert math.copysign(1, one[0][0]) == math.copysign(1, one[1][0]) == -1
     assert math.copysign(1, batch[0][0]) == math.copysign(1, batch[1][0]) == -1
     # Whether CASE WHEN gives a column or one value depends on the rows: batches of such an
     # expression go to Polars.
