@@ -23,7 +23,8 @@ It compiles only what it can compute *identically* to Polars, and refuses the re
 - Polars itself computes a few float operations differently for a frame of one row and
   for a batch (a column beside a constant takes other kernels: ``x / 2.5`` is
   ``x * (1 / 2.5)``, ``0 - x`` is ``-x``); a program has a one-row form and a batch form
-  (see :class:`_Compiler`), so that each request gets what Polars gave it.
+  (see :class:`_Compiler`). Requests take the batch form, even for one row: training
+  computed the features on frames of many rows, and a served row must get those values.
 
 Anything else raises :class:`Unsupported` at compile time. Either way the caller computes
 with Polars: correct, only slower. :meth:`RowProgram.self_check` then compares both ways on
