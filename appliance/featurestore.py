@@ -290,15 +290,17 @@ class FeatureStore:
         return frame, {"joins": joins, "derived": dict(pipeline.derived),
                        "derived_inputs": inputs}
 
-    def prepare_rows(self, spec: Any, rows: list[Any], missing_key: str) -> list[Any]:
+    def prepare_rows(self, spec: Any, rows: list[Any], missing_key: str,
+                     derivation: RowDerivation | None = None) -> list[Any]:
         """A prediction request's rows as the model was trained: feature set columns filled
-        from the online store (values sent win), then the derived features, computed by the
-        same Polars expressions as in training. Rows are updated in place."""
+        from the online store (values sent win), then the derived features: the served
+        model's ``derivation``, compiled when it was loaded (else compiled from ``spec``).
+        Rows are updated in place."""
         for join in spec.joins:
             fill_rows(rows, join["feature_set"], join["key"], join["columns"], self.online,
                       missing_key)
         if spec.derived:
-            derive_rows(rows, spec.derived, spec.derived_inputs)
+            (derivation or RowDerivation(spec.derived, spec.derived_inputs)).apply(rows)
         return rows
 
 
@@ -342,44 +344,62 @@ def _row_program(expressions: tuple[tuple[str, str], ...],
     return program
 
 
+class RowDerivation:
+    """A model's derived features for its request rows, compiled to plain Python and
+    checked against Polars once (when the model is loaded), so a request only runs them."""
+
+    def __init__(self, expressions: dict[str, str], inputs: dict[str, str]) -> None:
+        self.expressions = dict(expressions)
+        self.inputs = dict(inputs)
+        self.program = _row_program(tuple(self.expressions.items()),
+                                    tuple(self.inputs.items()))
+
+    def apply(self, rows: list[Any]) -> None:
+        """Compute the derived features of request rows, in place, with the input columns
+        typed as they were in training (so the same expression gives the same bits).
+
+        Plain Python (``rowexpr``) when the model's expressions allow it: no DataFrame, and
+        no wait for Polars' thread pool, which runs niced beside training. Polars otherwise,
+        and for any request the evaluator hands back (a value to refuse, an integer
+        overflow).
+
+        Every row is computed as in a frame of many rows, as training computed it: Polars
+        takes other kernels for a frame of one row (a column divided by a constant is a
+        true division there, a multiplication by the reciprocal in a longer frame), so a
+        lone row would otherwise get values a last bit away from what the model learned
+        from."""
+        program = self.program
+        if program is not None:
+            try:
+                values = [program.run(row, True) for row in rows]
+            except rowexpr.Fallback:
+                pass
+            except Exception:  # a fault of the evaluator: Polars computes, and it is reported
+                if not program.reported:
+                    program.reported = True
+                    log.warning("derived_fast_path_error features=%s: the Python evaluator "
+                                "failed on a request; Polars computed it",
+                                ", ".join(self.expressions), exc_info=True)
+            else:
+                for row, derived_values in zip(rows, values, strict=True):
+                    if isinstance(row, dict):
+                        for name, value in derived_values.items():
+                            if name not in row:
+                                row[name] = value
+                return
+        derive_rows_polars(rows, self.expressions, self.inputs)
+
+
 def prepare_derived(expressions: dict[str, str], inputs: dict[str, str]) -> bool:
-    """Compile (and check) a model's derived features before its first request. True if
-    requests will compute them without Polars."""
-    return _row_program(tuple(expressions.items()), tuple(inputs.items())) is not None
+    """Compile (and check) a set of derived features. True if requests compute them
+    without Polars."""
+    return RowDerivation(expressions, inputs).program is not None
 
 
 def derive_rows(rows: list[Any], expressions: dict[str, str], inputs: dict[str, str]) -> None:
-    """Compute derived features for request rows, in place, with the input columns typed as
-    they were in training (so the same expression gives the same bits).
-
-    Plain Python (``rowexpr``) when the model's expressions allow it: no DataFrame, and no
-    wait for Polars' thread pool, which runs niced beside training. Polars otherwise, and
-    for any request the evaluator hands back (a value to refuse, an integer overflow).
-
-    Every row is computed as in a frame of many rows, as training computed it: Polars
-    takes other kernels for a frame of one row (a column divided by a constant is a true
-    division there, a multiplication by the reciprocal in a longer frame), so a lone row
-    would otherwise get values a last bit away from what the model learned from."""
-    program = _row_program(tuple(expressions.items()), tuple(inputs.items()))
-    if program is not None:
-        try:
-            values = [program.run(row, True) for row in rows]
-        except rowexpr.Fallback:
-            pass
-        except Exception:  # a fault of the evaluator: Polars computes, and it is reported
-            if not program.reported:
-                program.reported = True
-                log.warning("derived_fast_path_error features=%s: the Python evaluator "
-                            "failed on a request; Polars computed it",
-                            ", ".join(expressions), exc_info=True)
-        else:
-            for row, derived_values in zip(rows, values, strict=True):
-                if isinstance(row, dict):
-                    for name, value in derived_values.items():
-                        if name not in row:
-                            row[name] = value
-            return
-    derive_rows_polars(rows, expressions, inputs)
+    """:meth:`RowDerivation.apply` for one set of rows (tools and tests; a served model
+    keeps its :class:`RowDerivation`)."""
+    RowDerivation(expressions, inputs).apply(rows)
 
 
 def derive_rows_polars(rows: list[Any], expressions: dict[str, str],

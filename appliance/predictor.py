@@ -27,7 +27,7 @@ from lightgbm.basic import _LIB, LightGBMError
 
 from appliance.errors import ApplianceError
 from appliance.features import FeatureSpec, RowEncoder
-from appliance.featurestore import prepare_derived
+from appliance.featurestore import RowDerivation
 
 # LightGBM's C API constants (c_api.h).
 _PREDICT_NORMAL = 0
@@ -121,6 +121,9 @@ class LoadedModel:
     meta: dict[str, Any]
     encoder: RowEncoder = field(init=False)
     fast: FastSingleRow = field(init=False, repr=False)
+    # The derived features for request rows, compiled and checked against Polars here,
+    # while the model loads off the event loop; None without derived features.
+    derivation: RowDerivation | None = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.encoder = RowEncoder(self.spec)
@@ -137,14 +140,14 @@ class LoadedModel:
         self._labels = [str(c) for c in self._classes]
         nout = self.booster.num_model_per_iteration() if multiclass else 1
         self.fast = FastSingleRow(self.booster, width, nout)
+        self.derivation = (RowDerivation(self.spec.derived, self.spec.derived_inputs)
+                           if self.spec.derived else None)
 
     def warm(self) -> None:
         """Run both paths once, so the first request pays no set-up."""
         row = [np.nan] * self.encoder.width
         self.fast.predict(row)
         self.predict_matrix(np.full((2, self.encoder.width), np.nan))
-        if self.spec.derived:  # compile (and check) the derived features for requests
-            prepare_derived(self.spec.derived, self.spec.derived_inputs)
 
     def predict_matrix(self, x: np.ndarray) -> np.ndarray:
         """Raw outputs: P(positive) for binary, class probabilities for multiclass, values

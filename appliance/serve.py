@@ -574,7 +574,8 @@ def create_app(services: Services) -> Litestar:
         spec = model.spec
         if spec.joins or spec.derived:  # the feature store: fill by key, then derive
             rows = services.features.prepare_rows(spec, rows,
-                                                  settings.pipeline(name).missing_key)
+                                                  settings.pipeline(name).missing_key,
+                                                  model.derivation)
         predictions = model.predict_rows(rows)
         services.monitor.requests.count_rows(name, n)
         ids = new_ids(n)
