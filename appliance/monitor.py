@@ -333,6 +333,11 @@ class _Alarm:
         self.on = now_on
         return turned_on
 
+    def below(self, value: float, floor: float) -> bool:
+        """``value`` is under ``floor``; once on, the alarm clears only 10% above it
+        (hysteresis, so it doesn't flap)."""
+        return value < floor or (self.on and value < floor * 1.1)
+
 
 @dataclass
 class Monitor:
@@ -445,10 +450,7 @@ class Monitor:
     def _pressure(self, s: ResourceRecord) -> None:
         cfg = self.settings.monitor
         disk_min = cfg.min_free_disk_mb * MiB
-        # Hysteresis: the condition clears 10% above its threshold, so it doesn't flap.
-        disk_low = s.disk_free_bytes < disk_min or (
-            self._disk_alarm.on and s.disk_free_bytes < disk_min * 1.1)
-        if self._disk_alarm.update(disk_low):
+        if self._disk_alarm.update(self._disk_alarm.below(s.disk_free_bytes, disk_min)):
             self.events.emit(
                 "disk_pressure",
                 f"{s.disk_free_bytes / MiB:.0f} MB free on the state directory's disk, under "
@@ -457,9 +459,8 @@ class Monitor:
                 free_bytes=s.disk_free_bytes, path=str(self.state_root),
             )
         mem_min = cfg.min_available_memory_mb * MiB
-        mem_low = s.memory_available_bytes < mem_min or (
-            self._memory_alarm.on and s.memory_available_bytes < mem_min * 1.1)
-        if self._memory_alarm.update(mem_low):
+        if self._memory_alarm.update(self._memory_alarm.below(s.memory_available_bytes,
+                                                              mem_min)):
             self.events.emit(
                 "memory_pressure",
                 f"{s.memory_available_bytes / MiB:.0f} MB of memory available, under "
