@@ -24,7 +24,7 @@ import polars as pl
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from appliance.featurestore import join_feature_set  # noqa: E402
+from appliance.features.featurestore import join_feature_set  # noqa: E402
 
 T0 = datetime(2026, 1, 1)
 

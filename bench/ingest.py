@@ -39,11 +39,11 @@ import polars as pl
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from appliance.config import parse  # noqa: E402
-from appliance.events import Events  # noqa: E402
-from appliance.ingest import Ingester  # noqa: E402
-from appliance.statedir import StateDir  # noqa: E402
-from appliance.store import Store  # noqa: E402
+from appliance.core.config import parse  # noqa: E402
+from appliance.core.statedir import StateDir  # noqa: E402
+from appliance.ingest.ingester import Ingester  # noqa: E402
+from appliance.store.database import Store  # noqa: E402
+from appliance.store.events import Events  # noqa: E402
 
 SETTLE = 2.0
 
@@ -183,11 +183,11 @@ CHILD_OURS = """
 import json, os, resource, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
-from appliance.config import parse
-from appliance.events import Events
-from appliance.ingest import Ingester
-from appliance.statedir import StateDir
-from appliance.store import Store
+from appliance.core.config import parse
+from appliance.store.events import Events
+from appliance.ingest.ingester import Ingester
+from appliance.core.statedir import StateDir
+from appliance.store.database import Store
 state = StateDir(Path(sys.argv[2])); state.create()
 store = Store.open(state.db)
 claimed = state.pipeline_dir(state.processing, "bench") / f"{time.time_ns()}__big.csv"

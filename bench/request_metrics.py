@@ -26,11 +26,11 @@ from typing import Any
 
 import polars as pl
 
-from appliance import config
-from appliance.monitor import RequestMetrics
-from appliance.serve import create_app
-from appliance.services import Services
-from appliance.statedir import StateDir
+from appliance.core import config
+from appliance.core.statedir import StateDir
+from appliance.daemon.services import Services
+from appliance.monitoring.monitor import RequestMetrics
+from appliance.serving.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = """

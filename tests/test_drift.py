@@ -10,9 +10,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from appliance import drift
-from appliance.config import DriftSettings
-from appliance.features import Feature, FeatureSpec
+from appliance.core.config import DriftSettings
+from appliance.features.spec import Feature, FeatureSpec
+from appliance.monitoring import drift
 
 SETTINGS = DriftSettings()
 NUMERIC = [f"x{i}" for i in range(6)]

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import polars as pl
 
-from appliance.metrics import auc
+from appliance.models.metrics import auc
 from tests.conftest import SAMPLES, drop, wait_for
 
 

@@ -9,16 +9,16 @@ import numpy as np
 import polars as pl
 import pytest
 
-from appliance.config import ConfigError, parse
-from appliance.errors import ApplianceError
-from appliance.featurestore import (
+from appliance.core.config import ConfigError, parse
+from appliance.core.errors import ApplianceError
+from appliance.features.featurestore import (
     DerivedFeatures,
     OnlineStore,
     fill_rows,
     join_feature_set,
     online_entries,
 )
-from appliance.store import Store
+from appliance.store.database import Store
 
 T0 = datetime(2026, 1, 1)
 
@@ -138,7 +138,7 @@ def test_a_request_row_gets_the_derived_values_training_computed(fast, monkeypat
     """Polars computes a column divided by a constant as a true division in a frame of one
     row but by the reciprocal in a longer frame (and x + 0 keeps or drops a -0.0 sign by
     the same rule): a lone request row must still get training's bits, by either path."""
-    from appliance import featurestore
+    from appliance.features import featurestore
 
     expressions = {"ratio": "load / 2.5", "scaled": "load * 0.3 / 7", "shifted": "load + 0",
                    "mixed": "CASE WHEN load > 3 THEN load / 1.1 ELSE -load END"}

@@ -22,12 +22,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appliance import config
-from appliance.events import Events
-from appliance.ingest import InboxWatcher, Ingester, Outcome, safe_name
-from appliance.parquet_footer import FooterError, read_footer
-from appliance.statedir import StateDir
-from appliance.store import Store
+from appliance.core import config
+from appliance.core.statedir import StateDir
+from appliance.ingest.ingester import InboxWatcher, Ingester, Outcome, safe_name
+from appliance.ingest.parquet_footer import FooterError, read_footer
+from appliance.store.database import Store
+from appliance.store.events import Events
 from tests.conftest import wait_for
 from tests.ingest_files import LIMITS, REFUSALS, good_csv, good_frame
 

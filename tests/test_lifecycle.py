@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 import polars as pl
 import pytest
 
-from appliance.config import load
-from appliance.daemon import Daemon, changed_keys, is_live
-from appliance.statedir import StateDir
-from appliance.store import Store
+from appliance.core.config import load
+from appliance.core.statedir import StateDir
+from appliance.daemon.lifecycle import Daemon, changed_keys, is_live
+from appliance.store.database import Store
 from tests.conftest import FAST_CONFIG, SAMPLES, copy_state, drop, wait_for
 from tests.notify import NotifyListener
 
@@ -232,7 +232,7 @@ def test_which_keys_are_live():
 def load_from(text: str):
     import tomllib
 
-    from appliance.config import parse
+    from appliance.core.config import parse
 
     return parse(tomllib.loads(text))
 
@@ -241,14 +241,14 @@ def load_from(text: str):
 # in Polars would): the stop must not wait for it.
 STUCK_INGEST = """
 import sys, time
-from appliance import ingest
+from appliance.ingest import ingester as ingest
 original = ingest.Ingester.process
 def slow(self, claimed, pipeline):
     if "stuck" in claimed.name:
         time.sleep(60)
     return original(self, claimed, pipeline)
 ingest.Ingester.process = slow
-from appliance.cli import main
+from appliance.cli.commands import main
 sys.argv = ["appliance", "run", "--state-dir", sys.argv[1], "--port", "0"]
 main()
 """

@@ -17,7 +17,7 @@ LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d (debug|info|warning|error|cr
 
 SCRIPT = textwrap.dedent("""
     import logging, threading, warnings
-    from appliance import logs
+    from appliance.core import logs
     logs.setup("info")
     log = logging.getLogger("appliance.test")
     logs.event(log, logging.INFO, "ingested", pipeline="machines", rows=3000,

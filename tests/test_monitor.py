@@ -17,14 +17,14 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from appliance import config
-from appliance.events import Events
-from appliance.metrics import auc
-from appliance.monitor import LATENCY_BOUNDS, Monitor, RequestMetrics, percentile
-from appliance.predictor import LiveModels
-from appliance.services import Services
-from appliance.statedir import StateDir
-from appliance.store import ResourceRecord, Store
+from appliance.core import config
+from appliance.core.statedir import StateDir
+from appliance.daemon.services import Services
+from appliance.models.metrics import auc
+from appliance.models.predictor import LiveModels
+from appliance.monitoring.monitor import LATENCY_BOUNDS, Monitor, RequestMetrics, percentile
+from appliance.store.database import ResourceRecord, Store
+from appliance.store.events import Events
 from tests.conftest import FAST_CONFIG, SAMPLES
 
 TARGET = "failed_within_24h"

@@ -13,10 +13,10 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from appliance.cli import cli
-from appliance.config import parse
-from appliance.doctor import check_disk, check_network, run_checks
-from appliance.statedir import StateDir
+from appliance.cli.commands import cli
+from appliance.cli.doctor import check_disk, check_network, run_checks
+from appliance.core.config import parse
+from appliance.core.statedir import StateDir
 from tests.conftest import SAMPLES, copy_state
 
 

@@ -15,8 +15,8 @@ import msgspec
 import pytest
 
 from appliance.api_types import PredictResponse
-from appliance.errors import ApplianceError
-from appliance.serve import PredictFastPath
+from appliance.core.errors import ApplianceError
+from appliance.serving.app import PredictFastPath
 
 PATH = "/v1/pipelines/machines/predict"
 BODY = json.dumps({"rows": [{"rpm": 1500, "site": "north"}]}).encode()

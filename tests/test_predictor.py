@@ -19,16 +19,16 @@ import numpy as np
 import polars as pl
 import pytest
 
-from appliance.config import PipelineSettings, Settings, TrainSettings, parse
-from appliance.daemon import StartupError, check_startup
-from appliance.errors import ApplianceError
-from appliance.features import to_matrix
-from appliance.predictor import LiveModels, LoadedModel, live_fast_configs
-from appliance.predlog import PredictionIds, PredictionLog
-from appliance.serve import HostPolicy
-from appliance.statedir import StateDir
-from appliance.store import Store
-from appliance.train import train
+from appliance.core.config import PipelineSettings, Settings, TrainSettings, parse
+from appliance.core.errors import ApplianceError
+from appliance.core.statedir import StateDir
+from appliance.daemon.lifecycle import StartupError, check_startup
+from appliance.features.spec import to_matrix
+from appliance.models.predictor import LiveModels, LoadedModel, live_fast_configs
+from appliance.models.train import train
+from appliance.monitoring.predlog import PredictionIds, PredictionLog
+from appliance.serving.app import HostPolicy
+from appliance.store.database import Store
 
 FAST_TRAIN = TrainSettings(num_boost_round=60, early_stopping_rounds=20, threads=1)
 

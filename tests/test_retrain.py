@@ -10,14 +10,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from appliance.config import parse
-from appliance.events import Events
-from appliance.ingest import Ingester
-from appliance.predictor import LiveModels
-from appliance.registry import Registry
-from appliance.scheduler import Trainer
-from appliance.statedir import StateDir
-from appliance.store import Store
+from appliance.core.config import parse
+from appliance.core.statedir import StateDir
+from appliance.ingest.ingester import Ingester
+from appliance.jobs.scheduler import Trainer
+from appliance.models.predictor import LiveModels
+from appliance.models.registry import Registry
+from appliance.store.database import Store
+from appliance.store.events import Events
 from tests.conftest import FAST_CONFIG, SAMPLES, drop, wait_for
 
 

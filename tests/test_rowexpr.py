@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from appliance import featurestore, rowexpr
-from appliance.errors import ApplianceError
-from appliance.featurestore import derive_rows, derive_rows_polars
-from appliance.rowexpr import Fallback, RowProgram, Unsupported, same_value
+from appliance.core.errors import ApplianceError
+from appliance.features import featurestore, rowexpr
+from appliance.features.featurestore import derive_rows, derive_rows_polars
+from appliance.features.rowexpr import Fallback, RowProgram, Unsupported, same_value
 
 SCHEMA = {"i": pl.Int64, "j": pl.Int64, "m": pl.Int32, "h": pl.Int16, "k": pl.Int8,
           "u": pl.UInt8, "v": pl.UInt32, "w": pl.UInt64, "f": pl.Float64, "g": pl.Float64,

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from appliance import sdnotify
-from appliance.daemon import ping_watchdog
+from appliance.daemon import sdnotify
+from appliance.daemon.lifecycle import ping_watchdog
 from tests.notify import NotifyListener
 
 

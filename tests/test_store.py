@@ -8,8 +8,8 @@ import stat
 
 import sqlite_utils
 
-from appliance.statedir import StateDir
-from appliance.store import SCHEMA_VERSION, Store, migrations
+from appliance.core.statedir import StateDir
+from appliance.store.database import SCHEMA_VERSION, Store, migrations
 
 
 def test_state_dir_layout_and_token(tmp_path):

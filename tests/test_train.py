@@ -15,16 +15,16 @@ import numpy as np
 import polars as pl
 import pytest
 
-from appliance.config import Settings, parse
-from appliance.events import Events
-from appliance.features import FeatureSpec, RowEncoder, build_spec, infer_task, to_matrix
-from appliance.ingest import Ingester
-from appliance.metrics import auc, compare
-from appliance.predictor import LiveModels
-from appliance.registry import Registry
-from appliance.scheduler import Trainer
-from appliance.statedir import StateDir
-from appliance.store import Store
+from appliance.core.config import Settings, parse
+from appliance.core.statedir import StateDir
+from appliance.features.spec import FeatureSpec, RowEncoder, build_spec, infer_task, to_matrix
+from appliance.ingest.ingester import Ingester
+from appliance.jobs.scheduler import Trainer
+from appliance.models.metrics import auc, compare
+from appliance.models.predictor import LiveModels
+from appliance.models.registry import Registry
+from appliance.store.database import Store
+from appliance.store.events import Events
 from tests.conftest import SAMPLES
 
 MACHINES = {"target": "failed_within_24h", "timestamp": "timestamp", "id": "reading_id"}
@@ -338,13 +338,13 @@ def test_validation_predictions_are_the_saved_models_own(lab, task):
     model = lab.live.get(task)
     meta = lab.meta(task, 1)
     # Re-create the validation rows from the lineage's split and score the loaded model.
-    from appliance.train import split_indices
+    from appliance.models.train import split_indices
 
     settings = lab.trainer.settings.pipeline(task)
     _, valid = split_indices(frame, settings, 0.2, 42, task)
     p = model.booster.predict(to_matrix(frame[valid], model.spec))
-    from appliance.features import encode_target
-    from appliance.metrics import evaluate
+    from appliance.features.spec import encode_target
+    from appliance.models.metrics import evaluate
 
     again = evaluate(task, encode_target(frame[valid]["target"], model.spec), p)
     for name, value in meta["metrics"].items():
@@ -354,7 +354,7 @@ def test_validation_predictions_are_the_saved_models_own(lab, task):
 def test_training_threads_default_to_all_cores_but_one(lab):
     import os
 
-    from appliance.train import training_threads
+    from appliance.models.train import training_threads
 
     cores = len(os.sched_getaffinity(0))
     assert training_threads(0) == max(1, cores - 1)

@@ -273,7 +273,7 @@ def test_the_tui_loads_nothing_of_the_daemon():
 async def test_demo_opens_the_console_on_its_daemon_and_stops_it(tmp_path):
     import asyncio
 
-    from appliance.demo import Demo, welcome
+    from appliance.cli.demo import Demo, welcome
     from tui.app import make_app
 
     demo = Demo(tmp_path / "demo", interval=0.3, rate=20)

@@ -43,15 +43,16 @@ from typing import Any
 import msgspec
 import uvicorn
 
-from appliance import logs, sdnotify
-from appliance.config import ConfigError, Settings
-from appliance.config import load as load_config
-from appliance.errors import ApplianceError
-from appliance.ingest import InboxWatcher
-from appliance.serve import create_app
-from appliance.services import Services
-from appliance.statedir import StateDir
-from appliance.threads import lower_thread_priority
+from appliance.core import logs
+from appliance.core.config import ConfigError, Settings
+from appliance.core.config import load as load_config
+from appliance.core.errors import ApplianceError
+from appliance.core.statedir import StateDir
+from appliance.core.threads import lower_thread_priority
+from appliance.daemon import sdnotify
+from appliance.daemon.services import Services
+from appliance.ingest.ingester import InboxWatcher
+from appliance.serving.app import create_app
 
 log = logging.getLogger("appliance.daemon")
 

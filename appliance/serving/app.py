@@ -62,12 +62,12 @@ from appliance.api_types import (
     RetrainResponse,
     SystemResponse,
 )
-from appliance.errors import ApplianceError
-from appliance.features_api import feature_set_routes
-from appliance.metrics import primary_metric
-from appliance.monitor import PREDICT_PREFIX, PREDICT_SUFFIX
-from appliance.services import Services
-from appliance.store import ModelRecord
+from appliance.core.errors import ApplianceError
+from appliance.daemon.services import Services
+from appliance.models.metrics import primary_metric
+from appliance.monitoring.monitor import PREDICT_PREFIX, PREDICT_SUFFIX
+from appliance.serving.feature_routes import feature_set_routes
+from appliance.store.database import ModelRecord
 
 log = logging.getLogger("appliance.serve")
 

@@ -36,7 +36,7 @@ import numpy as np
 import polars as pl
 
 from appliance.api_types import DriftFeature, DriftReport
-from appliance.features import FeatureSpec
+from appliance.features.spec import FeatureSpec
 
 EPS = 1e-4  # floor of a bin's share in PSI, so an empty bin costs a finite amount
 NOISE_BUDGET = 0.01  # the largest expected PSI from sampling noise alone

@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.errors import ApplianceError
-from appliance.statedir import StateDir
-from appliance.store import Store
+from appliance.core.errors import ApplianceError
+from appliance.core.statedir import StateDir
+from appliance.store.database import Store
 
 # Never copied: the database (snapshotted instead), the running daemon's address, and
 # half-written temporary files.

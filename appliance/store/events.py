@@ -7,8 +7,8 @@ import logging
 import sqlite3
 from typing import Any
 
-from appliance.logs import event as log_event
-from appliance.store import Store
+from appliance.core.logs import event as log_event
+from appliance.store.database import Store
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}

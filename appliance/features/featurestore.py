@@ -26,9 +26,9 @@ from typing import Any
 
 import polars as pl
 
-from appliance import rowexpr
-from appliance.errors import ApplianceError
-from appliance.features import dtype_from_name
+from appliance.core.errors import ApplianceError
+from appliance.features import rowexpr
+from appliance.features.spec import dtype_from_name
 
 log = logging.getLogger("appliance.featurestore")
 

@@ -18,11 +18,9 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from appliance import metrics as m
-from appliance.config import TASK_METRICS, PipelineSettings, TrainSettings
-from appliance.drift import prediction_stats, reference_stats
-from appliance.errors import ApplianceError
-from appliance.features import (
+from appliance.core.config import TASK_METRICS, PipelineSettings, TrainSettings
+from appliance.core.errors import ApplianceError
+from appliance.features.spec import (
     FeatureSpec,
     build_spec,
     encode_target,
@@ -30,7 +28,9 @@ from appliance.features import (
     to_matrices,
     to_matrix,
 )
-from appliance.predictor import LoadedModel
+from appliance.models import metrics as m
+from appliance.models.predictor import LoadedModel
+from appliance.monitoring.drift import prediction_stats, reference_stats
 
 MIN_ROWS = 20
 

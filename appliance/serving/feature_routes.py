@@ -8,8 +8,8 @@ from litestar.openapi import ResponseSpec
 from litestar.params import FromPath
 
 from appliance.api_types import ErrorBody, FeatureSetInfo, FeatureSetList, OnlineFeatures
-from appliance.errors import ApplianceError
-from appliance.services import Services
+from appliance.core.errors import ApplianceError
+from appliance.daemon.services import Services
 
 HOST = {400: ResponseSpec(data_container=ErrorBody, description="the Host header is not this "
                           "appliance's address or a name in server.allowed_hosts")}

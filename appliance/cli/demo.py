@@ -24,9 +24,9 @@ from typing import Any
 
 import httpx
 
-from appliance import logs
-from appliance.config import load
-from appliance.statedir import StateDir
+from appliance.core import logs
+from appliance.core.config import load
+from appliance.core.statedir import StateDir
 
 PIPELINE = "machines"
 # Fed in this order: the machines' metadata (a feature set the pipeline joins) with the
@@ -42,8 +42,8 @@ TARGET = "failed_within_24h"
 
 def sample_dir() -> Path:
     """The sample data: beside the package in a checkout, inside it in a wheel."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "sample_data", here / "_sample_data"):
+    package = Path(__file__).resolve().parents[1]  # appliance/
+    for candidate in (package.parent / "sample_data", package / "_sample_data"):
         if (candidate / FEED[0]).exists():
             return candidate
     raise FileNotFoundError("the sample data is missing; run sample_data/generate.py")
@@ -244,7 +244,7 @@ def run_demo(state_root: Path | None, port: int | None, interval: float,
 
 
 def _run_headless(demo: Demo, port: int) -> int:
-    from appliance.daemon import StartupError, run
+    from appliance.daemon.lifecycle import StartupError, run
 
     state = demo.state
     settings = load(state.root, None, {"server.port": port})

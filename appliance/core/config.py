@@ -467,8 +467,8 @@ def _parse_feature_sets(raw: Any, pipelines: dict[str, PipelineSettings],
                     key=f"pipelines.{name}.join", path=path,
                 )
         for feature, text in p.derived.items():
-            from appliance.errors import ApplianceError
-            from appliance.featurestore import compile_expression
+            from appliance.core.errors import ApplianceError
+            from appliance.features.featurestore import compile_expression
 
             try:
                 compile_expression(feature, text)

@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 
-from appliance.config import ConfigError, Settings, load
-from appliance.statedir import StateDir
+from appliance.core.config import ConfigError, Settings, load
+from appliance.core.statedir import StateDir
 
 # Where systemd looks for drop-ins of appliance.service.
 DROPIN_DIRS = (Path("/etc/systemd/system/appliance.service.d"),
@@ -181,8 +181,8 @@ def _our_daemon_on(state: StateDir, port: int) -> str | None:
 def check_models(state: StateDir) -> list[Finding]:
     import sqlite3
 
-    from appliance.registry import Registry
-    from appliance.store import Store
+    from appliance.models.registry import Registry
+    from appliance.store.database import Store
 
     if not state.db.exists():
         return [Finding("models", "ok", "no database yet: no models to check")]

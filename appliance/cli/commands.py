@@ -14,8 +14,8 @@ import click
 import httpx
 
 from appliance import __version__
-from appliance.config import ConfigError, Settings, load, resolve_state_dir
-from appliance.statedir import StateDir
+from appliance.core.config import ConfigError, Settings, load, resolve_state_dir
+from appliance.core.statedir import StateDir
 
 STATE_DIR_HELP = "state directory [env APPLIANCE_STATE_DIR; default ./appliance-state]"
 
@@ -60,9 +60,9 @@ def run(state_dir: str | None, config: str | None, host: str | None, port: int |
 
     Example: appliance run --state-dir /var/lib/appliance --port 8080
     """
-    from appliance import logs
-    from appliance.daemon import StartupError
-    from appliance.daemon import run as run_daemon
+    from appliance.core import logs
+    from appliance.daemon.lifecycle import StartupError
+    from appliance.daemon.lifecycle import run as run_daemon
 
     overrides = {"server.host": host, "server.port": port, "log.level": log_level}
     settings, state = load_settings(state_dir, config, overrides)
@@ -93,7 +93,7 @@ def demo(state_dir: str | None, port: int | None, interval: float, no_tui: bool)
     retrains, a broken file is refused with its reason, a drifted batch follows.
     Quitting the console (q) stops the daemon; the state directory is kept.
     """
-    from appliance.demo import run_demo
+    from appliance.cli.demo import run_demo
 
     sys.exit(run_demo(Path(state_dir) if state_dir else None, port, interval,
                       tui=not no_tui))
@@ -111,7 +111,7 @@ def ingest(file: str, pipeline: str, state_dir: str | None) -> None:
 
     Example: appliance ingest readings.csv --pipeline machines
     """
-    from appliance.config import PIPELINE_NAME
+    from appliance.core.config import PIPELINE_NAME
 
     if not PIPELINE_NAME.match(pipeline):
         _fail(f"`{pipeline}` is not a valid pipeline name (letters, digits, '_', '.', '-')")
@@ -296,7 +296,7 @@ def doctor(state_dir: str | None, config: str | None, host: str | None,
 
     Example: sudo /opt/appliance/venv/bin/appliance doctor --state-dir /var/lib/appliance
     """
-    from appliance.doctor import exit_code, render, run_checks
+    from appliance.cli.doctor import exit_code, render, run_checks
 
     findings = run_checks(resolve_state_dir(state_dir), Path(config) if config else None,
                           {"server.host": host, "server.port": port})
@@ -318,8 +318,8 @@ def backup(dest: str, state_dir: str | None, without_originals: bool) -> None:
 
     Example: appliance backup /mnt/usb/appliance-2026-03-01 --state-dir /var/lib/appliance
     """
-    from appliance.backup import backup as run_backup
-    from appliance.errors import ApplianceError
+    from appliance.cli.backup import backup as run_backup
+    from appliance.core.errors import ApplianceError
 
     state = StateDir(resolve_state_dir(state_dir))
     try:

@@ -24,12 +24,12 @@ import numpy as np
 import polars as pl
 
 from appliance import __version__
-from appliance.errors import ApplianceError
-from appliance.features import FeatureSpec
-from appliance.predictor import LoadedModel
-from appliance.statedir import StateDir
-from appliance.store import ModelRecord, Store, now_iso
-from appliance.train import Candidate
+from appliance.core.errors import ApplianceError
+from appliance.core.statedir import StateDir
+from appliance.features.spec import FeatureSpec
+from appliance.models.predictor import LoadedModel
+from appliance.models.train import Candidate
+from appliance.store.database import ModelRecord, Store, now_iso
 
 TMP_PREFIX = ".tmp-"
 

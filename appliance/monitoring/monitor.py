@@ -46,8 +46,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from appliance import __version__, drift
-from appliance import metrics as m
+from appliance import __version__
 from appliance.api_types import (
     DriftHistoryPoint,
     DriftReport,
@@ -59,12 +58,13 @@ from appliance.api_types import (
     ResourceSample,
     SystemResponse,
 )
-from appliance.config import Settings
-from appliance.errors import ApplianceError
-from appliance.events import Events
-from appliance.features import to_matrix
-from appliance.predictor import LiveModels, LoadedModel
-from appliance.store import (
+from appliance.core.config import Settings
+from appliance.core.errors import ApplianceError
+from appliance.features.spec import to_matrix
+from appliance.models import metrics as m
+from appliance.models.predictor import LiveModels, LoadedModel
+from appliance.monitoring import drift
+from appliance.store.database import (
     DriftRecord,
     IngestionRecord,
     LivePerformanceRecord,
@@ -72,6 +72,7 @@ from appliance.store import (
     Store,
     WindowRecord,
 )
+from appliance.store.events import Events
 
 log = logging.getLogger("appliance.monitor")
 

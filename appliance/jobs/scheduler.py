@@ -28,15 +28,13 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from appliance.api_types import ScheduledJob
-from appliance.config import Settings, cron_trigger
-from appliance.errors import ApplianceError
-from appliance.events import Events
-from appliance.predictor import LiveModels
-from appliance.registry import Registry, library_versions
-from appliance.statedir import StateDir
-from appliance.store import IngestionRecord, ModelRecord, Store, now_iso
-from appliance.threads import lower_to_idle
-from appliance.train import (
+from appliance.core.config import Settings, cron_trigger
+from appliance.core.errors import ApplianceError
+from appliance.core.statedir import StateDir
+from appliance.core.threads import lower_to_idle
+from appliance.models.predictor import LiveModels
+from appliance.models.registry import Registry, library_versions
+from appliance.models.train import (
     Source,
     TrainingCancelled,
     decide,
@@ -44,6 +42,8 @@ from appliance.train import (
     train,
     training_threads,
 )
+from appliance.store.database import IngestionRecord, ModelRecord, Store, now_iso
+from appliance.store.events import Events
 
 log = logging.getLogger("appliance.scheduler")
 

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from appliance import drift
 from appliance.api_types import DriftReport, ScheduledJob
-from appliance.config import Settings
-from appliance.events import Events
-from appliance.featurestore import FeatureStore
-from appliance.ingest import Ingester
-from appliance.monitor import Monitor
-from appliance.predictor import LiveModels
-from appliance.predlog import PredictionIds, PredictionLog
-from appliance.registry import Registry
-from appliance.scheduler import JobScheduler, Trainer
-from appliance.statedir import StateDir
-from appliance.store import IngestionRecord, Store
+from appliance.core.config import Settings
+from appliance.core.statedir import StateDir
+from appliance.features.featurestore import FeatureStore
+from appliance.ingest.ingester import Ingester
+from appliance.jobs.scheduler import JobScheduler, Trainer
+from appliance.models.predictor import LiveModels
+from appliance.models.registry import Registry
+from appliance.monitoring import drift
+from appliance.monitoring.monitor import Monitor
+from appliance.monitoring.predlog import PredictionIds, PredictionLog
+from appliance.store.database import IngestionRecord, Store
+from appliance.store.events import Events
 
 
 @dataclass

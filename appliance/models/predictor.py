@@ -25,9 +25,9 @@ import lightgbm as lgb
 import numpy as np
 from lightgbm.basic import _LIB, LightGBMError
 
-from appliance.errors import ApplianceError
-from appliance.features import FeatureSpec, RowEncoder
-from appliance.featurestore import RowDerivation
+from appliance.core.errors import ApplianceError
+from appliance.features.featurestore import RowDerivation
+from appliance.features.spec import FeatureSpec, RowEncoder
 
 # LightGBM's C API constants (c_api.h).
 _PREDICT_NORMAL = 0

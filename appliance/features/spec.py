@@ -25,8 +25,8 @@ import msgspec
 import numpy as np
 import polars as pl
 
-from appliance.config import PipelineSettings
-from appliance.errors import ApplianceError
+from appliance.core.config import PipelineSettings
+from appliance.core.errors import ApplianceError
 
 MAX_CATEGORIES = 1000
 MULTICLASS_MAX_CLASSES = 50
