@@ -12,7 +12,7 @@ import pytest
 
 from appliance.daemon import sdnotify
 from appliance.daemon.lifecycle import ping_watchdog
-from tests.notify import NotifyListener
+from tests.daemon.notify import NotifyListener
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from appliance.ingest.parquet_footer import FooterError, read_footer
 from appliance.store.database import Store
 from appliance.store.events import Events
 from tests.conftest import wait_for
-from tests.ingest_files import LIMITS, REFUSALS, good_csv, good_frame
+from tests.ingest.ingest_files import LIMITS, REFUSALS, good_csv, good_frame
 
 KNOWN_CODES = {code for _, _, code in REFUSALS} | {"not_a_regular_file"}
 

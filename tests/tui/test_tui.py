@@ -210,7 +210,7 @@ async def test_a_daemon_that_moved_to_another_port_is_found_again(state_root, st
 
 async def test_the_data_tab_shows_the_feature_sets_a_pipeline_joins(state_root, start_daemon,
                                                                      tmp_path):
-    from tests.test_featurestore_e2e import machine_info, start
+    from tests.features.test_featurestore_e2e import machine_info, start
 
     daemon = start(state_root, start_daemon)
     app = make_app(daemon.url, daemon.token, refresh_seconds=0.2)

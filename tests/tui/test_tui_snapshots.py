@@ -13,7 +13,7 @@ import httpx
 import pytest
 from textual.pilot import Pilot
 
-from tests.tui_fixture import fixture_app
+from tests.tui.tui_fixture import fixture_app
 
 SIZE = (100, 30)
 
@@ -92,7 +92,7 @@ def test_banner_when_nothing_answers(snap_compare):
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
 
-    from tests.tui_fixture import clock
+    from tests.tui.tui_fixture import clock
     from tui.app import make_app
 
     app = make_app("http://appliance.test", "t0ken", transport=httpx.MockTransport(refuse),

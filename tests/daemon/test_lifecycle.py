@@ -21,7 +21,7 @@ from appliance.core.statedir import StateDir
 from appliance.daemon.lifecycle import Daemon, changed_keys, is_live
 from appliance.store.database import Store
 from tests.conftest import FAST_CONFIG, SAMPLES, copy_state, drop, wait_for
-from tests.notify import NotifyListener
+from tests.daemon.notify import NotifyListener
 
 
 @pytest.fixture

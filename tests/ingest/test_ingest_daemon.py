@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import SAMPLES, drop, wait_for
-from tests.ingest_files import LIMITS, NO_TRAINING, REFUSALS, good_csv, good_frame
-from tests.test_ingest_files import KNOWN_CODES, files
+from tests.ingest.ingest_files import LIMITS, NO_TRAINING, REFUSALS, good_csv, good_frame
+from tests.ingest.test_ingest_files import KNOWN_CODES, files
 
 
 def configure(root: Path, extra: str = "") -> Path:

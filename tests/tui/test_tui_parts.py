@@ -15,8 +15,8 @@ from textual.widgets import Input, Static
 
 from appliance.api_types import ErrorBody, Health
 from tests.conftest import ROOT
-from tests.test_tui import SIZE, column, rows, text_of, until
-from tests.tui_fixture import NOW, fixture_app
+from tests.tui.test_tui import SIZE, column, rows, text_of, until
+from tests.tui.tui_fixture import NOW, fixture_app
 from tui import format as fmt
 from tui.client import ApiError, ApplianceClient, DaemonUnavailable, NotAvailable
 from tui.screens.pipeline import PipelineScreen
@@ -167,7 +167,7 @@ async def test_filtering_a_table_and_clearing_the_filter():
 
 
 async def test_read_only_without_a_token():
-    from tests.tui_fixture import clock, transport
+    from tests.tui.tui_fixture import clock, transport
     from tui.app import make_app
 
     app = make_app("http://appliance.test", None, transport=transport(), clock=clock,
@@ -198,7 +198,7 @@ async def test_palette_offers_the_actions():
 
 async def test_features_light_up_when_the_daemon_gains_them():
     missing = {"/v1/system", "/v1/pipelines/machines/drift"}
-    from tests.tui_fixture import clock, routes
+    from tests.tui.tui_fixture import clock, routes
     from tui.app import make_app
 
     table = routes()
@@ -338,7 +338,7 @@ async def test_feature_sets_an_older_daemon_lacks_get_a_placeholder_then_appear(
     """An older daemon answers 404 to /v1/feature-sets: a calm line, no error; once the
     daemon has the route, the feature sets this pipeline joins show with their freshness,
     and one that joins none says what is declared and how to join it."""
-    from tests.tui_fixture import FEATURE_SETS, clock, routes
+    from tests.tui.tui_fixture import FEATURE_SETS, clock, routes
     from tui.app import make_app
 
     table = routes()
@@ -390,7 +390,7 @@ async def test_feature_sets_an_older_daemon_lacks_get_a_placeholder_then_appear(
 
 async def test_the_client_reads_one_feature_set_and_one_entity_and_quotes_the_key():
     from appliance.api_types import OnlineFeatures
-    from tests.tui_fixture import FEATURE_SETS
+    from tests.tui.tui_fixture import FEATURE_SETS
 
     seen: list[str] = []
 
