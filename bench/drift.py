@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 
 from appliance.core.config import DriftSettings
+from appliance.features import profile
 from appliance.features.spec import Feature, FeatureSpec
 from appliance.monitoring import drift
 
@@ -86,7 +87,7 @@ def main() -> None:
     settings = DriftSettings()
     spec = FeatureSpec(task="regression", target="y", classes=None, features=[
         Feature(name=f"f{i:02d}", kind="numeric", dtype="Float64") for i in range(FEATURES)])
-    reference = drift.reference_stats(pl.DataFrame(columns(REFERENCE_ROWS, 1, False)), spec)
+    reference = profile.reference_stats(pl.DataFrame(columns(REFERENCE_ROWS, 1, False)), spec)
     reference = json.loads(json.dumps(reference))  # as read back from model.json
     current_np = columns(ROWS, 2, True)
     current = pl.DataFrame(current_np)
@@ -129,7 +130,7 @@ def main() -> None:
     mixed_spec = FeatureSpec(task="regression", target="y", classes=None, features=[
         *spec.features[:16],
         *(Feature(name=f"c{i}", kind="categorical", dtype="String") for i in range(4))])
-    mixed_reference = drift.reference_stats(mixed_ref, mixed_spec)
+    mixed_reference = profile.reference_stats(mixed_ref, mixed_spec)
     mixed = pl.DataFrame({**{k: current_np[k] for k in list(current_np)[:16]}, **cats})
     t_mixed = median_seconds(lambda: drift.evaluate(
         mixed_reference, mixed, settings, pipeline="bench", model_version=1, source="x"))

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from appliance.core.errors import ApplianceError
+
 Task = Literal["binary", "multiclass", "regression"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -467,8 +469,7 @@ def _parse_feature_sets(raw: Any, pipelines: dict[str, PipelineSettings],
                     key=f"pipelines.{name}.join", path=path,
                 )
         for feature, text in p.derived.items():
-            from appliance.core.errors import ApplianceError
-            from appliance.features.featurestore import compile_expression
+            from appliance.core.sqlexpr import compile_expression  # Polars: only if used
 
             try:
                 compile_expression(feature, text)

@@ -27,6 +27,7 @@ from typing import Any
 import polars as pl
 
 from appliance.core.errors import ApplianceError
+from appliance.core.sqlexpr import compile_expression
 from appliance.features import rowexpr
 from appliance.features.spec import dtype_from_name
 
@@ -75,17 +76,6 @@ class DerivedFeatures:
         for name, expr in self.compiled:
             frame = frame.with_columns(expr.alias(name))
         return frame
-
-
-def compile_expression(name: str, text: str) -> pl.Expr:
-    try:
-        return pl.sql_expr(text)
-    except Exception as exc:  # Polars raises SQLInterfaceError / SQLSyntaxError
-        raise ApplianceError(
-            "derived_parse",
-            f"derived feature `{name}`: `{text}` is not a valid SQL expression ({exc})",
-            {"feature": name, "expression": text},
-        ) from None
 
 
 # --- offline: point-in-time joins --------------------------------------------------------

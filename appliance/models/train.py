@@ -20,6 +20,7 @@ import polars as pl
 
 from appliance.core.config import TASK_METRICS, PipelineSettings, TrainSettings
 from appliance.core.errors import ApplianceError
+from appliance.features.profile import prediction_stats, reference_stats
 from appliance.features.spec import (
     FeatureSpec,
     build_spec,
@@ -30,7 +31,6 @@ from appliance.features.spec import (
 )
 from appliance.models import metrics as m
 from appliance.models.predictor import LoadedModel
-from appliance.monitoring.drift import prediction_stats, reference_stats
 
 MIN_ROWS = 20
 

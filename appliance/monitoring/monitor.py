@@ -60,6 +60,7 @@ from appliance.api_types import (
 )
 from appliance.core.config import Settings
 from appliance.core.errors import ApplianceError
+from appliance.features import profile
 from appliance.features.spec import to_matrix
 from appliance.models import metrics as m
 from appliance.models.predictor import LiveModels, LoadedModel
@@ -580,7 +581,7 @@ class Monitor:
             sample = frame.sample(DRIFT_PREDICT_ROWS, seed=0)
         try:
             raw = model.predict_matrix(to_matrix(sample, model.spec))
-            predictions = drift.prediction_values(model.spec.task, raw, model.spec.classes)
+            predictions = profile.prediction_values(model.spec.task, raw, model.spec.classes)
         except ApplianceError:
             predictions = None  # the data lacks features: feature drift only
         return self._report(pipeline, model, reference, frame, predictions, source)
@@ -857,7 +858,7 @@ def rows_frame(rows: list[dict[str, Any]], model: LoadedModel) -> pl.DataFrame:
     columns = {}
     for f in model.spec.features:
         values = [r.get(f.name) if isinstance(r, dict) else None for r in rows]
-        if f.kind in drift.NUMERIC_KINDS:
+        if f.kind in profile.NUMERIC_KINDS:
             columns[f.name] = pl.Series(f.name, values, dtype=pl.Float64, strict=False)
         elif f.kind == "categorical":
             columns[f.name] = pl.Series(

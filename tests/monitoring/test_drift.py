@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from appliance.core.config import DriftSettings
+from appliance.features import profile
 from appliance.features.spec import Feature, FeatureSpec
 from appliance.monitoring import drift
 
@@ -50,7 +51,8 @@ SPEC = FeatureSpec(task="regression", target="y", classes=None, features=[
 
 @pytest.fixture(scope="module")
 def reference() -> dict:
-    ref = drift.reference_stats(frame(3000, seed=1), SPEC, np.random.default_rng(1).beta(2, 5, 600))
+    ref = profile.reference_stats(frame(3000, seed=1), SPEC,
+                                  np.random.default_rng(1).beta(2, 5, 600))
     # It is stored in model.json: it must survive JSON.
     return json.loads(json.dumps(ref))
 
@@ -148,11 +150,11 @@ def test_prediction_drift_numeric_and_multiclass(reference):
     spec = FeatureSpec(task="multiclass", target="y", classes=["a", "b", "c"],
                        features=SPEC.features)
     train_raw = rng.dirichlet([5, 3, 2], 900)
-    ref = drift.reference_stats(frame(3000, 1), spec, train_raw)
+    ref = profile.reference_stats(frame(3000, 1), spec, train_raw)
     assert ref["prediction"]["kind"] == "categorical"
-    same_pred = drift.prediction_values("multiclass", rng.dirichlet([5, 3, 2], 1000),
+    same_pred = profile.prediction_values("multiclass", rng.dirichlet([5, 3, 2], 1000),
                                         spec.classes)
-    other_pred = drift.prediction_values("multiclass", rng.dirichlet([2, 3, 5], 1000),
+    other_pred = profile.prediction_values("multiclass", rng.dirichlet([2, 3, 5], 1000),
                                          spec.classes)
     assert not evaluate(ref, frame(1000, 71), same_pred).prediction.drifted
     assert evaluate(ref, frame(1000, 71), other_pred).prediction.drifted
@@ -176,5 +178,5 @@ def test_ties_that_differ_in_the_last_bits_do_not_drift():
     levels = np.array([0.014687959846322325, 0.014837547382466858, 0.0156, 0.09, 0.3])
     ref = levels[rng.integers(0, 5, 4000)]
     cur = levels[rng.integers(0, 5, 4000)] * (1 + rng.choice([-1, 0, 1], 4000) * 2e-16)
-    score, ks_score, _ = drift.compare_numeric(drift.numeric_stats(ref), cur)
+    score, ks_score, _ = drift.compare_numeric(profile.numeric_stats(ref), cur)
     assert score < 0.05 and ks_score < 0.05
