@@ -100,7 +100,7 @@ def job_child(state_root: Path) -> None:
     """(b), in its own process: prints {"seconds", "peak_rss_mb", "rss_before_mb"}."""
     from appliance.core.config import Settings
     from appliance.core.statedir import StateDir
-    from appliance.jobs.scheduler import Trainer
+    from appliance.jobs.training import Trainer
     from appliance.models.predictor import LiveModels
     from appliance.models.registry import Registry
     from appliance.store.database import Store

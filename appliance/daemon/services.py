@@ -9,7 +9,8 @@ from appliance.core.config import Settings
 from appliance.core.statedir import StateDir
 from appliance.features.featurestore import FeatureStore
 from appliance.ingest.ingester import Ingester
-from appliance.jobs.scheduler import JobScheduler, Trainer
+from appliance.jobs.scheduler import JobScheduler
+from appliance.jobs.training import Trainer
 from appliance.models.predictor import LiveModels
 from appliance.models.registry import Registry
 from appliance.monitoring import drift
@@ -60,7 +61,7 @@ class Services:
 
         features = FeatureStore(settings, store, state.root)
         features.load()
-        trainer.features = features
+        trainer.builder.features = features
 
         def on_accepted(pipeline: str, record: IngestionRecord) -> None:
             if pipeline in settings.feature_sets:
@@ -103,7 +104,7 @@ class Services:
                 self.events.emit("model_load_failed", message, pipeline=pipeline.name,
                                  level="error", version=record.version)
                 # The version that was production before it serves instead, if one loads.
-                self.trainer.fall_back(pipeline.name, record.version, message)
+                self.trainer.production.fall_back(pipeline.name, record.version, message)
             else:
                 self.events.emit("model_loaded", f"serving v{record.version}",
                                  pipeline=pipeline.name, version=record.version)

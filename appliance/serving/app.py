@@ -614,7 +614,7 @@ def create_app(services: Services) -> Litestar:
                 "unknown_model", f"pipeline `{name}` has no model version {version}",
                 {"pipeline": name, "version": version}, status=404,
             )
-        previous = services.trainer.promote(name, version, "promoted by an operator")
+        previous = services.trainer.production.promote(name, version, "promoted by an operator")
         return PromoteResponse(pipeline=name, version=version, previous_version=previous)
 
     @post("/v1/pipelines/{name:str}/retrain", status_code=202, guards=[admin_guard],

@@ -13,7 +13,7 @@ import pytest
 from appliance.core.config import parse
 from appliance.core.statedir import StateDir
 from appliance.ingest.ingester import Ingester
-from appliance.jobs.scheduler import Trainer
+from appliance.jobs.training import Trainer
 from appliance.models.predictor import LiveModels
 from appliance.models.registry import Registry
 from appliance.store.database import Store

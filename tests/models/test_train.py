@@ -19,7 +19,7 @@ from appliance.core.config import Settings, parse
 from appliance.core.statedir import StateDir
 from appliance.features.spec import FeatureSpec, RowEncoder, build_spec, infer_task, to_matrix
 from appliance.ingest.ingester import Ingester
-from appliance.jobs.scheduler import Trainer
+from appliance.jobs.training import Trainer
 from appliance.models.metrics import auc, compare
 from appliance.models.predictor import LiveModels
 from appliance.models.registry import Registry
@@ -40,7 +40,7 @@ class Lab:
 
     def configure(self, raw: dict[str, Any]) -> None:
         settings = parse(raw)
-        self.trainer.settings = settings
+        self.trainer.settings = self.trainer.builder.settings = settings
         self.ingester.settings = settings
 
     def ingest(self, pipeline: str, frame: pl.DataFrame, name: str) -> None:

@@ -1,0 +1,149 @@
+"""One training run of a pipeline: its data window, a LightGBM candidate, the gate, the
+registry (with the lineage), and production when the gate lets it through.
+
+It runs on the training job's thread (:mod:`appliance.jobs.training` decides when) and
+stops between two boosting rounds when ``should_stop`` says so.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any
+
+from appliance.core.config import Settings
+from appliance.core.errors import ApplianceError
+from appliance.core.statedir import StateDir
+from appliance.models.gate import decide
+from appliance.models.production import Production
+from appliance.models.registry import Registry, library_versions
+from appliance.models.train import Source, load_training_data, train, training_threads
+from appliance.store.database import ModelRecord, Store, now_iso
+from appliance.store.events import Events
+
+
+class ModelBuilder:
+    def __init__(self, state: StateDir, store: Store, registry: Registry, events: Events,
+                 settings: Settings, production: Production) -> None:
+        self.state = state
+        self.store = store
+        self.registry = registry
+        self.events = events
+        self.settings = settings
+        self.production = production
+        self.live = production.live
+        # The feature store, when feature sets or derived features are configured.
+        self.features: Any = None
+
+    def train_and_gate(self, pipeline: str, trigger: str, *, tune_trials: int | None = None,
+                       should_stop: Callable[[], bool] = lambda: False) -> ModelRecord:
+        """Train on the pipeline's data window, put the candidate through the gate, register
+        it with its lineage and the gate's verdict, and promote it when it passed."""
+        started = time.monotonic()
+        self._check_disk(pipeline)
+        settings = self.settings.pipeline(pipeline)
+        ts = self.settings.train
+        datasets = self.store.datasets(pipeline)
+        data = load_training_data(
+            [Source(d.version, self.state.root / d.path, d.rows) for d in datasets], settings)
+        loaded_s = time.monotonic() - started
+        trials = tune_trials if tune_trials is not None else (
+            settings.train.tune_trials if settings.train.tune_trials is not None
+            else ts.tune_trials)
+        seconds = settings.train.tune_seconds or ts.tune_seconds
+        serving: dict[str, Any] = {}
+        if self.features is not None and (settings.join or settings.derived):
+            data.frame, serving = self.features.prepare(data.frame, settings)
+        candidate = train(data.frame, settings, ts, tune_trials=trials, tune_seconds=seconds,
+                          should_stop=should_stop)
+        if serving:
+            candidate.spec.joins = serving["joins"]
+            candidate.spec.derived = serving["derived"]
+            candidate.spec.derived_inputs = serving["derived_inputs"]
+        rows = data.frame.height
+        del data.frame
+        min_improvement = (settings.train.min_improvement
+                           if settings.train.min_improvement is not None
+                           else ts.min_improvement)
+        decision = decide(candidate, self.live.get(pipeline), min_improvement,
+                          champion_z=ts.champion_z, baseline_z=ts.baseline_z,
+                          threads=training_threads(ts.threads))
+        lineage = self._lineage(trigger, datasets, data, rows, candidate, loaded_s)
+        lineage["gate"] = {**(decision.details or {}), "reason": decision.reason}
+        record = self.registry.register(pipeline, candidate, lineage, extra={
+            "gate": lineage["gate"], "champion_metrics": decision.champion_metrics,
+        })
+        self.store.set_pipeline_task(pipeline, candidate.spec.task)
+        tuned = (f", tuned over {candidate.tuning['trials_completed']} trials"
+                 if candidate.tuning else "")
+        self.events.emit(
+            "trained",
+            f"v{record.version} trained on {rows} rows in {candidate.seconds:.1f}s{tuned}",
+            pipeline=pipeline, version=record.version, metrics=candidate.metrics,
+        )
+        if decision.promote:
+            try:
+                self.production.promote(pipeline, record.version, decision.reason)
+            except ApplianceError as err:
+                self.registry.reject(pipeline, record.version, f"not loadable: {err.message}")
+                raise
+        else:
+            self.registry.reject(pipeline, record.version, decision.reason)
+            self.events.emit("not_promoted", f"v{record.version}: {decision.reason}",
+                             pipeline=pipeline, version=record.version)
+        return self.store.model(pipeline, record.version) or record
+
+    def _check_disk(self, pipeline: str) -> None:
+        """Refuse to train while the state directory's disk is below the free-space floor
+        that also holds files in the inbox (``ingest.min_free_mb``): a model written there
+        could fill the disk SQLite needs."""
+        floor_mb = self.settings.ingest.min_free_mb
+        try:
+            free = shutil.disk_usage(self.state.root).free
+        except OSError:
+            return
+        if free < floor_mb * 1024 * 1024:
+            raise ApplianceError(
+                "disk_full",
+                f"training refused: the state directory's disk has {free / 1e6:.0f} MB free, "
+                f"below ingest.min_free_mb = {floor_mb}; free some space (old files in "
+                "archive/ or rejected/, say), then retrain or drop new data",
+                {"free_bytes": free, "min_free_mb": floor_mb}, status=507,
+            )
+
+    def _lineage(self, trigger: str, datasets: list[Any], data: Any, rows: int,
+                 candidate: Any, loaded_s: float) -> dict[str, Any]:
+        """What a model was made from and how: enough to redo it, or to explain it."""
+        used = data.rows_used
+        sources = []
+        for d in datasets:
+            if not used.get(d.version):
+                continue
+            ingestion = self.store.ingestion(d.ingestion_id) if d.ingestion_id else None
+            sources.append({
+                "version": d.version, "ingestion_id": d.ingestion_id,
+                "file_name": ingestion.file_name if ingestion else None,
+                "sha256": d.sha256, "rows": d.rows, "rows_used": used[d.version],
+                "path": d.path,
+            })
+        return {
+            "trigger": trigger,
+            "datasets": sources,
+            "max_dataset_version": max(d.version for d in datasets),
+            "rows": rows,
+            "window": data.window,
+            "split": candidate.split,
+            "train_rows": candidate.train_rows,
+            "valid_rows": candidate.valid_rows,
+            "task": candidate.spec.task,
+            "task_reason": candidate.task_reason,
+            "params": candidate.params,
+            "best_iteration": candidate.best_iteration,
+            "tuning": {k: v for k, v in candidate.tuning.items() if k != "history"}
+            if candidate.tuning else None,
+            "versions": library_versions(),
+            "trained_at": now_iso(),
+            "load_seconds": round(loaded_s, 3),
+            "training_seconds": candidate.seconds,
+        }

@@ -1,0 +1,71 @@
+"""Which version of a pipeline serves: promotion and automatic rollback.
+
+Both load the version first (its hash checked), so a model that can't be loaded never
+becomes production; then the stage in SQLite and the served model change together, under
+one lock, so two promotions can't leave them disagreeing.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from appliance.core.errors import ApplianceError
+from appliance.models.predictor import LiveModels
+from appliance.models.registry import Registry
+from appliance.store.database import Store
+from appliance.store.events import Events
+
+
+class Production:
+    def __init__(self, store: Store, registry: Registry, events: Events,
+                 live: LiveModels) -> None:
+        self.store = store
+        self.registry = registry
+        self.events = events
+        self.live = live
+        self._lock = threading.Lock()
+
+    def promote(self, pipeline: str, version: int, reason: str) -> int | None:
+        """Load (verifying its hash), then make ``version`` production and serve it.
+
+        A model that fails to load is never promoted: the serving one stays, and a
+        ``model_load_failed`` event says why."""
+        try:
+            loaded = self.registry.load(pipeline, version)
+        except ApplianceError as err:
+            if err.code != "unknown_model":
+                self.events.emit("model_load_failed", err.message, pipeline=pipeline,
+                                 level="error", version=version, code=err.code)
+            raise
+        with self._lock:
+            self.registry.promote(pipeline, version, reason)
+            old = self.live.swap(loaded)
+        self.events.emit("promoted", f"v{version} is production: {reason}", pipeline=pipeline,
+                         version=version, previous=old.version if old else None)
+        return old.version if old else None
+
+    def fall_back(self, pipeline: str, failed: int, why: str) -> int | None:
+        """The production version can't be loaded (at start): serve the newest version
+        that was production before it and still loads, and record why. Returns it."""
+        earlier = sorted(
+            (m for m in self.store.models(pipeline)
+             if m.version != failed and m.promoted_at is not None),
+            key=lambda m: m.promoted_at or "", reverse=True,
+        )
+        for record in earlier:
+            try:
+                loaded = self.registry.load(pipeline, record.version)
+            except ApplianceError as err:
+                self.events.emit("model_load_failed", err.message, pipeline=pipeline,
+                                 level="error", version=record.version, code=err.code)
+                continue
+            reason = f"automatic rollback: v{failed} could not be loaded ({why})"
+            with self._lock:
+                self.registry.promote(pipeline, record.version, reason)
+                self.registry.reject(pipeline, failed, f"could not be loaded: {why}")
+                self.live.swap(loaded)
+            self.events.emit("rolled_back", f"v{record.version} is production again: {reason}",
+                             pipeline=pipeline, level="warning", version=record.version,
+                             failed=failed)
+            return record.version
+        return None
