@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from appliance import featurestore  # noqa: E402
+from appliance.features import featurestore  # noqa: E402
 from appliance.features.featurestore import derive_rows, derive_rows_polars  # noqa: E402
 
 CASES: list[tuple[str, dict[str, str], dict[str, str], dict]] = [

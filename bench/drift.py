@@ -21,9 +21,8 @@ from collections.abc import Callable
 import numpy as np
 import polars as pl
 
-from appliance.core.config import DriftSettings
-from appliance.features import profile
-from appliance.features.spec import Feature, FeatureSpec
+from appliance.core import DriftSettings
+from appliance.features import Feature, FeatureSpec, profile
 from appliance.monitoring import drift
 
 ROWS = 1_000_000

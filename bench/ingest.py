@@ -39,11 +39,9 @@ import polars as pl
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from appliance.core.config import parse  # noqa: E402
-from appliance.core.statedir import StateDir  # noqa: E402
-from appliance.ingest.ingester import Ingester  # noqa: E402
-from appliance.store.database import Store  # noqa: E402
-from appliance.store.events import Events  # noqa: E402
+from appliance.core import StateDir, parse  # noqa: E402
+from appliance.ingest import Ingester  # noqa: E402
+from appliance.store import Events, Store  # noqa: E402
 
 SETTLE = 2.0
 

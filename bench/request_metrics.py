@@ -26,11 +26,10 @@ from typing import Any
 
 import polars as pl
 
-from appliance.core import config
-from appliance.core.statedir import StateDir
-from appliance.daemon.services import Services
-from appliance.monitoring.monitor import RequestMetrics
-from appliance.serving.app import create_app
+from appliance.core import StateDir, config
+from appliance.daemon import Services
+from appliance.monitoring import RequestMetrics
+from appliance.serving import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = """

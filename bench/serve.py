@@ -325,7 +325,7 @@ def _mlflow_bodies(model_txt: Path, rows: list[dict[str, Any]]) -> dict[str, str
     """MLflow's pyfunc takes the model's encoded columns, so send the encoded rows."""
     import msgspec
 
-    from appliance.features.spec import FeatureSpec, RowEncoder
+    from appliance.features import FeatureSpec, RowEncoder
 
     meta = json.loads((model_txt.parent / "model.json").read_text())
     spec = msgspec.convert(meta["spec"], FeatureSpec)

@@ -61,8 +61,8 @@ def make_frame(rows: int, seed: int = 7) -> pl.DataFrame:
 def seed_state(state_root: Path, parquet: Path, sha: str, rows: int) -> None:
     """A fresh state dir whose pipeline has the data set as version 1, as ingestion leaves
     it (the Parquet file in datasets/ and its rows in SQLite)."""
-    from appliance.core.statedir import StateDir
-    from appliance.store.database import Store, now_iso
+    from appliance.core import StateDir
+    from appliance.store import Store, now_iso
 
     state = StateDir(state_root)
     state.create()
@@ -98,13 +98,10 @@ def rss_mb() -> float:
 
 def job_child(state_root: Path) -> None:
     """(b), in its own process: prints {"seconds", "peak_rss_mb", "rss_before_mb"}."""
-    from appliance.core.config import Settings
-    from appliance.core.statedir import StateDir
-    from appliance.jobs.training import Trainer
-    from appliance.models.predictor import LiveModels
-    from appliance.models.registry import Registry
-    from appliance.store.database import Store
-    from appliance.store.events import Events
+    from appliance.core import Settings, StateDir
+    from appliance.jobs import Trainer
+    from appliance.models import LiveModels, Registry
+    from appliance.store import Events, Store
 
     state = StateDir(state_root)
     store = Store.open(state.db)
@@ -130,7 +127,7 @@ def floor_child(work: Path) -> None:
     """(a), in its own process: the arrays are loaded first, then only LightGBM is timed."""
     import lightgbm as lgb
 
-    from appliance.core.config import Settings
+    from appliance.core import Settings
 
     ts = Settings().train
     arrays = np.load(work / "floor.npz")
@@ -174,9 +171,9 @@ def main() -> None:
         floor_child(Path(args.floor))
         return
 
-    from appliance.core.config import PipelineSettings, Settings
-    from appliance.features.spec import build_spec, encode_target, infer_task, to_matrix
-    from appliance.models.registry import sha256_file
+    from appliance.core import PipelineSettings, Settings
+    from appliance.features import build_spec, encode_target, infer_task, to_matrix
+    from appliance.models import sha256_file
     from appliance.models.train import base_params, split
 
     settings = Settings()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from appliance.cli.commands import cli
-from appliance.core.config import reference
+from appliance.cli import cli
+from appliance.core import reference
 from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text()

@@ -16,9 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.core.errors import ApplianceError
-from appliance.core.statedir import StateDir
-from appliance.store.database import Store
+from appliance.core import ApplianceError, StateDir
+from appliance.store import Store
 
 # Never copied: the database (snapshotted instead), the running daemon's address, and
 # half-written temporary files.

@@ -14,8 +14,7 @@ import click
 import httpx
 
 from appliance import __version__
-from appliance.core.config import ConfigError, Settings, load, resolve_state_dir
-from appliance.core.statedir import StateDir
+from appliance.core import ConfigError, Settings, StateDir, load, resolve_state_dir
 
 STATE_DIR_HELP = "state directory [env APPLIANCE_STATE_DIR; default ./appliance-state]"
 
@@ -61,8 +60,8 @@ def run(state_dir: str | None, config: str | None, host: str | None, port: int |
     Example: appliance run --state-dir /var/lib/appliance --port 8080
     """
     from appliance.core import logs
-    from appliance.daemon.lifecycle import StartupError
-    from appliance.daemon.lifecycle import run as run_daemon
+    from appliance.daemon import StartupError
+    from appliance.daemon import run as run_daemon
 
     overrides = {"server.host": host, "server.port": port, "log.level": log_level}
     settings, state = load_settings(state_dir, config, overrides)
@@ -111,7 +110,7 @@ def ingest(file: str, pipeline: str, state_dir: str | None) -> None:
 
     Example: appliance ingest readings.csv --pipeline machines
     """
-    from appliance.core.config import PIPELINE_NAME
+    from appliance.core import PIPELINE_NAME
 
     if not PIPELINE_NAME.match(pipeline):
         _fail(f"`{pipeline}` is not a valid pipeline name (letters, digits, '_', '.', '-')")
@@ -319,7 +318,7 @@ def backup(dest: str, state_dir: str | None, without_originals: bool) -> None:
     Example: appliance backup /mnt/usb/appliance-2026-03-01 --state-dir /var/lib/appliance
     """
     from appliance.cli.backup import backup as run_backup
-    from appliance.core.errors import ApplianceError
+    from appliance.core import ApplianceError
 
     state = StateDir(resolve_state_dir(state_dir))
     try:

@@ -24,9 +24,7 @@ from typing import Any
 
 import httpx
 
-from appliance.core import logs
-from appliance.core.config import load
-from appliance.core.statedir import StateDir
+from appliance.core import StateDir, load, logs
 
 PIPELINE = "machines"
 # Fed in this order: the machines' metadata (a feature set the pipeline joins) with the
@@ -244,7 +242,7 @@ def run_demo(state_root: Path | None, port: int | None, interval: float,
 
 
 def _run_headless(demo: Demo, port: int) -> int:
-    from appliance.daemon.lifecycle import StartupError, run
+    from appliance.daemon import StartupError, run
 
     state = demo.state
     settings = load(state.root, None, {"server.port": port})

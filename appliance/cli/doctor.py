@@ -20,8 +20,7 @@ from typing import Any
 
 import httpx
 
-from appliance.core.config import ConfigError, Settings, load
-from appliance.core.statedir import StateDir
+from appliance.core import ConfigError, Settings, StateDir, load
 
 # Where systemd looks for drop-ins of appliance.service.
 DROPIN_DIRS = (Path("/etc/systemd/system/appliance.service.d"),
@@ -181,8 +180,8 @@ def _our_daemon_on(state: StateDir, port: int) -> str | None:
 def check_models(state: StateDir) -> list[Finding]:
     import sqlite3
 
-    from appliance.models.registry import Registry
-    from appliance.store.database import Store
+    from appliance.models import Registry
+    from appliance.store import Store
 
     if not state.db.exists():
         return [Finding("models", "ok", "no database yet: no models to check")]

@@ -43,16 +43,19 @@ from typing import Any
 import msgspec
 import uvicorn
 
-from appliance.core import logs
-from appliance.core.config import ConfigError, Settings
-from appliance.core.config import load as load_config
-from appliance.core.errors import ApplianceError
-from appliance.core.statedir import StateDir
-from appliance.core.threads import lower_thread_priority
+from appliance.core import (
+    ApplianceError,
+    ConfigError,
+    Settings,
+    StateDir,
+    logs,
+    lower_thread_priority,
+)
+from appliance.core import load as load_config
 from appliance.daemon import sdnotify
 from appliance.daemon.services import Services
-from appliance.ingest.ingester import InboxWatcher
-from appliance.serving.app import create_app
+from appliance.ingest import InboxWatcher
+from appliance.serving import create_app
 
 log = logging.getLogger("appliance.daemon")
 

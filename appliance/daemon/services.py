@@ -5,19 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from appliance.api_types import DriftReport, ScheduledJob
-from appliance.core.config import Settings
-from appliance.core.statedir import StateDir
-from appliance.features.featurestore import FeatureStore
-from appliance.ingest.ingester import Ingester
-from appliance.jobs.scheduler import JobScheduler
-from appliance.jobs.training import Trainer
-from appliance.models.predictor import LiveModels
-from appliance.models.registry import Registry
-from appliance.monitoring import drift
-from appliance.monitoring.monitor import Monitor
-from appliance.monitoring.predlog import PredictionIds, PredictionLog
-from appliance.store.database import IngestionRecord, Store
-from appliance.store.events import Events
+from appliance.core import Settings, StateDir
+from appliance.features import FeatureStore
+from appliance.ingest import Ingester
+from appliance.jobs import JobScheduler, Trainer
+from appliance.models import LiveModels, Registry
+from appliance.monitoring import Monitor, PredictionIds, PredictionLog, drift
+from appliance.store import Events, IngestionRecord, Store
 
 
 @dataclass

@@ -1,1 +1,37 @@
-"""features"""
+"""Features: from a pipeline's columns to a model's matrix (the spec, the row encoder),
+the feature store (feature sets joined as of each row's time, derived features, the online
+store) and the profile of a model's training data that drift is measured against.
+
+``appliance.features.profile`` is a public module too."""
+
+from appliance.features.featurestore import FeatureStore, RowDerivation
+from appliance.features.profile import prediction_stats, reference_stats
+from appliance.features.spec import (
+    Feature,
+    FeatureSpec,
+    RowEncoder,
+    RowError,
+    build_spec,
+    dtype_from_name,
+    encode_target,
+    infer_task,
+    to_matrices,
+    to_matrix,
+)
+
+__all__ = [
+    "Feature",
+    "FeatureSpec",
+    "FeatureStore",
+    "RowDerivation",
+    "RowEncoder",
+    "RowError",
+    "build_spec",
+    "dtype_from_name",
+    "encode_target",
+    "infer_task",
+    "prediction_stats",
+    "reference_stats",
+    "to_matrices",
+    "to_matrix",
+]

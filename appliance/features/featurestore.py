@@ -26,7 +26,7 @@ from typing import Any
 
 import polars as pl
 
-from appliance.core.errors import ApplianceError
+from appliance.core import ApplianceError
 from appliance.core.sqlexpr import compile_expression
 from appliance.features import rowexpr
 from appliance.features.spec import dtype_from_name

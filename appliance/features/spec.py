@@ -25,8 +25,7 @@ import msgspec
 import numpy as np
 import polars as pl
 
-from appliance.core.config import PipelineSettings
-from appliance.core.errors import ApplianceError
+from appliance.core import ApplianceError, PipelineSettings
 
 MAX_CATEGORIES = 1000
 MULTICLASS_MAX_CLASSES = 50

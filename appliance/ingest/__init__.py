@@ -1,1 +1,12 @@
-"""ingest"""
+"""Ingest: the drop folder watched, files claimed, read with Polars, checked against the
+pipeline's schema, stored as data set versions, or refused with a reason."""
+
+from appliance.ingest.ingester import FEEDBACK_ID, InboxWatcher, Ingester, Outcome, safe_name
+
+__all__ = [
+    "FEEDBACK_ID",
+    "InboxWatcher",
+    "Ingester",
+    "Outcome",
+    "safe_name",
+]

@@ -45,13 +45,10 @@ import polars as pl
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from appliance.core.config import PIPELINE_NAME, IngestSettings, Settings
-from appliance.core.errors import ApplianceError
-from appliance.core.statedir import StateDir
-from appliance.features.spec import dtype_from_name
+from appliance.core import PIPELINE_NAME, ApplianceError, IngestSettings, Settings, StateDir
+from appliance.features import dtype_from_name
 from appliance.ingest.parquet_footer import FooterError, read_footer
-from appliance.store.database import IngestionRecord, Store, monotonic_ms, now_iso
-from appliance.store.events import Events
+from appliance.store import Events, IngestionRecord, Store, monotonic_ms, now_iso
 
 log = logging.getLogger("appliance.ingest")
 

@@ -16,7 +16,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from appliance.api_types import ScheduledJob
-from appliance.core.config import Settings, cron_trigger
+from appliance.core import Settings, cron_trigger
 from appliance.jobs.training import Trainer
 
 log = logging.getLogger("appliance.scheduler")

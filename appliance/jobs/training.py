@@ -16,17 +16,9 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 
-from appliance.core.config import Settings
-from appliance.core.errors import ApplianceError
-from appliance.core.statedir import StateDir
-from appliance.core.threads import lower_to_idle
-from appliance.models.build import ModelBuilder
-from appliance.models.predictor import LiveModels
-from appliance.models.production import Production
-from appliance.models.registry import Registry
-from appliance.models.train import TrainingCancelled
-from appliance.store.database import IngestionRecord, ModelRecord, Store
-from appliance.store.events import Events
+from appliance.core import ApplianceError, Settings, StateDir, lower_to_idle
+from appliance.models import LiveModels, ModelBuilder, Production, Registry, TrainingCancelled
+from appliance.store import Events, IngestionRecord, ModelRecord, Store
 
 log = logging.getLogger("appliance.scheduler")
 

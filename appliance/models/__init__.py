@@ -1,1 +1,39 @@
-"""models"""
+"""Models: LightGBM training, the gate, the registry of versions on disk, which version
+serves (promotion, rollback), and the loaded predictor that answers requests.
+
+``appliance.models.metrics`` (the metrics and their paired comparisons) is a public module
+too."""
+
+from appliance.models.build import ModelBuilder
+from appliance.models.gate import Decision, decide
+from appliance.models.metrics import primary_metric
+from appliance.models.predictor import LiveModels, LoadedModel
+from appliance.models.production import Production
+from appliance.models.registry import Registry, library_versions, sha256_file
+from appliance.models.train import (
+    Candidate,
+    Source,
+    TrainingCancelled,
+    load_training_data,
+    train,
+    training_threads,
+)
+
+__all__ = [
+    "Candidate",
+    "Decision",
+    "LiveModels",
+    "LoadedModel",
+    "ModelBuilder",
+    "Production",
+    "Registry",
+    "Source",
+    "TrainingCancelled",
+    "decide",
+    "library_versions",
+    "load_training_data",
+    "primary_metric",
+    "sha256_file",
+    "train",
+    "training_threads",
+]

@@ -12,15 +12,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from appliance.core.config import Settings
-from appliance.core.errors import ApplianceError
-from appliance.core.statedir import StateDir
+from appliance.core import ApplianceError, Settings, StateDir
 from appliance.models.gate import decide
 from appliance.models.production import Production
 from appliance.models.registry import Registry, library_versions
 from appliance.models.train import Source, load_training_data, train, training_threads
-from appliance.store.database import ModelRecord, Store, now_iso
-from appliance.store.events import Events
+from appliance.store import Events, ModelRecord, Store, now_iso
 
 
 class ModelBuilder:

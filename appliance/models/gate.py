@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from appliance.core.errors import ApplianceError
-from appliance.features.spec import FeatureSpec, encode_target, to_matrix
+from appliance.core import ApplianceError
+from appliance.features import FeatureSpec, encode_target, to_matrix
 from appliance.models import metrics as m
 from appliance.models.predictor import LoadedModel
 from appliance.models.train import Candidate

@@ -25,9 +25,8 @@ import lightgbm as lgb
 import numpy as np
 from lightgbm.basic import _LIB, LightGBMError
 
-from appliance.core.errors import ApplianceError
-from appliance.features.featurestore import RowDerivation
-from appliance.features.spec import FeatureSpec, RowEncoder
+from appliance.core import ApplianceError
+from appliance.features import FeatureSpec, RowDerivation, RowEncoder
 
 # LightGBM's C API constants (c_api.h).
 _PREDICT_NORMAL = 0

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import threading
 
-from appliance.core.errors import ApplianceError
+from appliance.core import ApplianceError
 from appliance.models.predictor import LiveModels
 from appliance.models.registry import Registry
-from appliance.store.database import Store
-from appliance.store.events import Events
+from appliance.store import Events, Store
 
 
 class Production:

@@ -24,12 +24,11 @@ import numpy as np
 import polars as pl
 
 from appliance import __version__
-from appliance.core.errors import ApplianceError
-from appliance.core.statedir import StateDir
-from appliance.features.spec import FeatureSpec
+from appliance.core import ApplianceError, StateDir
+from appliance.features import FeatureSpec
 from appliance.models.predictor import LoadedModel
 from appliance.models.train import Candidate
-from appliance.store.database import ModelRecord, Store, now_iso
+from appliance.store import ModelRecord, Store, now_iso
 
 TMP_PREFIX = ".tmp-"
 

@@ -18,14 +18,14 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from appliance.core.config import TASK_METRICS, PipelineSettings, TrainSettings
-from appliance.core.errors import ApplianceError
-from appliance.features.profile import prediction_stats, reference_stats
-from appliance.features.spec import (
+from appliance.core import TASK_METRICS, ApplianceError, PipelineSettings, TrainSettings
+from appliance.features import (
     FeatureSpec,
     build_spec,
     encode_target,
     infer_task,
+    prediction_stats,
+    reference_stats,
     to_matrices,
 )
 from appliance.models import metrics as m

@@ -58,22 +58,20 @@ from appliance.api_types import (
     ResourceSample,
     SystemResponse,
 )
-from appliance.core.config import Settings
-from appliance.core.errors import ApplianceError
-from appliance.features import profile
-from appliance.features.spec import to_matrix
+from appliance.core import ApplianceError, Settings
+from appliance.features import profile, to_matrix
+from appliance.models import LiveModels, LoadedModel
 from appliance.models import metrics as m
-from appliance.models.predictor import LiveModels, LoadedModel
 from appliance.monitoring import drift
-from appliance.store.database import (
+from appliance.store import (
     DriftRecord,
+    Events,
     IngestionRecord,
     LivePerformanceRecord,
     ResourceRecord,
     Store,
     WindowRecord,
 )
-from appliance.store.events import Events
 
 log = logging.getLogger("appliance.monitor")
 

@@ -25,9 +25,9 @@ from typing import Any
 import msgspec
 
 from appliance.api_types import PredictionLogInfo
+from appliance.core import lower_thread_priority
 from appliance.core.logs import event as log_event
-from appliance.core.threads import lower_thread_priority
-from appliance.store.database import Store
+from appliance.store import Store
 
 log = logging.getLogger("appliance.predlog")
 

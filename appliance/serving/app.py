@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import re
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from litestar import Litestar, Request, Response, get, post
@@ -62,12 +62,14 @@ from appliance.api_types import (
     RetrainResponse,
     SystemResponse,
 )
-from appliance.core.errors import ApplianceError
-from appliance.daemon.services import Services
-from appliance.models.metrics import primary_metric
-from appliance.monitoring.monitor import PREDICT_PREFIX, PREDICT_SUFFIX
+from appliance.core import ApplianceError
+from appliance.models import primary_metric
+from appliance.monitoring import PREDICT_PREFIX, PREDICT_SUFFIX
 from appliance.serving.feature_routes import feature_set_routes
-from appliance.store.database import ModelRecord
+from appliance.store import ModelRecord
+
+if TYPE_CHECKING:  # the daemon builds the parts; serving only uses them
+    from appliance.daemon import Services
 
 log = logging.getLogger("appliance.serve")
 
@@ -413,7 +415,7 @@ def _model_info(r: ModelRecord) -> ModelInfo:
                      promoted_at=r.promoted_at)
 
 
-def create_app(services: Services) -> Litestar:
+def create_app(services: "Services") -> Litestar:
     store = services.store
     settings = services.settings
 

@@ -1,15 +1,17 @@
 """The feature store's routes: ``/v1/feature-sets``, one set, and one entity's online
 values. Kept beside ``serve.py`` so the HTTP app stays one list of small handlers."""
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from litestar import get
 from litestar.openapi import ResponseSpec
 from litestar.params import FromPath
 
 from appliance.api_types import ErrorBody, FeatureSetInfo, FeatureSetList, OnlineFeatures
-from appliance.core.errors import ApplianceError
-from appliance.daemon.services import Services
+from appliance.core import ApplianceError
+
+if TYPE_CHECKING:  # the daemon builds the parts; serving only uses them
+    from appliance.daemon import Services
 
 HOST = {400: ResponseSpec(data_container=ErrorBody, description="the Host header is not this "
                           "appliance's address or a name in server.allowed_hosts")}
@@ -17,7 +19,7 @@ NOT_FOUND = {**HOST, 404: ResponseSpec(data_container=ErrorBody,
                                        description="no such feature set or key")}
 
 
-def feature_set_routes(services: Services) -> list[Any]:
+def feature_set_routes(services: "Services") -> list[Any]:
     store, settings = services.store, services.settings
 
     def known(name: str) -> None:

@@ -1,1 +1,41 @@
-"""store"""
+"""The one database: SQLite in WAL mode, its migrations, every query of every stage, and
+the event log that writes to it. No other package holds SQL."""
+
+from appliance.store.database import (
+    SCHEMA_VERSION,
+    CountRecord,
+    DatasetRecord,
+    DriftRecord,
+    EventRecord,
+    IngestionRecord,
+    JobRecord,
+    LivePerformanceRecord,
+    ModelRecord,
+    PipelineRecord,
+    ResourceRecord,
+    Store,
+    WindowRecord,
+    monotonic_ms,
+    now_iso,
+)
+from appliance.store.events import KINDS, Events
+
+__all__ = [
+    "KINDS",
+    "SCHEMA_VERSION",
+    "CountRecord",
+    "DatasetRecord",
+    "DriftRecord",
+    "EventRecord",
+    "Events",
+    "IngestionRecord",
+    "JobRecord",
+    "LivePerformanceRecord",
+    "ModelRecord",
+    "PipelineRecord",
+    "ResourceRecord",
+    "Store",
+    "WindowRecord",
+    "monotonic_ms",
+    "now_iso",
+]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from appliance.cli.commands import cli
+from appliance.cli import cli
 from tests.conftest import SAMPLES
 
 COMMANDS = ["run", "demo", "tui", "status", "ingest", "train", "models", "promote", "predict",

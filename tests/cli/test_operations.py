@@ -13,10 +13,9 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from appliance.cli.commands import cli
+from appliance.cli import cli
 from appliance.cli.doctor import check_disk, check_network, run_checks
-from appliance.core.config import parse
-from appliance.core.statedir import StateDir
+from appliance.core import StateDir, parse
 from tests.conftest import SAMPLES, copy_state
 
 

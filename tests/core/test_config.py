@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from appliance.core.config import ConfigError, load, resolve_state_dir
+from appliance.core import ConfigError, load, resolve_state_dir
 
 
 def test_every_setting_has_a_default(tmp_path):

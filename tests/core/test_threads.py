@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from appliance.core.threads import lower_thread_priority, lower_to_idle
+from appliance.core import lower_thread_priority, lower_to_idle
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 

@@ -16,10 +16,9 @@ from urllib.parse import urlsplit
 import polars as pl
 import pytest
 
-from appliance.core.config import load
-from appliance.core.statedir import StateDir
+from appliance.core import StateDir, load
 from appliance.daemon.lifecycle import Daemon, changed_keys, is_live
-from appliance.store.database import Store
+from appliance.store import Store
 from tests.conftest import FAST_CONFIG, SAMPLES, copy_state, drop, wait_for
 from tests.daemon.notify import NotifyListener
 
@@ -232,7 +231,7 @@ def test_which_keys_are_live():
 def load_from(text: str):
     import tomllib
 
-    from appliance.core.config import parse
+    from appliance.core import parse
 
     return parse(tomllib.loads(text))
 

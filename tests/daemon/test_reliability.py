@@ -18,9 +18,9 @@ import httpx
 import polars as pl
 import pytest
 
-from appliance.core.statedir import StateDir
-from appliance.models.registry import Registry
-from appliance.store.database import Store
+from appliance.core import StateDir
+from appliance.models import Registry
+from appliance.store import Store
 from tests.conftest import FAST_CONFIG, SAMPLES, DaemonProcess, copy_state, drop, wait_for
 
 CRASH_CONFIG = FAST_CONFIG.replace("settle_seconds = 0.2", "settle_seconds = 0.05").replace(

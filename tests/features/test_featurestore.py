@@ -9,8 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from appliance.core.config import ConfigError, parse
-from appliance.core.errors import ApplianceError
+from appliance.core import ApplianceError, ConfigError, parse
 from appliance.features.featurestore import (
     DerivedFeatures,
     OnlineStore,
@@ -18,7 +17,7 @@ from appliance.features.featurestore import (
     join_feature_set,
     online_entries,
 )
-from appliance.store.database import Store
+from appliance.store import Store
 
 T0 = datetime(2026, 1, 1)
 

@@ -98,7 +98,7 @@ def test_feature_set_online_store_and_routes(state_root, start_daemon, files):
     assert [f["name"] for f in listed] == ["machine_info"]
     from click.testing import CliRunner
 
-    from appliance.cli.commands import cli
+    from appliance.cli import cli
 
     out = CliRunner().invoke(cli, ["features", "--state-dir", str(state_root)])
     assert out.exit_code == 0 and "machine_info" in out.output and "keys=40" in out.output
@@ -213,10 +213,10 @@ def test_unknown_key_is_refused_under_the_error_policy(state_root, start_daemon,
 
 
 def test_training_and_serving_compute_the_same_features_bit_for_bit(tmp_path, files):
-    from appliance.core.config import parse
+    from appliance.core import parse
+    from appliance.features import build_spec, to_matrix
     from appliance.features.featurestore import FeatureStore, online_entries
-    from appliance.features.spec import build_spec, to_matrix
-    from appliance.store.database import Store
+    from appliance.store import Store
 
     settings = parse({"feature_sets": {"machine_info": {"key": "machine_id",
                                                         "timestamp": "updated_at"}},

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from appliance.core.errors import ApplianceError
+from appliance.core import ApplianceError
 from appliance.features import featurestore, rowexpr
 from appliance.features.featurestore import derive_rows, derive_rows_polars
 from appliance.features.rowexpr import Fallback, RowProgram, Unsupported, same_value

@@ -22,12 +22,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from appliance.core import config
-from appliance.core.statedir import StateDir
-from appliance.ingest.ingester import InboxWatcher, Ingester, Outcome, safe_name
+from appliance.core import StateDir, config
+from appliance.ingest import InboxWatcher, Ingester, Outcome, safe_name
 from appliance.ingest.parquet_footer import FooterError, read_footer
-from appliance.store.database import Store
-from appliance.store.events import Events
+from appliance.store import Events, Store
 from tests.conftest import wait_for
 from tests.ingest.ingest_files import LIMITS, REFUSALS, good_csv, good_frame
 

@@ -10,14 +10,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from appliance.core.config import parse
-from appliance.core.statedir import StateDir
-from appliance.ingest.ingester import Ingester
-from appliance.jobs.training import Trainer
-from appliance.models.predictor import LiveModels
-from appliance.models.registry import Registry
-from appliance.store.database import Store
-from appliance.store.events import Events
+from appliance.core import StateDir, parse
+from appliance.ingest import Ingester
+from appliance.jobs import Trainer
+from appliance.models import LiveModels, Registry
+from appliance.store import Events, Store
 from tests.conftest import FAST_CONFIG, SAMPLES, drop, wait_for
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 from click.testing import CliRunner
 
-from appliance.cli.commands import cli
+from appliance.cli import cli
 from tests.conftest import SAMPLES, drop, wait_for
 
 

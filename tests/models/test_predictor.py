@@ -19,16 +19,21 @@ import numpy as np
 import polars as pl
 import pytest
 
-from appliance.core.config import PipelineSettings, Settings, TrainSettings, parse
-from appliance.core.errors import ApplianceError
-from appliance.core.statedir import StateDir
+from appliance.core import (
+    ApplianceError,
+    PipelineSettings,
+    Settings,
+    StateDir,
+    TrainSettings,
+    parse,
+)
 from appliance.daemon.lifecycle import StartupError, check_startup
-from appliance.features.spec import to_matrix
+from appliance.features import to_matrix
+from appliance.models import train
 from appliance.models.predictor import LiveModels, LoadedModel, live_fast_configs
-from appliance.models.train import train
-from appliance.monitoring.predlog import PredictionIds, PredictionLog
+from appliance.monitoring import PredictionIds, PredictionLog
 from appliance.serving.app import HostPolicy
-from appliance.store.database import Store
+from appliance.store import Store
 
 FAST_TRAIN = TrainSettings(num_boost_round=60, early_stopping_rounds=20, threads=1)
 

@@ -15,16 +15,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from appliance.core.config import Settings, parse
-from appliance.core.statedir import StateDir
-from appliance.features.spec import FeatureSpec, RowEncoder, build_spec, infer_task, to_matrix
-from appliance.ingest.ingester import Ingester
-from appliance.jobs.training import Trainer
+from appliance.core import Settings, StateDir, parse
+from appliance.features import FeatureSpec, RowEncoder, build_spec, infer_task, to_matrix
+from appliance.ingest import Ingester
+from appliance.jobs import Trainer
+from appliance.models import LiveModels, Registry
 from appliance.models.metrics import auc, compare
-from appliance.models.predictor import LiveModels
-from appliance.models.registry import Registry
-from appliance.store.database import Store
-from appliance.store.events import Events
+from appliance.store import Events, Store
 from tests.conftest import SAMPLES
 
 MACHINES = {"target": "failed_within_24h", "timestamp": "timestamp", "id": "reading_id"}
@@ -343,7 +340,7 @@ def test_validation_predictions_are_the_saved_models_own(lab, task):
     settings = lab.trainer.settings.pipeline(task)
     _, valid = split_indices(frame, settings, 0.2, 42, task)
     p = model.booster.predict(to_matrix(frame[valid], model.spec))
-    from appliance.features.spec import encode_target
+    from appliance.features import encode_target
     from appliance.models.metrics import evaluate
 
     again = evaluate(task, encode_target(frame[valid]["target"], model.spec), p)
@@ -354,7 +351,7 @@ def test_validation_predictions_are_the_saved_models_own(lab, task):
 def test_training_threads_default_to_all_cores_but_one(lab):
     import os
 
-    from appliance.models.train import training_threads
+    from appliance.models import training_threads
 
     cores = len(os.sched_getaffinity(0))
     assert training_threads(0) == max(1, cores - 1)

@@ -10,9 +10,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from appliance.core.config import DriftSettings
-from appliance.features import profile
-from appliance.features.spec import Feature, FeatureSpec
+from appliance.core import DriftSettings
+from appliance.features import Feature, FeatureSpec, profile
 from appliance.monitoring import drift
 
 SETTINGS = DriftSettings()

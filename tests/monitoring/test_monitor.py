@@ -17,14 +17,12 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from appliance.core import config
-from appliance.core.statedir import StateDir
-from appliance.daemon.services import Services
+from appliance.core import StateDir, config
+from appliance.daemon import Services
+from appliance.models import LiveModels
 from appliance.models.metrics import auc
-from appliance.models.predictor import LiveModels
 from appliance.monitoring.monitor import LATENCY_BOUNDS, Monitor, RequestMetrics, percentile
-from appliance.store.database import ResourceRecord, Store
-from appliance.store.events import Events
+from appliance.store import Events, ResourceRecord, Store
 from tests.conftest import FAST_CONFIG, SAMPLES
 
 TARGET = "failed_within_24h"

@@ -15,7 +15,7 @@ import msgspec
 import pytest
 
 from appliance.api_types import PredictResponse
-from appliance.core.errors import ApplianceError
+from appliance.core import ApplianceError
 from appliance.serving.app import PredictFastPath
 
 PATH = "/v1/pipelines/machines/predict"

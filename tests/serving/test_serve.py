@@ -24,7 +24,7 @@ import polars as pl
 import pytest
 
 from appliance.api_types import ErrorBody
-from appliance.store.database import Store
+from appliance.store import Store
 from tests.conftest import FAST_CONFIG, SAMPLES, DaemonProcess, drop, wait_for
 
 PREDICT = "/v1/pipelines/machines/predict"

@@ -8,7 +8,7 @@ import stat
 
 import sqlite_utils
 
-from appliance.core.statedir import StateDir
+from appliance.core import StateDir
 from appliance.store.database import SCHEMA_VERSION, Store, migrations
 
 
