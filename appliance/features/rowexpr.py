@@ -30,6 +30,10 @@ Anything else raises :class:`Unsupported` at compile time. Either way the caller
 with Polars: correct, only slower. :meth:`RowProgram.self_check` then compares both ways on
 probe rows, so that a gap in this module can cost speed but never a wrong value.
 No ``eval``: the closures only call the operations listed here.
+
+Kept as one piece: it is a compiler, one table of Polars' type rules and operations that
+the one-row form and the batch form must both follow; split across modules, a rule could
+change in one form and not the other, and a served value would differ from training's.
 """
 
 from __future__ import annotations
