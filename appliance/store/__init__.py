@@ -1,7 +1,7 @@
 """The one database: SQLite in WAL mode, its migrations, every query of every stage, and
 the event log that writes to it. No other package holds SQL."""
 
-from appliance.store.database import (
+from appliance.store.connection import (
     SCHEMA_VERSION,
     CountRecord,
     DatasetRecord,

@@ -9,7 +9,7 @@ import stat
 import sqlite_utils
 
 from appliance.core import StateDir
-from appliance.store.database import SCHEMA_VERSION, Store, migrations
+from appliance.store.connection import SCHEMA_VERSION, Store, migrations
 
 
 def test_state_dir_layout_and_token(tmp_path):
