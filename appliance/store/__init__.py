@@ -1,8 +1,11 @@
 """The one database: SQLite in WAL mode, its migrations, every query of every stage, and
 the event log that writes to it. No other package holds SQL."""
 
-from appliance.store.connection import (
-    SCHEMA_VERSION,
+from appliance.store.connection import monotonic_ms, now_iso
+from appliance.store.database import Store
+from appliance.store.events import KINDS, Events
+from appliance.store.migrations import SCHEMA_VERSION
+from appliance.store.records import (
     CountRecord,
     DatasetRecord,
     DriftRecord,
@@ -13,12 +16,8 @@ from appliance.store.connection import (
     ModelRecord,
     PipelineRecord,
     ResourceRecord,
-    Store,
     WindowRecord,
-    monotonic_ms,
-    now_iso,
 )
-from appliance.store.events import KINDS, Events
 
 __all__ = [
     "KINDS",

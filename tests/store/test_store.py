@@ -9,7 +9,8 @@ import stat
 import sqlite_utils
 
 from appliance.core import StateDir
-from appliance.store.connection import SCHEMA_VERSION, Store, migrations
+from appliance.store import SCHEMA_VERSION, Store
+from appliance.store.migrations import migrations
 
 
 def test_state_dir_layout_and_token(tmp_path):

@@ -1,0 +1,37 @@
+"""SQLite: the schema, its migrations and every query the appliance makes, composed here
+into one :class:`Store`.
+
+Every other package goes through the methods of :class:`Store`; none of them writes SQL.
+The queries live by area, each a mixin over the shared connection:
+
+- ``connection.py``: opening, the lock, ``_atomic``/``_rows``, whole-file checks, backups;
+- ``migrations.py``: the schema, step by step;  ``records.py``: what readers get back;
+- ``datasets.py``: pipelines, ingestions, data set versions, feedback files;
+- ``models.py``: model versions and their stages;
+- ``jobs_events.py``: the event log and training jobs;
+- ``predictions.py``: the prediction log and feedback outcomes;
+- ``online_features.py``: the online feature store;
+- ``monitoring.py``: request windows, resources, drift, live performance, counts, retention.
+"""
+
+from __future__ import annotations
+
+from appliance.store.connection import Connection
+from appliance.store.datasets import DatasetQueries
+from appliance.store.jobs_events import EventAndJobQueries
+from appliance.store.models import ModelQueries
+from appliance.store.monitoring import MonitoringQueries
+from appliance.store.online_features import OnlineFeatureQueries
+from appliance.store.predictions import PredictionQueries
+
+
+class Store(
+    Connection,
+    DatasetQueries,
+    ModelQueries,
+    EventAndJobQueries,
+    PredictionQueries,
+    OnlineFeatureQueries,
+    MonitoringQueries,
+):
+    """The appliance's SQLite database. Thread-safe; one instance per process."""

@@ -1,0 +1,212 @@
+"""The schema as sqlite-utils migrations: each step runs once per database file, in order,
+and is recorded in ``_sqlite_migrations``. Add a step; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+SCHEMA_VERSION = 4  # the number of migrations; a test keeps them in step
+
+migrations = Migrations("appliance")
+
+
+@migrations(name="0001_initial")
+def _m0001(db: sqlite_utils.Database) -> None:
+    db.execute("""
+        CREATE TABLE pipelines (
+            name TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            schema_json TEXT,
+            task TEXT
+        )""")
+    db.execute("""
+        CREATE TABLE ingestions (
+            id INTEGER PRIMARY KEY,
+            pipeline TEXT NOT NULL,
+            file_name TEXT NOT NULL,
+            sha256 TEXT,
+            size_bytes INTEGER,
+            rows INTEGER,
+            columns INTEGER,
+            status TEXT NOT NULL,           -- accepted | rejected | duplicate
+            code TEXT,
+            reason TEXT,
+            details_json TEXT,
+            warnings_json TEXT NOT NULL DEFAULT '[]',
+            dataset_version INTEGER,
+            dataset_path TEXT,
+            stored_as TEXT,
+            received_at TEXT NOT NULL,
+            finished_at TEXT NOT NULL,
+            duration_ms REAL
+        )""")
+    db.execute("CREATE INDEX ingestions_pipeline ON ingestions (pipeline, id)")
+    db.execute("CREATE INDEX ingestions_sha ON ingestions (pipeline, sha256)")
+    db.execute("""
+        CREATE TABLE datasets (
+            pipeline TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            path TEXT NOT NULL,
+            rows INTEGER NOT NULL,
+            sha256 TEXT NOT NULL,
+            ingestion_id INTEGER,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (pipeline, version)
+        )""")
+    db.execute("""
+        CREATE TABLE models (
+            pipeline TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            stage TEXT NOT NULL,            -- candidate | production | archived | rejected
+            task TEXT NOT NULL,
+            path TEXT NOT NULL,
+            model_sha256 TEXT NOT NULL,
+            meta_sha256 TEXT NOT NULL,
+            metrics_json TEXT NOT NULL,
+            lineage_json TEXT NOT NULL,
+            decision TEXT,
+            created_at TEXT NOT NULL,
+            promoted_at TEXT,
+            PRIMARY KEY (pipeline, version)
+        )""")
+    db.execute("""
+        CREATE UNIQUE INDEX models_one_production ON models (pipeline)
+        WHERE stage = 'production'""")
+    db.execute("""
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            ts TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            level TEXT NOT NULL,
+            pipeline TEXT,
+            message TEXT NOT NULL,
+            details_json TEXT NOT NULL DEFAULT '{}'
+        )""")
+    db.execute("CREATE INDEX events_pipeline ON events (pipeline, id)")
+    db.execute("""
+        CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY,
+            pipeline TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            trigger TEXT NOT NULL,
+            status TEXT NOT NULL,           -- running | succeeded | failed | cancelled
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            model_version INTEGER,
+            error TEXT
+        )""")
+    db.execute("CREATE INDEX jobs_pipeline ON jobs (pipeline, id)")
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+@migrations(name="0002_prediction_log_and_feedback")
+def _m0002(db: sqlite_utils.Database) -> None:
+    # Every prediction served; ``inputs`` is kept only for the sampled ones (for drift).
+    db.execute("""
+        CREATE TABLE predictions (
+            id TEXT PRIMARY KEY,
+            pipeline TEXT NOT NULL,
+            ts REAL NOT NULL,               -- unix seconds
+            model_version INTEGER NOT NULL,
+            output TEXT NOT NULL,           -- JSON, as answered
+            inputs TEXT                     -- JSON row, for sampled predictions only
+        )""")
+    db.execute("CREATE INDEX predictions_pipeline_ts ON predictions (pipeline, ts)")
+    # True outcomes of earlier predictions, from feedback files.
+    db.execute("""
+        CREATE TABLE feedback (
+            id INTEGER PRIMARY KEY,
+            pipeline TEXT NOT NULL,
+            prediction_id TEXT NOT NULL,
+            outcome TEXT NOT NULL,          -- JSON value
+            received_at REAL NOT NULL,
+            ingestion_id INTEGER
+        )""")
+    db.execute("CREATE INDEX feedback_prediction ON feedback (pipeline, prediction_id)")
+
+
+@migrations(name="0003_issue6_monitoring")
+def _m0003_monitoring(db: sqlite_utils.Database) -> None:
+    # Request metrics per pipeline: raw windows (seconds = 10) and hourly roll-ups
+    # (seconds = 3600), merged as each raw window is written.
+    db.execute("""
+        CREATE TABLE request_windows (
+            id INTEGER PRIMARY KEY,
+            pipeline TEXT NOT NULL,
+            seconds REAL NOT NULL,
+            start REAL NOT NULL,            -- unix seconds
+            requests INTEGER NOT NULL,
+            rows INTEGER NOT NULL,
+            errors_4xx INTEGER NOT NULL,
+            errors_5xx INTEGER NOT NULL,
+            latency_sum REAL NOT NULL,      -- seconds
+            buckets TEXT NOT NULL,          -- JSON counts per latency bucket (monitor.py)
+            UNIQUE (pipeline, seconds, start)
+        )""")
+    db.execute("CREATE INDEX request_windows_age ON request_windows (seconds, start)")
+    # Process and box resources: raw samples and hourly roll-ups (the worst of the hour).
+    db.execute("""
+        CREATE TABLE resource_samples (
+            id INTEGER PRIMARY KEY,
+            seconds REAL NOT NULL,
+            ts REAL NOT NULL,
+            samples INTEGER NOT NULL,
+            process_cpu_percent REAL NOT NULL,
+            process_rss_bytes INTEGER NOT NULL,
+            process_threads INTEGER NOT NULL,
+            process_open_files INTEGER NOT NULL,
+            cpu_percent REAL NOT NULL,
+            memory_available_bytes INTEGER NOT NULL,
+            memory_percent REAL NOT NULL,
+            load_1m REAL NOT NULL,
+            disk_free_bytes INTEGER NOT NULL,
+            temperature_c REAL,
+            UNIQUE (seconds, ts)
+        )""")
+    db.execute("""
+        CREATE TABLE drift_reports (
+            id INTEGER PRIMARY KEY,
+            pipeline TEXT NOT NULL,
+            ts REAL NOT NULL,
+            source TEXT NOT NULL,           -- predictions | ingestion
+            model_version INTEGER,
+            rows INTEGER NOT NULL,
+            drifted INTEGER NOT NULL,
+            drifted_share REAL NOT NULL,
+            report TEXT NOT NULL            -- the DriftReport as JSON
+        )""")
+    db.execute("CREATE INDEX drift_reports_pipeline ON drift_reports (pipeline, id)")
+    db.execute("CREATE INDEX drift_reports_age ON drift_reports (ts)")
+    db.execute("""
+        CREATE TABLE live_performance (
+            id INTEGER PRIMARY KEY,
+            pipeline TEXT NOT NULL,
+            model_version INTEGER NOT NULL,
+            seconds REAL NOT NULL,
+            start REAL NOT NULL,            -- window of prediction times
+            metric TEXT NOT NULL,
+            value REAL NOT NULL,
+            labelled INTEGER NOT NULL,
+            validation_value REAL,
+            computed_at REAL NOT NULL,
+            UNIQUE (pipeline, model_version, seconds, start)
+        )""")
+    db.execute("CREATE INDEX live_performance_age ON live_performance (start)")
+    db.execute("CREATE INDEX feedback_age ON feedback (received_at)")
+
+
+@migrations(name="0010_issue10_online_features")
+def _m0010(db: sqlite_utils.Database) -> None:
+    # The online store: the latest values per entity key of every feature set.
+    db.execute("""
+        CREATE TABLE online_features (
+            feature_set TEXT NOT NULL,
+            key TEXT NOT NULL,
+            values_json TEXT NOT NULL,
+            event_time TEXT,                -- the row's own time, when the set has one
+            dataset_version INTEGER NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (feature_set, key)
+        )""")
