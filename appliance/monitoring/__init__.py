@@ -3,14 +3,23 @@ inputs, live performance from feedback, the prediction log, and Prometheus' view
 
 ``appliance.monitoring.drift`` is a public module too."""
 
-from appliance.monitoring.monitor import PREDICT_PREFIX, PREDICT_SUFFIX, Monitor, RequestMetrics
+from appliance.monitoring.monitor import Monitor
 from appliance.monitoring.predlog import PredictionIds, PredictionLog
+from appliance.monitoring.requests import (
+    LATENCY_BOUNDS,
+    PREDICT_PREFIX,
+    PREDICT_SUFFIX,
+    RequestMetrics,
+    percentile,
+)
 
 __all__ = [
+    "LATENCY_BOUNDS",
     "PREDICT_PREFIX",
     "PREDICT_SUFFIX",
     "Monitor",
     "PredictionIds",
     "PredictionLog",
     "RequestMetrics",
+    "percentile",
 ]

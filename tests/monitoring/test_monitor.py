@@ -21,7 +21,7 @@ from appliance.core import StateDir, config
 from appliance.daemon import Services
 from appliance.models import LiveModels
 from appliance.models.metrics import auc
-from appliance.monitoring.monitor import LATENCY_BOUNDS, Monitor, RequestMetrics, percentile
+from appliance.monitoring import LATENCY_BOUNDS, Monitor, RequestMetrics, percentile
 from appliance.store import Events, ResourceRecord, Store
 from tests.conftest import FAST_CONFIG, SAMPLES
 
