@@ -37,27 +37,21 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 
-from appliance.core import PIPELINE_NAME, ApplianceError, IngestSettings, Settings, StateDir
+from appliance.core import ApplianceError, Settings, StateDir
 from appliance.features import dtype_from_name
+from appliance.ingest.names import ACCEPTED_SUFFIXES, claim_time, file_format, original_name
 from appliance.ingest.parquet_footer import FooterError, read_footer
-from appliance.store import Events, IngestionRecord, Store, monotonic_ms, now_iso
+from appliance.store import Events, IngestionRecord, Store, monotonic_ms
 
 log = logging.getLogger("appliance.ingest")
 
-ACCEPTED_SUFFIXES = (".csv", ".csv.gz", ".parquet")
-TEMP_SUFFIXES = (".part", ".tmp", ".crdownload", "~")
 FEEDBACK_ID = "prediction_id"
 INFER_ROWS = 10_000                 # rows a first CSV file's column types are inferred from
-NAME_MAX_BYTES = 180                # room for the claim prefix, `.N` and `.reason.json`
-GZ_ROOM_FACTOR = 6                  # disk a .csv.gz needs per byte: decompressed + converted
 _PROBE_BYTES = 4 << 20              # the CSV header must end within this
 _CHUNK = 1 << 20
 _DIAGNOSE_ROWS = 5_000_000          # how far a ragged-line diagnosis reads with Python's csv
@@ -71,38 +65,6 @@ _CRASH_AT = os.environ.get("APPLIANCE_TEST_CRASH_AT", "")
 def _step(name: str) -> None:
     if name == _CRASH_AT:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def is_temporary(name: str) -> bool:
-    return name.startswith(".") or name.lower().endswith(TEMP_SUFFIXES)
-
-
-def file_format(name: str) -> str | None:
-    lower = name.lower()
-    for suffix in ACCEPTED_SUFFIXES:
-        if lower.endswith(suffix):
-            return suffix
-    return None
-
-
-def safe_name(name: str) -> str:
-    """The name a dropped file is kept under: valid UTF-8, printable, never a path, short
-    enough for the claim prefix and ``.reason.json``; the format suffix is kept."""
-    text = os.fsencode(name).decode("utf-8", "replace")
-    text = "".join(ch if ch.isprintable() and ch not in "/\\\ufffd" else "_" for ch in text)
-    if text.strip(".") == "":
-        text = "_" + text
-    fmt = file_format(text)
-    suffix = text[len(text) - len(fmt):] if fmt else ""
-    stem = text[: len(text) - len(suffix)]
-    while len((stem + suffix).encode()) > NAME_MAX_BYTES and stem:
-        stem = stem[:-1]
-    return stem + suffix
-
-
-def room_needed(size: int, name: str) -> int:
-    """Bytes of disk the ingestion of a file of this size may take, beyond the file."""
-    return size * (GZ_ROOM_FACTOR if name.lower().endswith(".gz") else 1)
 
 
 @dataclass
@@ -134,19 +96,6 @@ def _free_name(folder: Path, name: str) -> Path:
 
 def _reason_path(final: Path) -> Path:
     return final.with_name(final.name + ".reason.json")
-
-
-def original_name(claimed: Path) -> str:
-    """Claimed files are named ``<ns>__<original>``."""
-    return claimed.name.split("__", 1)[1] if "__" in claimed.name else claimed.name
-
-
-def _claim_time(claimed: Path) -> str:
-    prefix = claimed.name.split("__", 1)[0]
-    if prefix.isdigit() and len(prefix) < 21:
-        stamp = datetime.fromtimestamp(int(prefix) / 1e9, UTC)
-        return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return now_iso()
 
 
 @dataclass
@@ -334,7 +283,7 @@ class Ingester:
         if done is not None:
             return self._finish_recorded(claimed, name, pipeline, done)
         work = _Work(claimed=claimed, pipeline=pipeline, name=name,
-                     received=_claim_time(claimed), started=time.monotonic())
+                     received=claim_time(claimed), started=time.monotonic())
         _step("claimed")
         try:
             try:
@@ -1040,302 +989,3 @@ def _line_at(path: Path, offset: int) -> int:
             lines += chunk.count(b"\n")
             remaining -= len(chunk)
     return lines + 1
-
-
-# --- watching --------------------------------------------------------------------------
-
-
-class _Handler(FileSystemEventHandler):
-    def __init__(self, watcher: InboxWatcher) -> None:
-        self.watcher = watcher
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.is_directory:
-            if event.event_type in ("created", "moved"):
-                # A new pipeline folder: look at once at what is already in it.
-                dest = event.dest_path if event.event_type == "moved" else event.src_path
-                if dest:
-                    self.watcher.scan_folder(Path(os.fsdecode(dest)))
-            return
-        if event.event_type == "moved":
-            if event.dest_path:
-                self.watcher.note(Path(os.fsdecode(event.dest_path)), renamed=True)
-        elif event.event_type in ("created", "modified", "closed"):
-            self.watcher.note(Path(os.fsdecode(event.src_path)))
-
-
-class InboxWatcher:
-    """Finds complete files in ``inbox/<pipeline>/`` and hands each, claimed, to ``submit``.
-
-    A file is complete when its size and mtime have not changed for ``settle_seconds``, or
-    at once when a writer renamed it into place. A full rescan at start and every
-    ``rescan_seconds`` catches what file events missed. A file waits in the inbox while the
-    state directory's disk has less than ``min_free_mb`` (plus the room the file needs) free.
-    """
-
-    POLL_SECONDS = 0.2
-    HOLD_SECONDS = 30.0
-
-    def __init__(self, state: StateDir, settings: IngestSettings,
-                 submit: Callable[[Path, str], None], events: Events | None = None,
-                 free_bytes: Callable[[], int] | None = None) -> None:
-        self.state = state
-        self.settings = settings
-        self.submit = submit
-        self.events = events
-        self.free_bytes = free_bytes or (lambda: shutil.disk_usage(self.state.root).free)
-        self._pending: dict[Path, tuple[int, int, float, bool]] = {}
-        self._held: dict[Path, float] = {}
-        self._waiting: set[Path] = set()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._observer: Any = None
-        self._thread: threading.Thread | None = None
-        self._last_rescan = 0.0
-        self._refused_names: set[Path] = set()
-
-    def start(self) -> None:
-        self.recover()
-        self.rescan()
-        _prompt_renames()
-        self._observer = Observer(generate_full_events=True)
-        self._observer.schedule(_Handler(self), str(self.state.inbox), recursive=True)
-        self._observer.daemon = True
-        self._observer.start()
-        self._thread = threading.Thread(target=self._run, name="inbox", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def recover(self) -> None:
-        """Hand on again what a crash left claimed but unfinished, oldest claim first, and
-        remove what a crash left half written (hidden temporary files)."""
-        for area in (self.state.processing, self.state.datasets):
-            for pipe_dir in _real_dirs(area):
-                for path in pipe_dir.iterdir():
-                    if not path.name.startswith("."):
-                        continue
-                    if path.is_dir() and not path.is_symlink():
-                        shutil.rmtree(path, ignore_errors=True)
-                    else:
-                        with contextlib.suppress(OSError):
-                            path.unlink()
-        for pipe_dir in _real_dirs(self.state.processing):
-            for path in sorted(pipe_dir.iterdir()):
-                if not path.name.startswith("."):
-                    self.submit(path, pipe_dir.name)
-
-    def hold(self, path: Path) -> None:
-        """Leave ``path`` alone for a while (it came back for want of disk space)."""
-        with self._lock:
-            self._held[path] = time.monotonic() + self.HOLD_SECONDS
-        self.note(path)
-
-    def note(self, path: Path, renamed: bool = False) -> None:
-        try:
-            rel = path.relative_to(self.state.inbox)
-        except ValueError:
-            return
-        if len(rel.parts) == 1 and not is_temporary(rel.parts[0]) and path not in \
-                self._refused_names and not path.is_dir():
-            self._refused_names.add(path)
-            log.warning("inbox_file_ignored file=%s: files go in inbox/<pipeline>/", path)
-        if len(rel.parts) != 2 or is_temporary(rel.parts[1]) or path.parent.is_symlink():
-            return
-        with self._lock:
-            first = not self._pending
-            self._pending[path] = (-1, -1, time.monotonic(), renamed)
-        if renamed or first:
-            self._wake.set()  # an idle poller sleeps until the next rescan otherwise
-
-    def scan_folder(self, folder: Path) -> None:
-        try:
-            rel = folder.relative_to(self.state.inbox)
-        except ValueError:
-            return
-        if len(rel.parts) != 1 or folder.name.startswith(".") or folder.is_symlink():
-            return
-        try:
-            entries = list(folder.iterdir())
-        except OSError:
-            return
-        for path in entries:
-            if path not in self._pending:
-                self.note(path)
-
-    def rescan(self) -> None:
-        self._last_rescan = time.monotonic()
-        for pipe_dir in _real_dirs(self.state.inbox):
-            self.scan_folder(pipe_dir)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with self._lock:
-                busy = bool(self._pending)
-            if busy:
-                self._wake.wait(self.POLL_SECONDS)
-            else:
-                # Nothing to watch settle: sleep until the next rescan (note() wakes it).
-                due = self.settings.rescan_seconds - (time.monotonic() - self._last_rescan)
-                self._wake.wait(max(self.POLL_SECONDS, due))
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                if time.monotonic() - self._last_rescan >= self.settings.rescan_seconds:
-                    self.rescan()
-                self._check_pending()
-            except Exception:
-                log.exception("inbox_check_failed")
-
-    def _check_pending(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            items = list(self._pending.items())
-        ready: list[tuple[int, str, Path, os.stat_result]] = []
-        for path, (size, mtime, since, renamed) in items:
-            try:
-                st = path.lstat()
-            except FileNotFoundError:
-                with self._lock:
-                    self._pending.pop(path, None)
-                    self._held.pop(path, None)
-                self._left_waiting(path)
-                continue
-            if self._held.get(path, 0) > now:
-                continue
-            current = (st.st_size, st.st_mtime_ns)
-            if not stat.S_ISREG(st.st_mode) or renamed:
-                ready.append((st.st_mtime_ns, path.name, path, st))
-            elif current != (size, mtime):
-                with self._lock:
-                    self._pending[path] = (*current, now, False)
-            elif now - since >= self.settings.settle_seconds:
-                ready.append((st.st_mtime_ns, path.name, path, st))
-        # Oldest first: files are taken in the order they were written.
-        for _, _, path, st in sorted(ready, key=lambda r: r[:2]):
-            if stat.S_ISREG(st.st_mode) and not self._room_for(path, st.st_size):
-                continue
-            with self._lock:
-                self._pending.pop(path, None)
-                self._held.pop(path, None)
-            self._claim(path)
-            self._left_waiting(path)
-
-    # --- the free-space floor ------------------------------------------------------------
-
-    def _room_for(self, path: Path, size: int) -> bool:
-        floor = self.settings.min_free_mb * 1024 * 1024
-        need = floor + room_needed(size, path.name)
-        try:
-            free = self.free_bytes()
-        except OSError:
-            return True
-        if free >= need:
-            return True
-        if path not in self._waiting:
-            first = not self._waiting
-            self._waiting.add(path)
-            message = (
-                f"{path.name} waits in the inbox: the state directory's disk has "
-                f"{free / 1e6:.0f} MB free, and taking it needs {need / 1e6:.0f} MB "
-                f"(ingest.min_free_mb = {self.settings.min_free_mb}, plus room for the file); "
-                "free some space, and waiting files are taken by themselves"
-            )
-            if first and self.events is not None:
-                self.events.emit("waiting_for_space", message, pipeline=path.parent.name,
-                                 level="warning", file=path.name, free_bytes=free,
-                                 needed_bytes=need)
-            else:
-                log.warning("waiting_for_space file=%s free=%d needed=%d", path, free, need)
-        return False
-
-    def _left_waiting(self, path: Path) -> None:
-        if path not in self._waiting:
-            return
-        self._waiting.discard(path)
-        if not self._waiting and self.events is not None:
-            self.events.emit("space_available",
-                             "there is room on the disk again; waiting files are taken",
-                             pipeline=path.parent.name)
-
-    # --- claiming ------------------------------------------------------------------------
-
-    def _claim(self, path: Path) -> None:
-        pipeline = path.parent.name
-        if not PIPELINE_NAME.match(pipeline):
-            if path not in self._refused_names:
-                log.warning("inbox_folder_ignored folder=%s: not a valid pipeline name "
-                            "(letters, digits, '_', '.', '-')", path.parent)
-                self._refused_names.add(path)
-            return
-        dest_dir = self.state.pipeline_dir(self.state.processing, pipeline)
-        dest = dest_dir / f"{time.time_ns()}__{safe_name(path.name)}"
-        try:
-            try:
-                os.rename(path, dest)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-                _move_across_devices(path, dest)
-        except FileNotFoundError:
-            return  # taken by someone else, or deleted by its writer
-        except OSError as exc:
-            if path not in self._refused_names:
-                log.warning("claim_failed path=%s error=%s", path, exc)
-                self._refused_names.add(path)
-            return
-        with contextlib.suppress(Exception):
-            self.submit(dest, pipeline)
-
-
-def _move_across_devices(src: Path, dest: Path) -> None:
-    """Claim a file from an inbox on another file system (a network mount): copy it under
-    a hidden name, make it durable, rename it into place, then remove the original. A
-    crash between the last two steps leaves both; the second is then archived as a
-    duplicate, never ingested twice."""
-    st = src.lstat()
-    if not stat.S_ISREG(st.st_mode):
-        raise OSError(errno.EXDEV, "not a regular file, on another file system")
-    tmp = dest.with_name(f".copy-{dest.name}")
-    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as fin, open(tmp, "wb") as fout:
-        shutil.copyfileobj(fin, fout, _CHUNK)
-        fout.flush()
-        os.fsync(fout.fileno())
-    os.rename(tmp, dest)
-    os.unlink(src)
-
-
-def _prompt_renames() -> None:
-    """See a rename into the inbox at once. watchdog's inotify observer holds each
-    IN_MOVED_FROM for 0.5 s to pair it with its IN_MOVED_TO, and every later event waits
-    behind it in its queue; so each rename (ours into processing/ too) would delay what
-    follows by half a second. With full events no pairing is needed (an unpaired
-    IN_MOVED_TO is still reported as a move into the inbox), so the hold is made short."""
-    with contextlib.suppress(ImportError, AttributeError):
-        from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
-
-        InotifyMoveEventGrouper.delay = min(InotifyMoveEventGrouper.delay, 0.02)
-
-
-def _real_dirs(area: Path) -> list[Path]:
-    """The sub-folders of ``area``, never following a symlink, hidden ones left out."""
-    try:
-        entries = sorted(area.iterdir())
-    except OSError:
-        return []
-    out = []
-    for path in entries:
-        with contextlib.suppress(OSError):
-            if not path.name.startswith(".") and stat.S_ISDIR(path.lstat().st_mode):
-                out.append(path)
-    return out
