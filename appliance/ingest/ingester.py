@@ -22,21 +22,17 @@ import contextlib
 import csv
 import errno
 import gzip
-import hashlib
 import io
-import json
 import logging
 import os
 import re
 import shutil
 import signal
 import stat
-import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +41,18 @@ import polars as pl
 from appliance.core import ApplianceError, Settings, StateDir
 from appliance.features import dtype_from_name
 from appliance.ingest.names import ACCEPTED_SUFFIXES, claim_time, file_format, original_name
+from appliance.ingest.outcomes import (
+    Outcome,
+    bad_value,
+    final_name,
+    free_name,
+    not_utf8,
+    reason_path,
+    unsupported_type,
+    write_reason,
+)
 from appliance.ingest.parquet_footer import FooterError, read_footer
+from appliance.ingest.work import CHUNK, HashJob, Work
 from appliance.store import Events, IngestionRecord, Store, monotonic_ms
 
 log = logging.getLogger("appliance.ingest")
@@ -53,7 +60,6 @@ log = logging.getLogger("appliance.ingest")
 FEEDBACK_ID = "prediction_id"
 INFER_ROWS = 10_000                 # rows a first CSV file's column types are inferred from
 _PROBE_BYTES = 4 << 20              # the CSV header must end within this
-_CHUNK = 1 << 20
 _DIAGNOSE_ROWS = 5_000_000          # how far a ragged-line diagnosis reads with Python's csv
 _ROW = "__appliance_row__"
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -65,103 +71,6 @@ _CRASH_AT = os.environ.get("APPLIANCE_TEST_CRASH_AT", "")
 def _step(name: str) -> None:
     if name == _CRASH_AT:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-@dataclass
-class Outcome:
-    record: IngestionRecord
-    final_path: Path
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb", buffering=0) as f:
-        buf = bytearray(_CHUNK * 4)
-        view = memoryview(buf)
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
-
-
-def _free_name(folder: Path, name: str) -> Path:
-    """``folder/name``, or ``folder/name.N`` when a file of that name is already there."""
-    candidate = folder / name
-    n = 1
-    while candidate.exists() or candidate.with_name(candidate.name + ".reason.json").exists():
-        candidate = folder / f"{name}.{n}"
-        n += 1
-    return candidate
-
-
-def _reason_path(final: Path) -> Path:
-    return final.with_name(final.name + ".reason.json")
-
-
-@dataclass
-class _Work:
-    """One claimed file on its way through :meth:`Ingester.process`."""
-
-    claimed: Path
-    pipeline: str
-    name: str
-    received: str
-    started: float
-    fmt: str = ""
-    sha: str | None = None
-    size: int | None = None
-    warnings: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-    temps: list[Path] = field(default_factory=list)
-    hashing: _HashJob | None = None
-    source: Path | None = None          # what Polars reads: the file, or its decompressed copy
-
-    def digest(self) -> str | None:
-        """The file's sha256, once its hashing thread is done (None if it failed)."""
-        if self.sha is None and self.hashing is not None:
-            job, self.hashing = self.hashing, None
-            job.join()
-            self.sha = job.value
-            self.timings["hash"] = job.ms
-        return self.sha
-
-    @contextlib.contextmanager
-    def timed(self, step: str) -> Iterator[None]:
-        t0 = time.monotonic()
-        try:
-            yield
-        finally:
-            self.timings[step] = round(self.timings.get(step, 0) + monotonic_ms(t0), 1)
-
-    def cleanup(self) -> None:
-        for path in self.temps:
-            if path.is_dir() and not path.is_symlink():
-                # Polars' streaming sink can still create its file just after it reported
-                # an error; in a removed folder it can't, so nothing half written is left.
-                shutil.rmtree(path, ignore_errors=True)
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    path.unlink()
-
-
-class _HashJob(threading.Thread):
-    """Hashes a file on its own thread while Polars converts it, so the file's content hash
-    costs no extra wall time (hashlib releases the GIL; the second read hits the page
-    cache)."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(name="ingest-hash", daemon=True)
-        self.path = path
-        self.value: str | None = None
-        self.ms = 0.0
-        self.start()
-
-    def run(self) -> None:
-        t0 = time.monotonic()
-        with contextlib.suppress(OSError):
-            self.value = _sha256(self.path)
-        self.ms = monotonic_ms(t0)
 
 
 class _PolarsFailure(Exception):
@@ -282,7 +191,7 @@ class Ingester:
         done = self.store.ingestion_by_claim(pipeline, claimed.name)
         if done is not None:
             return self._finish_recorded(claimed, name, pipeline, done)
-        work = _Work(claimed=claimed, pipeline=pipeline, name=name,
+        work = Work(claimed=claimed, pipeline=pipeline, name=name,
                      received=claim_time(claimed), started=time.monotonic())
         _step("claimed")
         try:
@@ -323,7 +232,7 @@ class Ingester:
 
     # --- the steps -----------------------------------------------------------------------
 
-    def _ingest(self, work: _Work) -> Outcome:
+    def _ingest(self, work: Work) -> Outcome:
         limits = self.settings.ingest
         name = work.name
         st = os.lstat(work.claimed)
@@ -352,7 +261,7 @@ class Ingester:
                 "(ingest.max_file_mb); split it, or raise the limit",
                 {"size_bytes": size, "limit_mb": limits.max_file_mb},
             )
-        work.hashing = _HashJob(work.claimed)
+        work.hashing = HashJob(work.claimed)
         source = work.source = work.claimed
         if fmt == ".csv.gz":
             with work.timed("gunzip"):
@@ -414,7 +323,7 @@ class Ingester:
             return self._duplicate(work, dup)
         return self._finish_dataset(work, tmp, target, schema is None)
 
-    def _gunzip(self, work: _Work) -> Path:
+    def _gunzip(self, work: Work) -> Path:
         """Decompress a .csv.gz beside the claimed file (a hidden name, cleaned up after),
         refusing it once it passes ``ingest.max_file_mb`` (a gzip bomb stops there)."""
         limit = self.settings.ingest.max_file_mb * 1024 * 1024
@@ -425,7 +334,7 @@ class Ingester:
         with os.fdopen(fd, "rb") as raw, gzip.GzipFile(fileobj=raw) as gz, open(out, "wb") as f:
             while True:
                 try:
-                    chunk = gz.read(_CHUNK)
+                    chunk = gz.read(CHUNK)
                 except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
                     raise ApplianceError(
                         "unparseable",
@@ -452,7 +361,7 @@ class Ingester:
 
     # --- opening: header and metadata checks before any data is read --------------------
 
-    def _open_parquet(self, work: _Work, path: Path) -> tuple[pl.LazyFrame, dict[str, Any]]:
+    def _open_parquet(self, work: Work, path: Path) -> tuple[pl.LazyFrame, dict[str, Any]]:
         limits = self.settings.ingest
         name = work.name
         try:
@@ -491,7 +400,7 @@ class Ingester:
                                  {"error": exc.first_line}) from None
         return lf, have
 
-    def _open_csv(self, work: _Work, path: Path) -> tuple[pl.LazyFrame, dict[str, Any]]:
+    def _open_csv(self, work: Work, path: Path) -> tuple[pl.LazyFrame, dict[str, Any]]:
         """Check the header line (UTF-8, column count, unique names) and return a scan that
         reads every column as text, to learn the names."""
         limits = self.settings.ingest
@@ -506,7 +415,7 @@ class Ingester:
         try:
             text = decoder.decode(head[bom:], final=len(head) < _PROBE_BYTES)
         except UnicodeDecodeError as exc:
-            raise _not_utf8(name, bom + exc.start, head[: bom + exc.start].count(b"\n") + 1,
+            raise not_utf8(name, bom + exc.start, head[: bom + exc.start].count(b"\n") + 1,
                             head[bom + exc.start: bom + exc.start + 8]) from None
         if len(head) == _PROBE_BYTES and "\n" not in text and "\r" not in text:
             raise ApplianceError(
@@ -542,7 +451,7 @@ class Ingester:
     def _scan_csv(self, path: Path, **options: Any) -> pl.LazyFrame:
         return pl.scan_csv(path, glob=False, **options)
 
-    def _convert_first(self, work: _Work, path: Path, lf: pl.LazyFrame, have: dict[str, Any],
+    def _convert_first(self, work: Work, path: Path, lf: pl.LazyFrame, have: dict[str, Any],
                        tmp: Path) -> None:
         """The first file of a pipeline: its column types are inferred, and fix the schema."""
         if work.fmt == ".parquet":
@@ -550,7 +459,7 @@ class Ingester:
             for col, dtype in have.items():
                 kept = _kept_type(dtype)
                 if kept is None:
-                    raise _unsupported_type(work.name, col, dtype)
+                    raise unsupported_type(work.name, col, dtype)
                 exprs.append(pl.col(col) if kept == dtype else pl.col(col).cast(kept))
             self._sink(work, path, lf.select(exprs), tmp)
             return
@@ -581,7 +490,7 @@ class Ingester:
                 f"column types were inferred from the whole file, as `{err.details['column']}` "
                 f"changes type after row {INFER_ROWS}")
 
-    def _convert_to_schema(self, work: _Work, path: Path, lf: pl.LazyFrame,
+    def _convert_to_schema(self, work: Work, path: Path, lf: pl.LazyFrame,
                            have: dict[str, Any], schema: dict[str, str], tmp: Path) -> None:
         """A later file: keep the schema's columns in its order, cast what casts losslessly,
         refuse a value that does not (naming column, row and value), drop extras."""
@@ -602,7 +511,7 @@ class Ingester:
         if work.fmt == ".parquet":
             for col in schema:
                 if _kept_type(have[col]) is None:
-                    raise _unsupported_type(work.name, col, have[col])
+                    raise unsupported_type(work.name, col, have[col])
             exprs = {c: _lossless(c, have[c], w) if w is not None else pl.col(c)
                      for c, w in wants.items()}
             self._check_values(work, lf, {c: e for c, e in exprs.items() if have[c] != wants[c]
@@ -629,7 +538,7 @@ class Ingester:
                 as_text.add(col)
         raise AssertionError("unreachable: every column was tried as text")
 
-    def _check_values(self, work: _Work, lf: pl.LazyFrame, casts: dict[str, pl.Expr],
+    def _check_values(self, work: Work, lf: pl.LazyFrame, casts: dict[str, pl.Expr],
                       wants: dict[str, pl.DataType | None]) -> None:
         """Refuse the file at the first value of ``casts`` that does not convert."""
         if not casts:
@@ -642,15 +551,15 @@ class Ingester:
                                 .select(_ROW, pl.col(col).cast(pl.String)).head(1).collect())
                 row = int(found[_ROW][0]) + 1 if found.height else None
                 value = found[col][0] if found.height else None
-                raise _bad_value(work, col, row, value, wants[col])
+                raise bad_value(work, col, row, value, wants[col])
 
-    def _sink(self, work: _Work, path: Path, lf: pl.LazyFrame, tmp: Path) -> None:
+    def _sink(self, work: Work, path: Path, lf: pl.LazyFrame, tmp: Path) -> None:
         try:
             _polars(lambda: lf.sink_parquet(tmp, sync_on_close="all"))
         except _PolarsFailure as exc:
             raise self._read_failure(work, exc) from None
 
-    def _read_failure(self, work: _Work, exc: _PolarsFailure) -> ApplianceError:
+    def _read_failure(self, work: Work, exc: _PolarsFailure) -> ApplianceError:
         """The refusal for a failure of Polars reading the dropped file."""
         if work.fmt == ".parquet" or work.source is None:
             return ApplianceError(
@@ -660,7 +569,7 @@ class Ingester:
 
     # --- the two endings -----------------------------------------------------------------
 
-    def _finish_dataset(self, work: _Work, tmp: Path, target: str, first: bool) -> Outcome:
+    def _finish_dataset(self, work: Work, tmp: Path, target: str, first: bool) -> Outcome:
         limits = self.settings.ingest
         stats = _polars(lambda: pl.scan_parquet(tmp, glob=False).select(
             pl.len().alias("rows"), pl.col(target).null_count().alias("nulls")).collect())
@@ -692,10 +601,10 @@ class Ingester:
         schema = _polars(lambda: pl.scan_parquet(tmp, glob=False).collect_schema())
         return self._accept(work, tmp, rows, {c: str(t) for c, t in schema.items()}, first)
 
-    def _role(self, work: _Work) -> str:
+    def _role(self, work: Work) -> str:
         return "key" if work.pipeline in self.settings.feature_sets else "target"
 
-    def _accept(self, work: _Work, tmp: Path, rows: int, schema: dict[str, str],
+    def _accept(self, work: Work, tmp: Path, rows: int, schema: dict[str, str],
                 first: bool) -> Outcome:
         pipeline = work.pipeline
         with work.timed("store"):
@@ -719,7 +628,7 @@ class Ingester:
         )
         return self._finish_recorded(work.claimed, work.name, pipeline, record)
 
-    def _duplicate(self, work: _Work, dup: IngestionRecord) -> Outcome:
+    def _duplicate(self, work: Work, dup: IngestionRecord) -> Outcome:
         record = self.store.record_ingestion(
             pipeline=work.pipeline, file_name=work.name, status="duplicate",
             received_at=work.received, sha256=work.sha, size_bytes=work.size,
@@ -731,7 +640,7 @@ class Ingester:
         )
         return self._finish_recorded(work.claimed, work.name, work.pipeline, record)
 
-    def _feedback(self, work: _Work, path: Path, lf: pl.LazyFrame, have: dict[str, Any],
+    def _feedback(self, work: Work, path: Path, lf: pl.LazyFrame, have: dict[str, Any],
                   target: str, schema: dict[str, str] | None) -> Outcome:
         """A file of ``prediction_id`` and the target: outcomes of earlier predictions, kept
         for monitoring, never training data."""
@@ -774,7 +683,7 @@ class Ingester:
         )
         return self._finish_recorded(work.claimed, work.name, work.pipeline, record)
 
-    def _refuse(self, work: _Work, err: ApplianceError) -> Outcome:
+    def _refuse(self, work: Work, err: ApplianceError) -> Outcome:
         self.store.ensure_pipeline(work.pipeline)
         record = self.store.record_ingestion(
             pipeline=work.pipeline, file_name=work.name, status="rejected",
@@ -792,9 +701,9 @@ class Ingester:
         rejected = record.status == "rejected"
         folder = self.state.pipeline_dir(self.state.rejected if rejected else self.state.archive,
                                          pipeline)
-        final = _final_name(folder, name, record.id) if rejected else _free_name(folder, name)
-        if rejected and not _reason_path(final).exists():
-            self._write_reason(final, record)
+        final = final_name(folder, name, record.id) if rejected else free_name(folder, name)
+        if rejected and not reason_path(final).exists():
+            write_reason(final, record)
             _step("reason_written")
         os.replace(claimed, final)
         _step("moved")
@@ -816,11 +725,11 @@ class Ingester:
                              level="warning", code=record.code)
         return Outcome(record, final)
 
-    def _send_back(self, work: _Work) -> None:
+    def _send_back(self, work: Work) -> None:
         """The disk filled up while the file was ingested: it goes back to the inbox, to be
         taken again once there is room; it is not at fault, so it is not refused."""
         inbox = self.state.pipeline_dir(self.state.inbox, work.pipeline)
-        back = _free_name(inbox, work.name)
+        back = free_name(inbox, work.name)
         shutil.move(work.claimed, back)  # a rename, unless the inbox is another file system
         self.events.emit(
             "waiting_for_space",
@@ -831,31 +740,19 @@ class Ingester:
             self.on_requeued(back)
         return None
 
-    @staticmethod
-    def _write_reason(final: Path, record: IngestionRecord) -> None:
-        reason = _reason_path(final)
-        tmp = reason.with_name("." + reason.name + ".tmp")
-        tmp.write_text(json.dumps(
-            {"code": record.code or "refused", "message": record.reason or "",
-             "details": record.details, "file": final.name, "pipeline": record.pipeline,
-             "ingestion_id": record.id, "received_at": record.received_at},
-            indent=2, default=str,
-        ))
-        os.replace(tmp, reason)
-
     # --- saying where a CSV went wrong ----------------------------------------------------
 
-    def _csv_failure(self, work: _Work, path: Path, exc: _PolarsFailure) -> ApplianceError:
+    def _csv_failure(self, work: Work, path: Path, exc: _PolarsFailure) -> ApplianceError:
         name, text = work.name, exc.text
         if "utf-8" in text.lower() or "utf8" in text.lower():
             offset, line, sample = _locate_bad_utf8(path)
             if offset is not None:
-                return _not_utf8(name, offset, line, sample)
+                return not_utf8(name, offset, line, sample)
         m = re.search(r"could not parse `(.*?)` as dtype `([^`]+)` at column '(.*?)'", text, re.S)
         if m:
             value, dtype, col = m.group(1), m.group(2), m.group(3)
             row = self._locate_value(path, col, value)
-            return _bad_value(work, col, row, value, dtype)
+            return bad_value(work, col, row, value, dtype)
         if "more fields" in text:
             found = _locate_ragged(path)
             if found is not None:
@@ -887,23 +784,6 @@ class Ingester:
         return int(found[_ROW][0]) + 1 if found.height else None
 
 
-def _final_name(folder: Path, name: str, ingestion_id: int) -> Path:
-    """Where a refused file goes: a free name, or the one whose reason file a crash already
-    wrote for this very ingestion (so a reason file is never orphaned)."""
-    candidate = folder / name
-    n = 1
-    while True:
-        reason = _reason_path(candidate)
-        if not candidate.exists():
-            if not reason.exists():
-                return candidate
-            with contextlib.suppress(OSError, ValueError):
-                if json.loads(reason.read_text()).get("ingestion_id") == ingestion_id:
-                    return candidate
-        candidate = folder / f"{name}.{n}"
-        n += 1
-
-
 def _fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
@@ -913,41 +793,12 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def _not_utf8(name: str, offset: int, line: int | None, sample: bytes) -> ApplianceError:
-    return ApplianceError(
-        "not_utf8",
-        f"`{name}` is not UTF-8 text: byte offset {offset} (line {line}) starts the invalid "
-        f"bytes {sample[:8]!r}; save the file as UTF-8 (for example, from a spreadsheet, "
-        "'CSV UTF-8')", {"byte_offset": offset, "line": line, "bytes": sample[:8].hex()})
-
-
-def _bad_value(work: _Work, col: str, row: int | None, value: Any,
-               want: Any) -> ApplianceError:
-    line = row + 1 if row is not None and work.fmt != ".parquet" else None
-    where = f"row {row}" + (f" (line {line})" if line else "") if row else "a row"
-    return ApplianceError(
-        "bad_value",
-        f"`{work.name}`, column `{col}`, {where}: value {str(value)[:100]!r} is not "
-        f"{want}, the column's type in pipeline `{work.pipeline}`'s schema; fix the value or "
-        "drop the row",
-        {"column": col, "row": row, "line": line, "value": None if value is None
-         else str(value)[:200], "expected": str(want)},
-    )
-
-
-def _unsupported_type(name: str, col: str, dtype: Any) -> ApplianceError:
-    return ApplianceError(
-        "unsupported_type",
-        f"`{name}`, column `{col}`: type {dtype} is not supported; columns hold numbers, "
-        "text, booleans, dates or datetimes", {"column": col, "type": str(dtype)})
-
-
 def _locate_bad_utf8(path: Path) -> tuple[int | None, int | None, bytes]:
     """(byte offset, line, bytes) of the first invalid UTF-8 sequence, read in chunks."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     consumed = lines = 0
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
+        while chunk := f.read(CHUNK):
             pending = decoder.getstate()[0]  # a partial character held from the last chunk
             try:
                 decoder.decode(chunk)
@@ -985,7 +836,7 @@ def _line_at(path: Path, offset: int) -> int:
     lines = 0
     with open(path, "rb") as f:
         remaining = offset
-        while remaining > 0 and (chunk := f.read(min(_CHUNK, remaining))):
+        while remaining > 0 and (chunk := f.read(min(CHUNK, remaining))):
             lines += chunk.count(b"\n")
             remaining -= len(chunk)
     return lines + 1

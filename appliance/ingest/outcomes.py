@@ -1,0 +1,109 @@
+"""How a dropped file ends, once it is recorded: its :class:`Outcome`, the name it takes in
+``archive/<pipeline>/`` or ``rejected/<pipeline>/`` (never over another file), the
+``<file>.reason.json`` written beside a refused one, and the builders of the refusals that
+more than one step raises (bad UTF-8, a value that does not fit its column, an unsupported
+column type).
+
+The move itself, and the crash-test steps around it, are the ingester's
+(``Ingester._finish_recorded``); a crash between them is made safe by these names: a
+reason file already written for this very ingestion is found again, never orphaned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.core import ApplianceError
+from appliance.ingest.work import Work
+from appliance.store import IngestionRecord
+
+
+@dataclass
+class Outcome:
+    """What came of one file: its record, and where the file now lies."""
+
+    record: IngestionRecord
+    final_path: Path
+
+
+# --- where a recorded file goes ----------------------------------------------------------
+
+
+def free_name(folder: Path, name: str) -> Path:
+    """``folder/name``, or ``folder/name.N`` when a file of that name is already there."""
+    candidate = folder / name
+    n = 1
+    while candidate.exists() or candidate.with_name(candidate.name + ".reason.json").exists():
+        candidate = folder / f"{name}.{n}"
+        n += 1
+    return candidate
+
+
+def reason_path(final: Path) -> Path:
+    return final.with_name(final.name + ".reason.json")
+
+
+def final_name(folder: Path, name: str, ingestion_id: int) -> Path:
+    """Where a refused file goes: a free name, or the one whose reason file a crash already
+    wrote for this very ingestion (so a reason file is never orphaned)."""
+    candidate = folder / name
+    n = 1
+    while True:
+        reason = reason_path(candidate)
+        if not candidate.exists():
+            if not reason.exists():
+                return candidate
+            with contextlib.suppress(OSError, ValueError):
+                if json.loads(reason.read_text()).get("ingestion_id") == ingestion_id:
+                    return candidate
+        candidate = folder / f"{name}.{n}"
+        n += 1
+
+
+def write_reason(final: Path, record: IngestionRecord) -> None:
+    reason = reason_path(final)
+    tmp = reason.with_name("." + reason.name + ".tmp")
+    tmp.write_text(json.dumps(
+        {"code": record.code or "refused", "message": record.reason or "",
+         "details": record.details, "file": final.name, "pipeline": record.pipeline,
+         "ingestion_id": record.id, "received_at": record.received_at},
+        indent=2, default=str,
+    ))
+    os.replace(tmp, reason)
+
+
+# --- refusals raised by more than one step -----------------------------------------------
+
+
+def not_utf8(name: str, offset: int, line: int | None, sample: bytes) -> ApplianceError:
+    return ApplianceError(
+        "not_utf8",
+        f"`{name}` is not UTF-8 text: byte offset {offset} (line {line}) starts the invalid "
+        f"bytes {sample[:8]!r}; save the file as UTF-8 (for example, from a spreadsheet, "
+        "'CSV UTF-8')", {"byte_offset": offset, "line": line, "bytes": sample[:8].hex()})
+
+
+def bad_value(work: Work, col: str, row: int | None, value: Any,
+              want: Any) -> ApplianceError:
+    line = row + 1 if row is not None and work.fmt != ".parquet" else None
+    where = f"row {row}" + (f" (line {line})" if line else "") if row else "a row"
+    return ApplianceError(
+        "bad_value",
+        f"`{work.name}`, column `{col}`, {where}: value {str(value)[:100]!r} is not "
+        f"{want}, the column's type in pipeline `{work.pipeline}`'s schema; fix the value or "
+        "drop the row",
+        {"column": col, "row": row, "line": line, "value": None if value is None
+         else str(value)[:200], "expected": str(want)},
+    )
+
+
+def unsupported_type(name: str, col: str, dtype: Any) -> ApplianceError:
+    return ApplianceError(
+        "unsupported_type",
+        f"`{name}`, column `{col}`: type {dtype} is not supported; columns hold numbers, "
+        "text, booleans, dates or datetimes", {"column": col, "type": str(dtype)})
