@@ -136,7 +136,7 @@ def main() -> None:
     print(f"  ours  16 numeric + 4 categorical (string) columns {t_mixed * 1000:8.1f} ms")
 
     # The periodic check: 10,000 sampled rows, logged as JSON, back to a frame.
-    from appliance.monitoring.monitor import rows_frame
+    from appliance.monitoring import rows_frame
 
     class _Model:  # rows_frame only reads the spec
         def __init__(self, spec: FeatureSpec) -> None:

@@ -3,6 +3,7 @@ inputs, live performance from feedback, the prediction log, and Prometheus' view
 
 ``appliance.monitoring.drift`` is a public module too."""
 
+from appliance.monitoring.drift_checks import rows_frame
 from appliance.monitoring.monitor import Monitor
 from appliance.monitoring.predlog import PredictionIds, PredictionLog
 from appliance.monitoring.requests import (
@@ -22,4 +23,5 @@ __all__ = [
     "PredictionLog",
     "RequestMetrics",
     "percentile",
+    "rows_frame",
 ]
