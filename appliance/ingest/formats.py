@@ -1,0 +1,312 @@
+"""Opening a dropped file with Polars: CSV, CSV.gz and Parquet.
+
+A .csv.gz is first decompressed beside the claimed file, refused once it passes
+``ingest.max_file_mb`` (a gzip bomb stops there). A Parquet file is judged by its footer
+(:mod:`~appliance.ingest.parquet_footer`: row count, declared and decoded sizes) before
+anything is loaded. A CSV's header line is checked (UTF-8, column count, unique names)
+before Polars scans it. What opens is a lazy scan and the columns' names and types; the
+conversion is :mod:`~appliance.ingest.schema`'s.
+
+Every Polars call runs through :func:`polars_call`, so any failure inside the parser, even
+a Rust panic, becomes a :class:`PolarsFailure` that refuses that file and nothing else; a
+CSV's failure is then diagnosed (:func:`csv_failure`: bad UTF-8, a value that does not
+parse, a ragged line) so the refusal names the line and the value.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import errno
+import gzip
+import io
+import os
+import re
+import zlib
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from appliance.core import ApplianceError, IngestSettings
+from appliance.ingest.outcomes import bad_value, not_utf8
+from appliance.ingest.parquet_footer import FooterError, read_footer
+from appliance.ingest.work import CHUNK, Work
+
+_PROBE_BYTES = 4 << 20              # the CSV header must end within this
+_DIAGNOSE_ROWS = 5_000_000          # how far a ragged-line diagnosis reads with Python's csv
+ROW_INDEX = "__appliance_row__"     # the row-number column of a search for a bad value
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+# --- every Polars call: a failure refuses the file, a full disk waits -------------------
+
+
+class PolarsFailure(Exception):
+    """Polars failed (an error or a panic); ``text`` is its message."""
+
+    def __init__(self, exc: BaseException) -> None:
+        text = str(exc).strip() or type(exc).__name__
+        super().__init__(text)
+        self.text = text
+        self.first_line = text.splitlines()[0][:300]
+
+
+def polars_call(fn: Callable[[], Any]) -> Any:
+    """Run a Polars call; every failure, a panic included, becomes a ``PolarsFailure``,
+    except a full disk, which stays an ``OSError`` (the file waits, it is not at fault)."""
+    try:
+        return fn()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise
+        raise PolarsFailure(exc) from None
+    except BaseException as exc:  # Polars panics raise PanicException, a BaseException
+        text = str(exc)
+        if "os error 28" in text or "No space left" in text or "os error 122" in text:
+            raise OSError(errno.ENOSPC, "No space left on device") from None
+        raise PolarsFailure(exc) from None
+
+
+# --- opening: header and metadata checks before any data is read -----------------------
+
+
+def scan_csv(path: Path, **options: Any) -> pl.LazyFrame:
+    """A lazy CSV scan of exactly ``path`` (never a glob pattern)."""
+    return pl.scan_csv(path, glob=False, **options)
+
+
+def gunzip(work: Work, limits: IngestSettings) -> Path:
+    """Decompress a .csv.gz beside the claimed file (a hidden name, cleaned up after),
+    refusing it once it passes ``ingest.max_file_mb`` (a gzip bomb stops there)."""
+    limit = limits.max_file_mb * 1024 * 1024
+    out = work.claimed.with_name("." + work.claimed.name + ".csv")
+    work.temps.append(out)
+    total = 0
+    fd = os.open(work.claimed, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as raw, gzip.GzipFile(fileobj=raw) as gz, open(out, "wb") as f:
+        while True:
+            try:
+                chunk = gz.read(CHUNK)
+            except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+                raise ApplianceError(
+                    "unparseable",
+                    f"`{work.name}` is not a valid gzip file: {exc or 'it ends early'} "
+                    f"(after {total} decompressed bytes)",
+                    {"error": str(exc) or "truncated", "decompressed_bytes": total},
+                ) from None
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > limit:
+                raise ApplianceError(
+                    "file_too_large",
+                    f"`{work.name}` decompresses to more than {limits.max_file_mb} MB "
+                    "(ingest.max_file_mb)",
+                    {"decompressed_bytes_over": total, "limit_mb": limits.max_file_mb},
+                )
+            f.write(chunk)
+    if total == 0:
+        raise ApplianceError("empty_file", f"`{work.name}` decompresses to nothing",
+                             {"size_bytes": work.size})
+    return out
+
+
+def open_parquet(work: Work, path: Path,
+                 limits: IngestSettings) -> tuple[pl.LazyFrame, dict[str, Any]]:
+    """Judge the file by its footer (columns, rows, decoded size) before loading any of it,
+    and return a scan of it with its columns' names and types."""
+    name = work.name
+    try:
+        footer = read_footer(path)
+    except FooterError as exc:
+        raise ApplianceError("unparseable", f"`{name}` is not a readable Parquet file: {exc}",
+                             {"error": str(exc)}) from None
+    details = {"rows": footer.num_rows, "columns": footer.columns,
+               "row_groups": footer.row_groups, "decoded_bytes": footer.decoded_bytes,
+               "uncompressed_bytes": footer.uncompressed_bytes}
+    if footer.columns > limits.max_columns:
+        raise ApplianceError(
+            "too_many_columns",
+            f"`{name}` has {footer.columns} columns, over the limit of {limits.max_columns} "
+            "(ingest.max_columns)", {**details, "limit": limits.max_columns})
+    if footer.num_rows > limits.max_rows:
+        raise ApplianceError(
+            "too_many_rows",
+            f"`{name}` has {footer.num_rows} rows, over the limit of {limits.max_rows} "
+            "(ingest.max_rows)", {**details, "limit": limits.max_rows})
+    if footer.decoded_bytes > limits.max_uncompressed_mb * 1024 * 1024:
+        raise ApplianceError(
+            "uncompressed_too_large",
+            f"`{name}` would decode to about {footer.decoded_bytes / 1e6:.0f} MB, over the "
+            f"limit of {limits.max_uncompressed_mb} MB (ingest.max_uncompressed_mb); it was "
+            "refused from its metadata, without loading it",
+            {**details, "limit_mb": limits.max_uncompressed_mb})
+    if footer.num_rows == 0:
+        raise ApplianceError("no_rows", f"`{name}` has columns but no rows", details)
+    lf = pl.scan_parquet(path, glob=False)
+    try:
+        have = dict(polars_call(lf.collect_schema))
+    except PolarsFailure as exc:
+        raise ApplianceError("unparseable",
+                             f"`{name}` is not a readable Parquet file: {exc.first_line}",
+                             {"error": exc.first_line}) from None
+    return lf, have
+
+
+def open_csv(work: Work, path: Path,
+             limits: IngestSettings) -> tuple[pl.LazyFrame, dict[str, Any]]:
+    """Check the header line (UTF-8, column count, unique names) and return a scan that
+    reads every column as text, to learn the names."""
+    name = work.name
+    with open(path, "rb") as f:
+        head = f.read(_PROBE_BYTES)
+    if not head.strip():
+        raise ApplianceError("empty_file", f"`{name}` holds only blank space",
+                             {"size_bytes": work.size})
+    bom = len(codecs.BOM_UTF8) if head.startswith(codecs.BOM_UTF8) else 0
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        text = decoder.decode(head[bom:], final=len(head) < _PROBE_BYTES)
+    except UnicodeDecodeError as exc:
+        raise not_utf8(name, bom + exc.start, head[: bom + exc.start].count(b"\n") + 1,
+                       head[bom + exc.start: bom + exc.start + 8]) from None
+    if len(head) == _PROBE_BYTES and "\n" not in text and "\r" not in text:
+        raise ApplianceError(
+            "unparseable",
+            f"`{name}` has no line break in its first {_PROBE_BYTES >> 20} MB; a CSV file "
+            "starts with one header line of column names", {"line": 1})
+    try:
+        header = next(csv.reader(io.StringIO(text)), [])
+    except csv.Error as exc:
+        raise ApplianceError("unparseable", f"`{name}`: the header line can't be read: "
+                             f"{exc}", {"line": 1, "error": str(exc)}) from None
+    if len(header) > limits.max_columns:
+        raise ApplianceError(
+            "too_many_columns",
+            f"`{name}` has {len(header)} columns, over the limit of {limits.max_columns} "
+            "(ingest.max_columns)", {"columns": len(header), "limit": limits.max_columns})
+    dupes = sorted(c for c, n in Counter(header).items() if n > 1)
+    if dupes:
+        raise ApplianceError(
+            "duplicate_columns",
+            f"`{name}` names column(s) {', '.join(f'`{c}`' for c in dupes[:10])} more than "
+            "once in its header; every column needs its own name",
+            {"duplicates": dupes[:50], "line": 1})
+    lf = pl.scan_csv(path, infer_schema=False, glob=False)
+    try:
+        have = dict(polars_call(lf.collect_schema))
+    except PolarsFailure as exc:
+        raise csv_failure(work, path, exc) from None
+    return lf, have
+
+
+# --- saying where the file went wrong --------------------------------------------------
+
+
+def read_failure(work: Work, exc: PolarsFailure) -> ApplianceError:
+    """The refusal for a failure of Polars reading the dropped file."""
+    if work.fmt == ".parquet" or work.source is None:
+        return ApplianceError(
+            "unparseable", f"`{work.name}` could not be read as "
+            f"{work.fmt.lstrip('.') or 'data'}: {exc.first_line}", {"error": exc.first_line})
+    return csv_failure(work, work.source, exc)
+
+
+def csv_failure(work: Work, path: Path, exc: PolarsFailure) -> ApplianceError:
+    """The refusal for a CSV Polars could not read, saying where: the first bad UTF-8
+    byte, the row of a value that does not parse, the first ragged line, or the line
+    Polars names."""
+    name, text = work.name, exc.text
+    if "utf-8" in text.lower() or "utf8" in text.lower():
+        offset, line, sample = _locate_bad_utf8(path)
+        if offset is not None:
+            return not_utf8(name, offset, line, sample)
+    m = re.search(r"could not parse `(.*?)` as dtype `([^`]+)` at column '(.*?)'", text, re.S)
+    if m:
+        value, dtype, col = m.group(1), m.group(2), m.group(3)
+        row = locate_value(path, col, value)
+        return bad_value(work, col, row, value, dtype)
+    if "more fields" in text:
+        found = _locate_ragged(path)
+        if found is not None:
+            row, line, fields, expected = found
+            return ApplianceError(
+                "unparseable",
+                f"`{name}`: line {line} (row {row}) has {fields} fields, but the header "
+                f"names {expected} columns", {"line": line, "row": row, "fields": fields,
+                                              "expected_fields": expected})
+    details: dict[str, Any] = {"error": exc.first_line}
+    where = ""
+    off = re.search(r"offset in the file is (\d+) bytes", text)
+    if off:
+        details["byte_offset"] = int(off.group(1))
+        details["line"] = _line_at(path, int(off.group(1)))
+        where = f" near line {details['line']}"
+    return ApplianceError("unparseable",
+                          f"`{name}` could not be parsed as CSV{where}: {exc.first_line}",
+                          details)
+
+
+def locate_value(path: Path, col: str, value: str) -> int | None:
+    """The 1-based data row where ``value`` first appears in column ``col``."""
+    try:
+        found = polars_call(lambda: scan_csv(path, infer_schema=False)
+                            .with_row_index(ROW_INDEX).filter(pl.col(col) == value)
+                            .select(ROW_INDEX).head(1).collect())
+    except PolarsFailure:
+        return None
+    return int(found[ROW_INDEX][0]) + 1 if found.height else None
+
+
+def _locate_bad_utf8(path: Path) -> tuple[int | None, int | None, bytes]:
+    """(byte offset, line, bytes) of the first invalid UTF-8 sequence, read in chunks."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    consumed = lines = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            pending = decoder.getstate()[0]  # a partial character held from the last chunk
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                data = pending + chunk
+                line = lines + chunk[: max(exc.start - len(pending), 0)].count(b"\n") + 1
+                return consumed - len(pending) + exc.start, line, data[exc.start: exc.start + 8]
+            consumed += len(chunk)
+            lines += chunk.count(b"\n")
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        pending = decoder.getstate()[0]
+        return consumed - len(pending), lines + 1, pending[:8]
+    return None, None, b""
+
+
+def _locate_ragged(path: Path) -> tuple[int, int, int, int] | None:
+    """(row, line, fields, expected) of the first record with more fields than the header."""
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        reader = csv.reader(f)
+        try:
+            header = next(reader)
+            for row, fields in enumerate(reader, start=1):
+                if len(fields) > len(header):
+                    return row, reader.line_num, len(fields), len(header)
+                if row >= _DIAGNOSE_ROWS:
+                    return None
+        except (csv.Error, StopIteration):
+            return None
+    return None
+
+
+def _line_at(path: Path, offset: int) -> int:
+    lines = 0
+    with open(path, "rb") as f:
+        remaining = offset
+        while remaining > 0 and (chunk := f.read(min(CHUNK, remaining))):
+            lines += chunk.count(b"\n")
+            remaining -= len(chunk)
+    return lines + 1

@@ -1,0 +1,206 @@
+"""From what a dropped file holds to the pipeline's schema: one streaming pass from the
+source to a Parquet file.
+
+A pipeline's first file fixes its schema: its column types are inferred (from its first
+``INFER_ROWS`` rows, or the whole file when a later value does not fit them) and kept as
+types a data set may hold (:func:`kept_type`). A later file is cast to that schema, but only
+losslessly (:func:`lossless`): a value that does not convert refuses the file, naming its
+column, row and value (:func:`check_values`); extra columns are dropped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from appliance.core import ApplianceError
+from appliance.features import dtype_from_name
+from appliance.ingest.formats import ROW_INDEX, PolarsFailure, polars_call, read_failure, scan_csv
+from appliance.ingest.outcomes import bad_value, unsupported_type
+from appliance.ingest.work import Work
+
+INFER_ROWS = 10_000                 # rows a first CSV file's column types are inferred from
+
+
+# --- types: what a pipeline's schema may hold, and lossless casts -----------------------
+
+
+def kept_type(dtype: pl.DataType) -> pl.DataType | None:
+    """The type a column is kept as in a data set, or None when the appliance can't use it
+    (nested, binary, object, time of day, duration)."""
+    if dtype.is_numeric() and not isinstance(dtype, pl.Decimal):
+        return dtype
+    if isinstance(dtype, pl.Decimal):
+        return pl.Float64()
+    if isinstance(dtype, (pl.Categorical, pl.Enum, pl.Null)) or dtype == pl.String:
+        return pl.String()
+    if dtype == pl.Boolean or dtype == pl.Date or isinstance(dtype, pl.Datetime):
+        return dtype
+    return None
+
+
+def _plain_types(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """A CSV scan whose inferred types are all ones a schema may hold (a time of day, which
+    date parsing can infer, is kept as text)."""
+    schema = polars_call(lf.collect_schema)
+    if all(kept_type(t) == t for t in schema.values()):
+        return lf
+    return lf.with_columns(pl.col(c).cast(pl.String) for c, t in schema.items()
+                           if kept_type(t) != t)
+
+
+def lossless(col: str, have: pl.DataType, want: pl.DataType) -> pl.Expr:
+    """``col`` as ``want``; null where a value does not convert without loss."""
+    x = pl.col(col)
+    if have == want:
+        return x
+    if isinstance(have, pl.Null):
+        return x.cast(want)
+    if want == pl.String:
+        return x.cast(pl.String)
+    if have == pl.String or isinstance(have, (pl.Categorical, pl.Enum)):
+        s = x.cast(pl.String).str.strip_chars()
+        if want == pl.Boolean:
+            low = s.str.to_lowercase()
+            return (pl.when(low.is_in(["true", "1"])).then(pl.lit(True))
+                    .when(low.is_in(["false", "0"])).then(pl.lit(False))
+                    .otherwise(pl.lit(None, pl.Boolean)))
+        if isinstance(want, pl.Datetime):
+            return s.str.to_datetime(time_unit=want.time_unit, time_zone=want.time_zone,
+                                     strict=False)
+        if want == pl.Date:
+            return s.str.to_date(strict=False)
+        y = s.cast(want, strict=False)
+        if want.is_integer():
+            f = s.cast(pl.Float64, strict=False)
+            whole = (f == f.round(0)) & (f.abs() < 2.0**53)
+            y = pl.coalesce(y, pl.when(whole).then(f.cast(want, strict=False)))
+        return y
+    if isinstance(have, pl.Datetime) and isinstance(want, pl.Datetime) \
+            and have.time_zone != want.time_zone:
+        if have.time_zone and want.time_zone:
+            x = x.dt.convert_time_zone(want.time_zone)
+        elif want.time_zone:
+            x = x.dt.replace_time_zone(want.time_zone)
+        else:
+            x = x.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+        return x.dt.cast_time_unit(want.time_unit)
+    y = x.cast(want, strict=False)
+    return pl.when(y.cast(have, strict=False) == x).then(y)
+
+
+# --- converting: one streaming pass from the source to a Parquet file -------------------
+
+
+def convert_first(work: Work, path: Path, lf: pl.LazyFrame, have: dict[str, Any],
+                  tmp: Path) -> None:
+    """The first file of a pipeline: its column types are inferred, and fix the schema."""
+    if work.fmt == ".parquet":
+        exprs = []
+        for col, dtype in have.items():
+            kept = kept_type(dtype)
+            if kept is None:
+                raise unsupported_type(work.name, col, dtype)
+            exprs.append(pl.col(col) if kept == dtype else pl.col(col).cast(kept))
+        sink(work, path, lf.select(exprs), tmp)
+        return
+    # Types from the first rows, read eagerly (fast), then one streaming pass with that
+    # schema: a scan told to infer from INFER_ROWS rows itself is about half again slower
+    # on a large file. When the head does not parse, the scan's own inference finds and
+    # names the problem.
+    try:
+        head_schema: Any = polars_call(lambda: pl.read_csv(
+            path, n_rows=INFER_ROWS, try_parse_dates=True, glob=False).schema)
+    except PolarsFailure:
+        head_schema = None
+    try:
+        if head_schema is not None:
+            scan = scan_csv(path, schema=head_schema)
+        else:
+            scan = scan_csv(path, infer_schema_length=INFER_ROWS, try_parse_dates=True)
+        sink(work, path, _plain_types(scan), tmp)
+    except ApplianceError as err:
+        if err.code != "bad_value":
+            raise
+        # A value past the rows the types were inferred from does not fit them (a 2.5
+        # after ten thousand integers): infer from the whole file instead.
+        scan = scan_csv(path, infer_schema_length=None, try_parse_dates=True)
+        sink(work, path, _plain_types(scan), tmp)
+        work.warnings.append(
+            f"column types were inferred from the whole file, as `{err.details['column']}` "
+            f"changes type after row {INFER_ROWS}")
+
+
+def convert_to_schema(work: Work, path: Path, lf: pl.LazyFrame,
+                      have: dict[str, Any], schema: dict[str, str], tmp: Path) -> None:
+    """A later file: keep the schema's columns in its order, cast what casts losslessly,
+    refuse a value that does not (naming column, row and value), drop extras."""
+    missing = [c for c in schema if c not in have]
+    if missing:
+        raise ApplianceError(
+            "missing_columns",
+            f"`{work.name}` lacks column(s) {', '.join(f'`{c}`' for c in missing[:20])} of "
+            f"pipeline `{work.pipeline}`'s schema (fixed by its first file)",
+            {"missing": missing, "schema": list(schema)},
+        )
+    extra = [c for c in have if c not in schema]
+    if extra:
+        shown = ", ".join(extra[:20]) + (f" and {len(extra) - 20} more" if len(extra) > 20
+                                           else "")
+        work.warnings.append(f"extra column(s) dropped: {shown}")
+    wants = {c: dtype_from_name(t) for c, t in schema.items()}
+    if work.fmt == ".parquet":
+        for col in schema:
+            if kept_type(have[col]) is None:
+                raise unsupported_type(work.name, col, have[col])
+        exprs = {c: lossless(c, have[c], w) if w is not None else pl.col(c)
+                 for c, w in wants.items()}
+        check_values(work, lf, {c: e for c, e in exprs.items() if have[c] != wants[c]
+                                and wants[c] is not None}, wants)
+        sink(work, path, lf.select(list(exprs.values())), tmp)
+        return
+    # CSV: the parser reads each column straight into its schema type. A column it can't
+    # parse so (an integer column holding "3.0") is read as text and cast losslessly
+    # instead, after a pass that finds the first value that does not cast.
+    as_text: set[str] = set()
+    for _ in range(len(schema) + 1):
+        overrides = {c: w for c, w in wants.items() if w is not None and c not in as_text}
+        scan = scan_csv(path, infer_schema=False, schema_overrides=overrides)
+        casts = {c: lossless(c, pl.String(), wants[c]) for c in as_text}  # type: ignore[arg-type]
+        check_values(work, scan, casts, wants)
+        exprs = [casts.get(c, pl.col(c)) for c in schema]
+        try:
+            sink(work, path, scan.select(exprs), tmp)
+            return
+        except ApplianceError as err:
+            col = err.details.get("column")
+            if err.code != "bad_value" or col not in wants or col in as_text:
+                raise
+            as_text.add(col)
+    raise AssertionError("unreachable: every column was tried as text")
+
+
+def check_values(work: Work, lf: pl.LazyFrame, casts: dict[str, pl.Expr],
+                 wants: dict[str, pl.DataType | None]) -> None:
+    """Refuse the file at the first value of ``casts`` that does not convert."""
+    if not casts:
+        return
+    bad = {c: (pl.col(c).is_not_null() & e.is_null()) for c, e in casts.items()}
+    flags = polars_call(lambda: lf.select([b.any().alias(c) for c, b in bad.items()]).collect())
+    for col in casts:
+        if flags[col][0]:
+            found = polars_call(lambda col=col: lf.with_row_index(ROW_INDEX).filter(bad[col])
+                                .select(ROW_INDEX, pl.col(col).cast(pl.String)).head(1).collect())
+            row = int(found[ROW_INDEX][0]) + 1 if found.height else None
+            value = found[col][0] if found.height else None
+            raise bad_value(work, col, row, value, wants[col])
+
+
+def sink(work: Work, path: Path, lf: pl.LazyFrame, tmp: Path) -> None:
+    """Stream ``lf`` into the Parquet file ``tmp``; a failure refuses the dropped file."""
+    try:
+        polars_call(lambda: lf.sink_parquet(tmp, sync_on_close="all"))
+    except PolarsFailure as exc:
+        raise read_failure(work, exc) from None
