@@ -183,7 +183,7 @@ from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from appliance.core.config import parse
 from appliance.store.events import Events
-from appliance.ingest.ingester import Ingester
+from appliance.ingest import Ingester
 from appliance.core.statedir import StateDir
 from appliance.store.database import Store
 state = StateDir(Path(sys.argv[2])); state.create()
