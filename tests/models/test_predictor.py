@@ -32,7 +32,7 @@ from appliance.features import to_matrix
 from appliance.models import train
 from appliance.models.predictor import LiveModels, LoadedModel, live_fast_configs
 from appliance.monitoring import PredictionIds, PredictionLog
-from appliance.serving.app import HostPolicy
+from appliance.serving import HostPolicy
 from appliance.store import Store
 
 FAST_TRAIN = TrainSettings(num_boost_round=60, early_stopping_rounds=20, threads=1)

@@ -16,7 +16,7 @@ import pytest
 
 from appliance.api_types import PredictResponse
 from appliance.core import ApplianceError
-from appliance.serving.app import PredictFastPath
+from appliance.serving import PredictFastPath
 
 PATH = "/v1/pipelines/machines/predict"
 BODY = json.dumps({"rows": [{"rpm": 1500, "site": "north"}]}).encode()

@@ -1,7 +1,5 @@
 """The feature store's routes: ``/v1/feature-sets``, one set, and one entity's online
-values. Kept beside ``serve.py`` so the HTTP app stays one list of small handlers."""
-
-from typing import TYPE_CHECKING, Any
+values."""
 
 from litestar import get
 from litestar.openapi import ResponseSpec
@@ -9,9 +7,7 @@ from litestar.params import FromPath
 
 from appliance.api_types import ErrorBody, FeatureSetInfo, FeatureSetList, OnlineFeatures
 from appliance.core import ApplianceError
-
-if TYPE_CHECKING:  # the daemon builds the parts; serving only uses them
-    from appliance.daemon import Services
+from appliance.serving.context import Context, ServingContext
 
 HOST = {400: ResponseSpec(data_container=ErrorBody, description="the Host header is not this "
                           "appliance's address or a name in server.allowed_hosts")}
@@ -19,55 +15,59 @@ NOT_FOUND = {**HOST, 404: ResponseSpec(data_container=ErrorBody,
                                        description="no such feature set or key")}
 
 
-def feature_set_routes(services: "Services") -> list[Any]:
-    store, settings = services.store, services.settings
-
-    def known(name: str) -> None:
-        if name not in settings.feature_sets:
-            raise ApplianceError(
-                "unknown_feature_set",
-                f"no feature set `{name}`; declare it in appliance.toml as "
-                f'[feature_sets.{name}] key = "..."', {"feature_set": name}, status=404,
-            )
-
-    def info(name: str) -> FeatureSetInfo:
-        fs = settings.feature_sets[name]
-        record = store.pipeline(name)
-        datasets = store.datasets(name)
-        last = store.ingestions(name, limit=1)
-        online = store.online_summary(name)
-        return FeatureSetInfo(
-            name=name, key=fs.key, timestamp=fs.timestamp,
-            schema=record.schema if record else None, datasets=len(datasets),
-            rows=sum(d.rows for d in datasets), keys=online["keys"],
-            updated_at=online["updated_at"], newest_event=online["newest_event"],
-            last_ingestion=last[0].finished_at if last else None,
-            used_by=sorted(p for p, cfg in settings.pipelines.items() if name in cfg.join),
+def known_feature_set(context: ServingContext, name: str) -> None:
+    if name not in context.settings.feature_sets:
+        raise ApplianceError(
+            "unknown_feature_set",
+            f"no feature set `{name}`; declare it in appliance.toml as "
+            f'[feature_sets.{name}] key = "..."', {"feature_set": name}, status=404,
         )
 
-    @get("/v1/feature-sets", sync_to_thread=False, tags=["features"], responses=HOST)
-    def feature_sets() -> FeatureSetList:
-        """Every declared feature set with its schema, size and freshness."""
-        return FeatureSetList(feature_sets=[info(n) for n in sorted(settings.feature_sets)])
 
-    @get("/v1/feature-sets/{name:str}", sync_to_thread=False, tags=["features"],
-         responses=NOT_FOUND)
-    def feature_set(name: FromPath[str]) -> FeatureSetInfo:
-        """One feature set: schema, rows, keys in the online store, freshness."""
-        known(name)
-        return info(name)
+def feature_set_info(context: ServingContext, name: str) -> FeatureSetInfo:
+    store, settings = context.store, context.settings
+    fs = settings.feature_sets[name]
+    record = store.pipeline(name)
+    datasets = store.datasets(name)
+    last = store.ingestions(name, limit=1)
+    online = store.online_summary(name)
+    return FeatureSetInfo(
+        name=name, key=fs.key, timestamp=fs.timestamp,
+        schema=record.schema if record else None, datasets=len(datasets),
+        rows=sum(d.rows for d in datasets), keys=online["keys"],
+        updated_at=online["updated_at"], newest_event=online["newest_event"],
+        last_ingestion=last[0].finished_at if last else None,
+        used_by=sorted(p for p, cfg in settings.pipelines.items() if name in cfg.join),
+    )
 
-    @get("/v1/feature-sets/{name:str}/{key:str}", sync_to_thread=False, tags=["features"],
-         responses=NOT_FOUND)
-    def online_values(name: FromPath[str], key: FromPath[str]) -> OnlineFeatures:
-        """The online store's latest values of one entity."""
-        known(name)
-        found = store.online_feature(name, key)
-        if found is None:
-            raise ApplianceError(
-                "unknown_entity", f"feature set `{name}` has no values for key `{key}`",
-                {"feature_set": name, "key": key}, status=404,
-            )
-        return OnlineFeatures(feature_set=name, key=key, **found)
 
-    return [feature_sets, feature_set, online_values]
+@get("/v1/feature-sets", sync_to_thread=False, tags=["features"], responses=HOST)
+def feature_sets(context: Context) -> FeatureSetList:
+    """Every declared feature set with its schema, size and freshness."""
+    return FeatureSetList(feature_sets=[feature_set_info(context, n)
+                                        for n in sorted(context.settings.feature_sets)])
+
+
+@get("/v1/feature-sets/{name:str}", sync_to_thread=False, tags=["features"],
+     responses=NOT_FOUND)
+def feature_set(name: FromPath[str], context: Context) -> FeatureSetInfo:
+    """One feature set: schema, rows, keys in the online store, freshness."""
+    known_feature_set(context, name)
+    return feature_set_info(context, name)
+
+
+@get("/v1/feature-sets/{name:str}/{key:str}", sync_to_thread=False, tags=["features"],
+     responses=NOT_FOUND)
+def online_values(name: FromPath[str], key: FromPath[str], context: Context) -> OnlineFeatures:
+    """The online store's latest values of one entity."""
+    known_feature_set(context, name)
+    found = context.store.online_feature(name, key)
+    if found is None:
+        raise ApplianceError(
+            "unknown_entity", f"feature set `{name}` has no values for key `{key}`",
+            {"feature_set": name, "key": key}, status=404,
+        )
+    return OnlineFeatures(feature_set=name, key=key, **found)
+
+
+ROUTES = [feature_sets, feature_set, online_values]

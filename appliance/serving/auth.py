@@ -1,0 +1,125 @@
+"""Who may call what: the admin token's guard, and the gate in front of predict (the
+predict token when ``server.predict_token_required``, and a body declared as JSON).
+
+Tokens are compared in constant time; an empty token never matches.
+"""
+
+import hmac
+import re
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from appliance.api_types import ErrorBody
+from appliance.serving.asgi import header, send_error
+from appliance.serving.context import ServingContext, context_of
+
+
+def _bearer(connection: ASGIConnection) -> bytes:
+    raw = header(connection.scope, b"authorization") or b""
+    scheme, _, token = raw.partition(b" ")
+    return token.strip() if scheme.lower() == b"bearer" else b""
+
+
+def _token_matches(presented: bytes, *accepted: str | None) -> bool:
+    """Constant-time comparison against each accepted token; an empty token never matches."""
+    ok = False
+    for token in accepted:
+        if token:
+            ok |= hmac.compare_digest(presented, token.encode())
+    return ok and bool(presented)
+
+
+async def admin_guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """The guard of the admin routes: ``Authorization: Bearer`` with the admin token."""
+    if not _token_matches(_bearer(connection), context_of(connection).token):
+        raise NotAuthorizedException(
+            "this route needs the admin token: Authorization: Bearer <token from the "
+            "state directory's `token` file>", headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
+def predict_tokens(context: ServingContext) -> tuple[str, ...] | None:
+    """The tokens predict accepts (its own and the admin one) when
+    ``server.predict_token_required``, else None (predict is open)."""
+    if not context.settings.server.predict_token_required:
+        return None
+    return tuple(t for t in (context.predict_token, context.token) if t)
+
+
+JSON_MEDIA = re.compile(r"^application/([a-z0-9.+-]+\+)?json$")
+
+
+_json_media_cache: dict[bytes, str | None] = {}
+
+
+def _not_json(raw: bytes) -> str | None:
+    """The media type of a Content-Type that is not JSON, else None (cached)."""
+    if raw in _json_media_cache:
+        return _json_media_cache[raw]
+    media = raw.decode("latin-1").split(";", 1)[0].strip().lower()
+    verdict = None if JSON_MEDIA.match(media) else media
+    if len(_json_media_cache) < 256:
+        _json_media_cache[raw] = verdict
+    return verdict
+
+
+class PredictGateMiddleware:
+    """What predict checks before its body is read, in one pass over the headers.
+
+    - With ``server.predict_token_required``: ``Authorization: Bearer`` with the predict
+      token or the admin token, compared in constant time (else 401).
+    - The body must be declared JSON (else 415). No Content-Type is taken as JSON (simple
+      clients omit it). Refusing ``text/plain`` and forms also means a web page can't post
+      to the API without a CORS preflight.
+
+    A route middleware rather than Litestar guards: a guard costs a copy of the route
+    handler on every call, which is most of a fast prediction.
+    """
+
+    def __init__(self, app: ASGIApp, tokens: tuple[str, ...] | None) -> None:
+        self.app = app
+        self.tokens = tokens
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        content_type = authorization = None
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                content_type = value
+            elif key == b"authorization":
+                authorization = value
+        refusal = gate_refusal(self.tokens, content_type, authorization)
+        if refusal is not None:
+            await send_error(send, *refusal)
+            return
+        await self.app(scope, receive, send)
+
+
+def gate_refusal(tokens: tuple[str, ...] | None, content_type: bytes | None,
+                 authorization: bytes | None,
+                 ) -> tuple[int, ErrorBody, list[tuple[bytes, bytes]]] | None:
+    """Why :class:`PredictGateMiddleware` refuses a predict call (status, body, headers),
+    or None when it lets it through. The fast path asks it too."""
+    if tokens is not None:
+        scheme, _, token = (authorization or b"").partition(b" ")
+        presented = token.strip() if scheme.lower() == b"bearer" else b""
+        if not _token_matches(presented, *tokens):
+            return 401, ErrorBody(
+                code="unauthorized",
+                message="predictions need a token here (server.predict_token_required): "
+                        "Authorization: Bearer <token from the state directory's "
+                        "`predict_token` file>",
+            ), [(b"www-authenticate", b"Bearer")]
+    if content_type is not None:
+        media = _not_json(content_type)
+        if media is not None:
+            return 415, ErrorBody(
+                code="unsupported_media_type",
+                message=f"the body must be JSON: send `Content-Type: application/json` "
+                        f"(got `{media}`)",
+                details={"field": "Content-Type", "expected": "application/json",
+                         "got": media},
+            ), []
+    return None

@@ -1,0 +1,155 @@
+"""What a client sees when a call fails: the OpenAPI declarations of the error answers,
+and the exception handlers that turn every failure into an :class:`ErrorBody` (none carries
+a stack trace).
+
+Every status code a route can answer is declared in its OpenAPI operation (``/schema``),
+so a generated client knows them all: 400 on every route (a Host header that is not this
+appliance's, see :class:`~appliance.serving.host.HostPolicy`), and per route what its
+handler can refuse.
+"""
+
+import json
+import logging
+import math
+import re
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import ResponseSpec
+from litestar.utils.scope.state import ScopeState
+
+from appliance.api_types import ErrorBody
+from appliance.core import ApplianceError
+from appliance.serving.context import context_of
+
+log = logging.getLogger("appliance.serve")
+
+
+def error_spec(status: int, description: str) -> ResponseSpec:
+    return ResponseSpec(data_container=ErrorBody, description=description)
+
+
+ERRORS_PIPELINE = {404: error_spec(404, "no such pipeline")}
+ERRORS_ADMIN = {401: error_spec(401, "missing or wrong bearer token")}
+# Every route: the Host check answers 400 before any handler runs.
+ERRORS_HOST = {400: error_spec(400, "the Host header is not this appliance's address or a name "
+                                    "in server.allowed_hosts (DNS rebinding protection)")}
+ERRORS_QUERY = {400: error_spec(400, "a query parameter is invalid, or the Host header is not "
+                                     "this appliance's")}
+
+
+class _Constant(str):
+    """NaN, Infinity or -Infinity, as written in a body."""
+
+
+def _non_finite_number(body: bytes) -> tuple[int, str, str] | None:
+    """Find NaN or Infinity (or a number too large for a double) in a predict body that
+    the strict JSON parser refused; returns (row, field, what it is). Only on errors."""
+    try:  # the stdlib parser takes NaN and Infinity, and reads 1e400 as inf
+        doc = json.loads(body, parse_constant=_Constant)
+    except (ValueError, RecursionError):
+        return None
+    rows = doc.get("rows") if isinstance(doc, dict) else None
+    if not isinstance(rows, list):
+        return None
+    for r, row in enumerate(rows):
+        if isinstance(row, dict):
+            for key, value in row.items():
+                if isinstance(value, _Constant):
+                    return r, str(key), f"{value}, which JSON does not allow"
+                if isinstance(value, float) and not math.isfinite(value):
+                    return r, str(key), "a number too large for a double"
+    return None
+
+
+_ROW_KEY = re.compile(r"^rows\[(\d+)\]$")
+_GOT = re.compile(r"got `([^`]+)`")
+
+
+def on_appliance_error(_: Request[Any, Any, Any], exc: ApplianceError) -> Response[Any]:
+    headers = {"Retry-After": "5"} if exc.status == 503 else None
+    return Response(ErrorBody(code=exc.code, message=exc.message, details=exc.details),
+                    status_code=exc.status, headers=headers)
+
+
+def on_validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    problems = []
+    details: dict[str, Any] = {}
+    for e in exc.extra or []:
+        if not isinstance(e, dict):
+            problems.append(str(e))
+            continue
+        text = str(e.get("message", e))
+        key = str(e.get("key") or "")
+        source = getattr(e.get("source"), "value", e.get("source"))
+        row = _ROW_KEY.match(key)
+        got = _GOT.search(text)
+        if row and "object" in text:
+            r = int(row.group(1))
+            text = f"row {r}: expected an object of feature values" + (
+                f", got {got.group(1)}" if got else "")
+            details.setdefault("row", r)
+            details.setdefault("field", "(row)")
+            details.setdefault("expected", "an object of feature values")
+        elif key == "data" and source == "body":
+            if text == "'data'":  # Litestar's words for "no body at all"
+                text = "the body is empty or null"
+            text = f"{text.rstrip('.')}; send a JSON object {{\"rows\": [{{feature: value, " \
+                   "...}, ...]}"
+            details.setdefault("field", "(body)")
+            details.setdefault("expected", '{"rows": [...]}')
+        elif key and source == "body":
+            text = f"`{key}` in the body: {text}"
+            details.setdefault("field", key)
+        elif key:
+            text = f"{source or 'request'} parameter `{key}`: {text}"
+            details.setdefault("field", key)
+        problems.append(text)
+    message = "; ".join(problems) or exc.detail
+    return Response(ErrorBody(code="invalid_request", message=message,
+                              details={**details, "problems": problems}), status_code=400)
+
+
+def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    status = exc.status_code
+    code = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+            413: "body_too_large"}.get(status, "http_error")
+    message = exc.detail
+    details: dict[str, Any] = {}
+    if status == 413:
+        max_body = context_of(request).settings.server.max_body_bytes  # the app's limit
+        message = (f"the body is over {max_body} bytes (server.max_body_bytes); send "
+                   "fewer rows per call")
+        details = {"limit": max_body}
+    elif status == 400 and request.method == "POST":
+        # The body could not be parsed as JSON.
+        code = "invalid_json"
+        body = ScopeState.from_scope(request.scope).body
+        found = _non_finite_number(body) if isinstance(body, bytes) else None
+        if found is not None:
+            r, key, what = found
+            message = (f"row {r}: field `{key}` is {what}; send a finite number, or null "
+                       "for a missing value")
+            details = {"row": r, "field": key, "expected": "a finite number or null"}
+        else:
+            message = (f"the body is not valid JSON ({exc.detail}); send "
+                       '{"rows": [{feature: value, ...}]} (NaN and Infinity are not JSON;'
+                       " send null for a missing value)")
+    return Response(ErrorBody(code=code, message=message, details=details),
+                    status_code=status, headers=exc.headers)
+
+
+def on_crash(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.error("request_failed path=%s error=%r", request.url.path, exc, exc_info=exc)
+    return Response(ErrorBody(code="internal_error",
+                              message="the appliance failed on this request; see its log"),
+                    status_code=500)
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    ApplianceError: on_appliance_error,
+    ValidationException: on_validation_error,
+    HTTPException: on_http_error,
+    Exception: on_crash,
+}
