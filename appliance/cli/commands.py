@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -114,29 +113,18 @@ def ingest(file: str, pipeline: str, state_dir: str | None) -> None:
 
     if not PIPELINE_NAME.match(pipeline):
         _fail(f"`{pipeline}` is not a valid pipeline name (letters, digits, '_', '.', '-')")
+    from appliance.cli.dropfile import drop_file
+    from appliance.core import ApplianceError
+
     state = StateDir(resolve_state_dir(state_dir))
-    folder = state.inbox / pipeline
-    folder.mkdir(parents=True, exist_ok=True)
     src = Path(file)
-    tmp = folder / f".{src.name}.part"
-    shutil.copyfile(src, tmp)
-    _hand_to_service(state, folder, tmp)
-    os.replace(tmp, folder / src.name)
-    click.echo(f"dropped {src.name} into {folder}")
-
-
-def _hand_to_service(state: StateDir, *paths: Path) -> None:
-    """Under sudo, on a box where the service runs as its own user (systemd's DynamicUser),
-    give what we made to the owner of the inbox: the daemon must be able to move it."""
-    if os.geteuid() != 0:
-        return
     try:
-        owner = state.inbox.stat()
-    except OSError:
-        return
-    for path in paths:
-        if owner.st_uid != 0 and path.stat().st_uid != owner.st_uid:
-            os.chown(path, owner.st_uid, owner.st_gid)
+        folder = drop_file(state, pipeline, src)
+    except ApplianceError as err:
+        _fail(err.message, 1)
+    except OSError as exc:
+        _fail(f"cannot drop {src} into {state.inbox / pipeline}: {exc.strerror or exc}", 1)
+    click.echo(f"dropped {src.name} into {folder}")
 
 
 # --- commands that talk to the running daemon ----------------------------------------------

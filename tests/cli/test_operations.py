@@ -185,3 +185,83 @@ def test_sudo_ingest_hands_the_file_to_the_service_user(tmp_path):
     folder = state / "inbox/machines"
     assert folder.stat().st_uid == 4242  # the daemon can rename files out of it
     assert (folder / "machines_01.csv").stat().st_uid == 4242
+
+
+# --- `sudo appliance ingest` never follows a link the service user planted (issue 19.1) ----
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="needs root, as `sudo appliance ingest` has")
+
+
+def _service_owned_inbox(tmp_path: Path) -> tuple[Path, int]:
+    """A state dir whose inbox belongs to a second user (nobody), as under DynamicUser;
+    everything in the inbox is that user's to change."""
+    import pwd
+
+    uid = pwd.getpwnam("nobody").pw_uid
+    state = tmp_path / "state"
+    (state / "inbox/machines").mkdir(parents=True)
+    for folder in (state / "inbox", state / "inbox/machines"):
+        os.chown(folder, uid, uid)
+    return state, uid
+
+
+def _root_only(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    path.chmod(0o600)
+    return path
+
+
+def _sudo_ingest(state: Path, name: str = "machines_01.csv"):
+    return CliRunner().invoke(cli, ["ingest", str(SAMPLES / name), "--pipeline", "machines",
+                                    "--state-dir", str(state)])
+
+
+@needs_root
+def test_sudo_ingest_never_writes_or_chowns_through_a_planted_temp_link(tmp_path):
+    state, uid = _service_owned_inbox(tmp_path)
+    secret = _root_only(tmp_path / "shadow", b"root:secret\n")
+    folder = state / "inbox/machines"
+    # The temp names a guessing service user would plant: the old fixed one, and others.
+    for name in (".machines_01.csv.part", ".machines_01.csv.tmp"):
+        (folder / name).symlink_to(secret)
+    result = _sudo_ingest(state)
+    assert result.exit_code == 0, result.output
+    assert secret.read_bytes() == b"root:secret\n"
+    st = secret.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 0, 0o600)
+    dropped = folder / "machines_01.csv"
+    assert dropped.read_bytes() == (SAMPLES / "machines_01.csv").read_bytes()
+    assert not dropped.is_symlink() and dropped.stat().st_uid == uid
+    assert dropped.stat().st_nlink == 1
+
+
+@needs_root
+def test_sudo_ingest_refuses_a_pipeline_folder_that_is_a_link(tmp_path):
+    state, _ = _service_owned_inbox(tmp_path)
+    rootdir = tmp_path / "root-only"
+    rootdir.mkdir(mode=0o700)
+    _root_only(rootdir / "keep", b"mine")
+    folder = state / "inbox/machines"
+    folder.rmdir()
+    folder.symlink_to(rootdir)
+    result = _sudo_ingest(state)
+    assert result.exit_code != 0
+    assert "inbox/machines" in result.output and "link" in result.output
+    st = rootdir.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 0, 0o700)
+    assert sorted(p.name for p in rootdir.iterdir()) == ["keep"]
+    assert (rootdir / "keep").stat().st_uid == 0
+
+
+@needs_root
+def test_sudo_ingest_refuses_an_inbox_that_is_a_link(tmp_path):
+    state, _ = _service_owned_inbox(tmp_path)
+    rootdir = tmp_path / "root-only"
+    (rootdir / "machines").mkdir(parents=True, mode=0o700)
+    (state / "inbox").rename(tmp_path / "old-inbox")
+    (state / "inbox").symlink_to(rootdir)
+    result = _sudo_ingest(state)
+    assert result.exit_code != 0 and "link" in result.output
+    assert list((rootdir / "machines").iterdir()) == []
+    assert (rootdir / "machines").stat().st_uid == 0 and rootdir.stat().st_uid == 0
