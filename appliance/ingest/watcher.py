@@ -29,13 +29,13 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from appliance.core import PIPELINE_NAME, IngestSettings, StateDir
+from appliance.ingest.claim import claim, unshare
 from appliance.ingest.names import is_temporary, safe_name
 from appliance.store import Events
 
 log = logging.getLogger("appliance.ingest")
 
 GZ_ROOM_FACTOR = 6                  # disk a .csv.gz needs per byte: decompressed + converted
-_CHUNK = 1 << 20                    # the copy of a claim from another file system
 
 
 def room_needed(size: int, name: str) -> int:
@@ -129,6 +129,7 @@ class InboxWatcher:
         for pipe_dir in _real_dirs(self.state.processing):
             for path in sorted(pipe_dir.iterdir()):
                 if not path.name.startswith("."):
+                    _unshare_claimed(path)
                     self.submit(path, pipe_dir.name)
 
     def hold(self, path: Path) -> None:
@@ -278,39 +279,35 @@ class InboxWatcher:
         dest_dir = self.state.pipeline_dir(self.state.processing, pipeline)
         dest = dest_dir / f"{time.time_ns()}__{safe_name(path.name)}"
         try:
-            try:
-                os.rename(path, dest)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-                _move_across_devices(path, dest)
+            claim(self.state.inbox, pipeline, path.name, dest_dir, dest.name)
         except FileNotFoundError:
             return  # taken by someone else, or deleted by its writer
         except OSError as exc:
             if path not in self._refused_names:
-                log.warning("claim_failed path=%s error=%s", path, exc)
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    log.warning("claim_refused path=%s: the pipeline folder was replaced by "
+                                "a link or a file; links are never followed", path)
+                else:
+                    log.warning("claim_failed path=%s error=%s", path, exc)
                 self._refused_names.add(path)
             return
         with contextlib.suppress(Exception):
             self.submit(dest, pipeline)
 
 
-def _move_across_devices(src: Path, dest: Path) -> None:
-    """Claim a file from an inbox on another file system (a network mount): copy it under
-    a hidden name, make it durable, rename it into place, then remove the original. A
-    crash between the last two steps leaves both; the second is then archived as a
-    duplicate, never ingested twice."""
-    st = src.lstat()
-    if not stat.S_ISREG(st.st_mode):
-        raise OSError(errno.EXDEV, "not a regular file, on another file system")
-    tmp = dest.with_name(f".copy-{dest.name}")
-    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as fin, open(tmp, "wb") as fout:
-        shutil.copyfileobj(fin, fout, _CHUNK)
-        fout.flush()
-        os.fsync(fout.fileno())
-    os.rename(tmp, dest)
-    os.unlink(src)
+def _unshare_claimed(path: Path) -> None:
+    """A claim a crash left with other hard links gets its private copy (see claim.py)."""
+    try:
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        unshare(fd, path.name)
+    except OSError as exc:
+        log.warning("claim_copy_failed file=%s error=%s: a hard-linked file is ingested "
+                    "as it is", path, exc)
+    finally:
+        os.close(fd)
 
 
 def _prompt_renames() -> None:
