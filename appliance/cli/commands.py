@@ -300,8 +300,9 @@ def backup(dest: str, state_dir: str | None, without_originals: bool) -> None:
     """Copy the state directory to DEST (new or empty), safely while the daemon runs.
 
     The database is copied with SQLite's online backup, then the models, data sets, config,
-    token and (unless --without-originals) the original files. To restore: stop the
-    service, put the copy in place of the state directory, start it.
+    token and (unless --without-originals) the original files. Symlinks are copied as
+    links, never what they point at; FIFOs, sockets and devices are left out (and listed).
+    To restore: stop the service, put the copy in place of the state directory, start it.
 
     Example: appliance backup /mnt/usb/appliance-2026-03-01 --state-dir /var/lib/appliance
     """
@@ -318,6 +319,9 @@ def backup(dest: str, state_dir: str | None, without_originals: bool) -> None:
     if result.vanished:
         click.echo(f"{len(result.vanished)} file(s) moved while copying (taken by the "
                    "running daemon); the database copy is consistent without them")
+    if result.skipped:
+        click.echo(f"{len(result.skipped)} special file(s) left out (FIFOs, sockets or "
+                   f"devices, refused drops): {', '.join(result.skipped)}")
 
 
 def runfile_url(state_dir: str | None) -> str | None:
