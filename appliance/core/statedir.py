@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import secrets
 from dataclasses import dataclass
@@ -77,14 +79,52 @@ class StateDir:
 
 
 def _ensure_secret(path: Path) -> str:
-    """The token in ``path``, or a new one (256 bits, URL-safe) written with mode 0600 from
-    the start (O_EXCL: never readable by others, not even for a moment)."""
+    """The token in ``path``, or a new one (256 bits, URL-safe) when absent.
+
+    A new token is written whole before its name exists: into a hidden temporary file made
+    with mode 0600 from the start (O_EXCL: never readable by others, not even for a
+    moment), fsynced, then linked to its name (``link`` is atomic and never replaces a
+    file), and the folder fsynced: after a power cut the token is either absent (and made
+    again) or whole. Two first starts racing both end with the token of the one that
+    linked first; neither crashes, neither reads a half-written file."""
     try:
         return path.read_text().strip()
     except FileNotFoundError:
         pass
     token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    return token
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path, follow_symlinks=False)
+        except FileExistsError:
+            pass  # another start made it first: its token is the one
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            _replace_once(tmp, path)  # no hard links on this file system (FAT)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    _fsync_dir(path.parent)
+    return path.read_text().strip()
+
+
+def _replace_once(tmp: Path, path: Path) -> None:
+    """Where ``link`` is not supported: rename into place unless a token is there by now
+    (a race between two first starts on such a file system may then keep the later one)."""
+    if not path.exists():
+        os.replace(tmp, path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
