@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+
+log = logging.getLogger("appliance.threads")
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+_CONSEQUENCE = {
+    "sched_setscheduler": "training runs at a nice value instead of SCHED_IDLE, so a "
+                          "request waits for its time slice",
+    "setpriority": "background threads (training, ingestion, the prediction log) run at "
+                   "serving's priority and compete with it for the cores",
+}
 
 
 def lower_thread_priority(niceness: int = 10, *, idle: bool = False) -> None:
@@ -17,18 +30,36 @@ def lower_thread_priority(niceness: int = 10, *, idle: bool = False) -> None:
     slice, which is a millisecond of waiting in the tail of prediction latency. For
     training (long, many threads, worth less than an answer now); on a box kept busy on
     every core it then waits for idle time.
+
+    A call the system refuses (a seccomp filter answers EPERM) is logged once per process,
+    with what it costs and what to allow: never silently.
     """
     tid = threading.get_native_id()
-    try:
-        if idle:
+    if idle:
+        try:
             os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
             return
-    except (AttributeError, OSError):
-        pass  # no SCHED_IDLE here: a nice value is the next best
+        except AttributeError:
+            pass  # no SCHED_IDLE here: a nice value is the next best
+        except OSError as exc:
+            _refused("sched_setscheduler", exc)
     try:
         os.setpriority(os.PRIO_PROCESS, tid, niceness)
-    except (AttributeError, OSError):
+    except AttributeError:
         pass
+    except OSError as exc:
+        _refused("setpriority", exc)
+
+
+def _refused(call: str, exc: OSError) -> None:
+    with _warned_lock:
+        if call in _warned:
+            return
+        _warned.add(call)
+    log.warning("priority_not_lowered call=%s error=%s: %s; under systemd the unit must "
+                "allow the call (SystemCallFilter=setpriority sched_setscheduler, as "
+                "systemd/appliance.service does)", call, exc.strerror or exc,
+                _CONSEQUENCE[call])
 
 
 def lower_to_idle() -> None:

@@ -46,3 +46,31 @@ def test_other_background_threads_are_niced():
                       lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
     assert seen["parent"] == seen["child"] >= 10
     assert os.getpriority(os.PRIO_PROCESS, 0) == base
+
+
+def test_a_refused_priority_change_is_logged_once(monkeypatch, caplog):
+    """Under a seccomp filter (the unit's SystemCallFilter) both calls fail with EPERM: the
+    threads then compete with serving, which the operator must hear about, once."""
+    import errno
+    import logging
+
+    from appliance.core import threads as threads_module
+
+    def refused(*_args):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(threads_module.os, "sched_setscheduler", refused)
+    monkeypatch.setattr(threads_module.os, "setpriority", refused)
+    monkeypatch.setattr(threads_module, "_warned", set(), raising=False)
+    caplog.set_level(logging.WARNING, logger="appliance")
+    for _ in range(3):
+        _in_thread(lower_to_idle, lambda: None)
+        _in_thread(lower_thread_priority, lambda: None)
+    records = [r for r in caplog.records if r.name.startswith("appliance")]
+    messages = [r.getMessage() for r in records]
+    assert len(records) == 2, messages
+    assert all(r.levelno == logging.WARNING for r in records)
+    idle = next(m for m in messages if "call=sched_setscheduler" in m)
+    nice = next(m for m in messages if "call=setpriority" in m)
+    for m in (idle, nice):
+        assert "Operation not permitted" in m and "SystemCallFilter" in m, m
