@@ -1,9 +1,12 @@
 """Every request and response body of the HTTP API, as msgspec Structs.
 
 The server encodes these and the TUI decodes them, so a change of contract breaks a test,
-not an operator's screen.
+not an operator's screen. The identity proof (``identity_proof``) is part of the contract:
+the daemon computes it, the CLI and the TUI check it before they send a token.
 """
 
+import hashlib
+import hmac
 from typing import Annotated, Any
 
 import msgspec
@@ -24,6 +27,46 @@ class Ready(msgspec.Struct, kw_only=True):
     ready: bool
     models: dict[str, int]
     waiting_for: list[str] = []
+
+
+class Identity(msgspec.Struct, kw_only=True):
+    """``GET /v1/identity?challenge=HEX``: the daemon proves it holds the tokens before a
+    client sends one (see :func:`identity_proof`)."""
+
+    port: int  # the port the daemon was reached on
+    proofs: list[str]  # one per token it holds (admin, then predict): identity_proof(...)
+
+
+IDENTITY_CHALLENGE = r"^[0-9a-f]{32,128}$"
+
+
+def identity_proof(token: str, challenge: str, port: int) -> str:
+    """HMAC-SHA256 of the challenge and the port under a key derived from the token (so a
+    proof is good for nothing else). Shown only to a client that holds the token itself."""
+    key = hmac.new(token.encode(), b"appliance identity v1", hashlib.sha256).digest()
+    return hmac.new(key, f"{challenge}\n{port}".encode(), hashlib.sha256).hexdigest()
+
+
+def identity_problem(status: int, body: bytes, token: str, challenge: str,
+                     port: int | None) -> str | None:
+    """Why an answer to ``/v1/identity`` does not prove the daemon holds ``token`` (None
+    when it does). ``port``: the port the client called, checked against the one the
+    daemon was reached on (a relay from another port fails); None to skip that check
+    (the operator named the URL, which may go through a tunnel)."""
+    if status != 200:
+        return (f"it answered {status} to the identity check"
+                + (" (a daemon older than this client?)" if status == 404 else ""))
+    try:
+        answer = msgspec.json.decode(body, type=Identity)
+    except msgspec.DecodeError:
+        return "its answer to the identity check is not the appliance's"
+    if port is not None and answer.port != port:
+        return (f"it was reached on port {answer.port}, not on {port}: something in between "
+                "passes the calls on")
+    expected = identity_proof(token, challenge, answer.port)
+    if not any(hmac.compare_digest(expected.encode(), p.encode()) for p in answer.proofs):
+        return "it does not hold this token"
+    return None
 
 
 class ModelInfo(msgspec.Struct, kw_only=True):

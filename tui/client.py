@@ -14,6 +14,7 @@ each something the UI shows differently:
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -38,6 +39,7 @@ from appliance.api_types import (
     PromoteResponse,
     RetrainResponse,
     SystemResponse,
+    identity_problem,
 )
 
 T = TypeVar("T")
@@ -143,6 +145,7 @@ class ApplianceClient:
                 raise ApiError(401, "no_token",
                                "this needs the admin token: start the TUI with --token, set "
                                "APPLIANCE_TOKEN, or run it where <state>/token is readable")
+            await self._check_identity(self.token)
             headers["Authorization"] = f"Bearer {self.token}"
         try:
             resp = await self._http.request(method, path, headers=headers, params=params)
@@ -157,6 +160,29 @@ class ApplianceClient:
                            f"{method} {path}: the daemon's answer does not match this TUI's "
                            f"API types ({exc}); are the TUI and the daemon the same version?"
                            ) from exc
+
+    async def _check_identity(self, token: str) -> None:
+        """Before a call that carries the token: whatever answers must prove it holds the
+        token (``GET /v1/identity``, an HMAC of a fresh challenge and the port it was
+        reached on), so a program holding the port while the daemon is down never gets
+        it. Asked before every admin call (they are few, and a daemon may have been
+        replaced since the last). The port is checked when the URL was discovered from the
+        state directory, not when the operator named it (it may go through a tunnel)."""
+        challenge = secrets.token_hex(32)
+        try:
+            resp = await self._http.get("/v1/identity", params={"challenge": challenge})
+        except httpx.TransportError as exc:
+            raise DaemonUnavailable(self.url, _reason(exc)) from exc
+        url = httpx.URL(self.url)
+        port = url.port or (443 if url.scheme == "https" else 80)
+        problem = identity_problem(resp.status_code, resp.content, token, challenge,
+                                   port if self._discover is not None else None)
+        if problem is not None:
+            raise ApiError(resp.status_code, "not_our_daemon",
+                           f"{self.url} did not prove it is this appliance's daemon: "
+                           f"{problem}; the token was not sent. Is the daemon running? "
+                           "Another program may hold its port, or the token is not this "
+                           "daemon's")
 
     @staticmethod
     def _error(resp: httpx.Response) -> ApiError:

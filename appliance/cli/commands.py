@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -131,8 +132,16 @@ def ingest(file: str, pipeline: str, state_dir: str | None) -> None:
 
 
 class Client:
+    """The daemon's API for one command. Before the first call that would carry a token,
+    whatever answers on the URL must prove it holds that token (``GET /v1/identity``, an
+    HMAC of a fresh challenge and the port it was reached on): a program holding the port
+    while the daemon is down, or relaying to it from another port, never gets the token.
+    The port is checked when the URL came from ``daemon.json`` (or the default), not when
+    the operator named it with ``--url`` (it may go through a tunnel)."""
+
     def __init__(self, url: str | None, state_dir: str | None) -> None:
         state = StateDir(resolve_state_dir(state_dir))
+        self.discovered = url is None
         if url is None:
             try:
                 url = json.loads((state.root / "daemon.json").read_text())["url"]
@@ -143,20 +152,49 @@ class Client:
             self.token = os.environ.get("APPLIANCE_TOKEN") or state.token_file.read_text().strip()
         except OSError:
             self.token = None
+        self._http = httpx.Client(timeout=30)  # one connection for the proof and the call
+        self._trusted = False
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        headers = {}
+        if self.token:
+            self._check_identity(self.token)
+            headers = {"Authorization": f"Bearer {self.token}"}
         try:
-            resp = httpx.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
+            resp = self._http.request(method, self.url + path, headers=headers, **kwargs)
         except httpx.HTTPError as exc:
-            _fail(f"cannot reach the daemon at {self.url} ({exc}); is `appliance run` running?",
-                  1)
+            self._unreachable(exc)
         body = resp.json() if resp.headers.get("content-type", "").startswith(
             "application/json") else resp.text
         if resp.status_code >= 400:
             message = body.get("message") if isinstance(body, dict) else body
             _fail(f"{resp.status_code}: {message}", 1)
         return body
+
+    def _check_identity(self, token: str) -> None:
+        from appliance.api_types import identity_problem
+
+        if self._trusted:
+            return
+        challenge = secrets.token_hex(32)
+        try:
+            resp = self._http.get(self.url + "/v1/identity", params={"challenge": challenge})
+        except httpx.HTTPError as exc:
+            self._unreachable(exc)
+        port = httpx.URL(self.url).port or (443 if self.url.startswith("https") else 80)
+        problem = identity_problem(resp.status_code, resp.content, token, challenge,
+                                   port if self.discovered else None)
+        if problem is not None:
+            where = ("the URL in <state>/daemon.json" if self.discovered else "--url")
+            _fail(f"{self.url} ({where}) did not prove it is this appliance's daemon: "
+                  f"{problem}; the token was not sent. Is the daemon running (`systemctl "
+                  "status appliance`, or `appliance run`)? Another program may hold its "
+                  "port; or the token (<state>/token, $APPLIANCE_TOKEN) is not this "
+                  "daemon's", 1)
+        self._trusted = True
+
+    def _unreachable(self, exc: Exception) -> None:
+        _fail(f"cannot reach the daemon at {self.url} ({exc}); is `appliance run` running?", 1)
 
 
 def _client_options(f: Any) -> Any:

@@ -13,7 +13,7 @@ import msgspec
 import pytest
 from textual.widgets import Input, Static
 
-from appliance.api_types import ErrorBody, Health
+from appliance.api_types import ErrorBody, Health, Identity, identity_proof
 from tests.conftest import ROOT
 from tests.tui.test_tui import SIZE, column, rows, text_of, until
 from tests.tui.tui_fixture import NOW, fixture_app
@@ -73,23 +73,57 @@ async def test_an_answer_of_the_wrong_shape_says_so():
     await client.aclose()
 
 
+def _identity(request: httpx.Request, token: str = "tok", port: int = 80) -> httpx.Response:
+    challenge = request.url.params["challenge"]
+    return _json(200, Identity(port=port, proofs=[identity_proof(token, challenge, port)]))
+
+
 async def test_admin_calls_send_the_token_and_refuse_without_one():
     seen: list[str | None] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request.headers.get("authorization"))
+        if request.url.path == "/v1/identity":
+            return _identity(request)
         return _json(202, {"pipeline": "m", "started": True, "message": "training started"})
 
     client = _client(handler)
     assert (await client.retrain("m")).started
-    assert seen == ["Bearer tok"]
+    assert seen == [None, "Bearer tok"]  # the proof first, without the token
     await client.aclose()
     anonymous = _client(handler, token=None)
     with pytest.raises(ApiError) as exc:
         await anonymous.promote("m", 1)
     assert exc.value.code == "no_token" and "--token" in exc.value.message
-    assert len(seen) == 1  # nothing was sent
+    assert len(seen) == 2  # nothing was sent
     await anonymous.aclose()
+
+
+@pytest.mark.parametrize("answer", ["wrong proof", "not the daemon", "relayed", "no route"])
+async def test_no_token_to_whatever_does_not_prove_it_is_the_daemon(answer):
+    """Issue 19.17: a program holding the daemon's port (or relaying to it from another
+    port) gets no token from the console."""
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        if request.url.path != "/v1/identity":
+            return _json(202, {"pipeline": "m", "started": True, "message": "ok"})
+        if answer == "wrong proof":
+            return _identity(request, token="not-tok")
+        if answer == "relayed":
+            return _identity(request, port=8081)
+        if answer == "no route":
+            return _json(404, ErrorBody(code="not_found", message="Not Found"))
+        return _json(200, {"pipelines": []})
+
+    client = ApplianceClient("http://d.test", "tok", discover=lambda: "http://d.test",
+                             transport=httpx.MockTransport(handler))
+    with pytest.raises(ApiError) as exc:
+        await client.retrain("m")
+    assert exc.value.code == "not_our_daemon" and "token was not sent" in exc.value.message
+    assert seen == [None]
+    await client.aclose()
 
 
 async def test_rediscover_follows_the_runfile():

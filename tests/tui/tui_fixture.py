@@ -22,6 +22,7 @@ from appliance.api_types import (
     FeatureSetInfo,
     FeatureSetList,
     Health,
+    Identity,
     IngestionInfo,
     IngestionList,
     JobInfo,
@@ -38,6 +39,7 @@ from appliance.api_types import (
     RetrainResponse,
     ScheduledJob,
     SystemResponse,
+    identity_proof,
 )
 
 NOW = datetime(2026, 3, 2, 10, 0, 0, tzinfo=UTC)
@@ -280,6 +282,11 @@ def transport(missing: frozenset[str] = frozenset()) -> httpx.MockTransport:
     def handle(request: httpx.Request) -> httpx.Response:
         path = request.url.path
         key = (request.method, path)
+        if key == ("GET", "/v1/identity"):  # the fake daemon holds the fixture's token
+            challenge = request.url.params["challenge"]
+            answer = Identity(port=80, proofs=[identity_proof("t0ken", challenge, 80)])
+            return httpx.Response(200, content=msgspec.json.encode(answer),
+                                  headers={"content-type": "application/json"})
         if path in missing or key not in table:
             body = ErrorBody(code="not_found", message="Not Found")
             return httpx.Response(404, content=msgspec.json.encode(body),

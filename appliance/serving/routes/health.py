@@ -1,13 +1,17 @@
-"""Health: liveness (``/health``) and readiness (``/ready``: started, and every production
-model loaded)."""
+"""Health: liveness (``/health``), readiness (``/ready``: started, and every production
+model loaded), and identity (``/v1/identity``: the proof that this daemon holds the tokens,
+which clients ask for before they send one)."""
 
-from litestar import Response, get
+from typing import Annotated, Any
+
+from litestar import Request, Response, get
 from litestar.openapi import ResponseSpec
+from litestar.params import Parameter
 
 from appliance import __version__
-from appliance.api_types import Health, Ready
+from appliance.api_types import IDENTITY_CHALLENGE, Health, Identity, Ready, identity_proof
 from appliance.serving.context import Context
-from appliance.serving.errors import ERRORS_HOST
+from appliance.serving.errors import ERRORS_HOST, ERRORS_QUERY
 
 
 @get("/health", sync_to_thread=False, tags=["health"], responses=ERRORS_HOST)
@@ -33,4 +37,21 @@ def ready(context: Context) -> Response[Ready]:
     return Response(body, status_code=200 if ok else 503)
 
 
-ROUTES = [health, ready]
+@get("/v1/identity", sync_to_thread=False, tags=["health"], responses=ERRORS_QUERY)
+def identity(context: Context, request: Request[Any, Any, Any],
+             challenge: Annotated[str, Parameter(pattern=IDENTITY_CHALLENGE,
+                                                 description="32 to 128 lowercase hex "
+                                                             "digits, fresh per check")],
+             ) -> Identity:
+    """Proves this daemon holds the admin token (and the predict token, when required)
+    without showing it: an HMAC of the client's challenge and the port the request came in
+    on, under a key derived from each token. The CLI and the console check it before they
+    send a token, so a program holding the port while the daemon is down gets none. Open:
+    it must be answered before any token is sent."""
+    server = request.scope.get("server")
+    port = int(server[1]) if server and server[1] is not None else 0
+    tokens = [t for t in (context.token, context.predict_token) if t]
+    return Identity(port=port, proofs=[identity_proof(t, challenge, port) for t in tokens])
+
+
+ROUTES = [health, ready, identity]
