@@ -22,6 +22,7 @@ import os
 import shutil
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger("appliance.ingest")
 
@@ -90,7 +91,7 @@ def _copy_across_devices(src_fd: int, name: str, dst_fd: int, dest_name: str) ->
     os.unlink(name, dir_fd=src_fd)
 
 
-def _write_copy(fin: object, dir_fd: int, dest_name: str) -> None:
+def _write_copy(fin: BinaryIO, dir_fd: int, dest_name: str) -> None:
     tmp = COPY_PREFIX + dest_name
     try:
         os.unlink(tmp, dir_fd=dir_fd)  # a crash's leftover
@@ -99,7 +100,7 @@ def _write_copy(fin: object, dir_fd: int, dest_name: str) -> None:
     out = os.open(tmp, _NEW_FILE, 0o666, dir_fd=dir_fd)
     try:
         with os.fdopen(out, "wb") as fout:
-            shutil.copyfileobj(fin, fout, _CHUNK)  # type: ignore[misc]
+            shutil.copyfileobj(fin, fout, _CHUNK)
             fout.flush()
             os.fsync(fout.fileno())
         os.rename(tmp, dest_name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

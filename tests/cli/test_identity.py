@@ -15,6 +15,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from appliance.api_types import identity_problem
 from appliance.cli import cli
 from appliance.core import StateDir
 
@@ -55,7 +56,8 @@ class Impostor:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                       daemon=True)
         self.thread.start()
 
     def tokens_seen(self) -> list[str]:
@@ -114,18 +116,14 @@ def test_no_token_through_a_relay_to_the_real_daemon(machines_state, start_daemo
     result = CliRunner().invoke(cli, ["status", "--state-dir", str(machines_state)])
     assert result.exit_code == 0, result.output
 
-
-def test_the_identity_route_proves_the_tokens(machines_state, start_daemon):
-    from appliance.api_types import identity_problem
-
-    daemon = start_daemon(machines_state)
+    # The route itself: a proof for this token, this challenge and this port only.
     challenge = "ab" * 32
     r = daemon.get("/v1/identity", params={"challenge": challenge})
-    assert r.status_code == 200
+    assert r.status_code == 200 and daemon.token not in r.text
     port = int(daemon.url.rsplit(":", 1)[1])
     assert identity_problem(r.status_code, r.content, daemon.token, challenge, port) is None
     assert identity_problem(r.status_code, r.content, "x" * 43, challenge, port)
     assert identity_problem(r.status_code, r.content, daemon.token, "cd" * 32, port)
-    assert daemon.token not in r.text
+    assert identity_problem(r.status_code, r.content, daemon.token, challenge, port + 1)
     bad = daemon.get("/v1/identity", params={"challenge": "not hex"})
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_request"
