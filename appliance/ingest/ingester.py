@@ -106,6 +106,9 @@ class Ingester:
             return self._finish_recorded(claimed, name, pipeline, done)
         work = Work(claimed=claimed, pipeline=pipeline, name=name,
                     received=claim_time(claimed), started=time.monotonic())
+        # The claim (a rename into processing/) reaches the disk before the file's record
+        # does, so that a power cut can't leave a record of a file still in the inbox.
+        _fsync_dir(claimed.parent)
         _step("claimed")
         try:
             try:

@@ -68,12 +68,15 @@ def final_name(folder: Path, name: str, ingestion_id: int) -> Path:
 def write_reason(final: Path, record: IngestionRecord) -> None:
     reason = reason_path(final)
     tmp = reason.with_name("." + reason.name + ".tmp")
-    tmp.write_text(json.dumps(
-        {"code": record.code or "refused", "message": record.reason or "",
-         "details": record.details, "file": final.name, "pipeline": record.pipeline,
-         "ingestion_id": record.id, "received_at": record.received_at},
-        indent=2, default=str,
-    ))
+    with open(tmp, "w") as f:
+        f.write(json.dumps(
+            {"code": record.code or "refused", "message": record.reason or "",
+             "details": record.details, "file": final.name, "pipeline": record.pipeline,
+             "ingestion_id": record.id, "received_at": record.received_at},
+            indent=2, default=str,
+        ))
+        f.flush()
+        os.fsync(f.fileno())  # never an empty reason file after a power cut
     os.replace(tmp, reason)
 
 
