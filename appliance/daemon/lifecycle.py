@@ -428,6 +428,8 @@ class Daemon:
             sdnotify.ready(self._last_status)
             if sdnotify.enabled():
                 background.append(asyncio.create_task(self._refresh_status()))
+            # What a stop, a crash or a power cut left undone trains now (off the loop).
+            await asyncio.to_thread(self._resume_training)
         try:
             if serving is not None:
                 await serving
@@ -443,6 +445,12 @@ class Daemon:
                 task.cancel()
             sock.close()
         return 0
+
+    def _resume_training(self) -> None:
+        try:
+            self.services.trainer.resume()
+        except Exception:
+            log.exception("training_resume_failed")
 
     def _shutdown(self, finished: bool = True) -> None:
         # Metrics and other buffers are flushed here, before the store closes.

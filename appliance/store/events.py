@@ -30,6 +30,8 @@ KINDS = {
     "training_failed": "a training job failed",
     "training_cancelled": "a training job was cancelled because the daemon stopped",
     "training_retry_scheduled": "a failed training job will be retried after a backoff",
+    "training_resumed": "at start, a training that a stop, a crash or a power cut left undone "
+                        "(or new data no model has seen) runs again",
     "promoted": "a model version was made production",
     "not_promoted": "a new model version was kept out of production by the gate",
     "features_updated": "a feature set's new version updated the online store",
