@@ -373,7 +373,8 @@ class Ingester:
         rejected = record.status == "rejected"
         folder = self.state.pipeline_dir(self.state.rejected if rejected else self.state.archive,
                                          pipeline)
-        final = final_name(folder, name, record.id) if rejected else free_name(folder, name)
+        final = (final_name(folder, name, record.id) if rejected
+                 else free_name(folder, name, record.id))
         if rejected and not reason_path(final).exists():
             write_reason(final, record)
             _step("reason_written")
@@ -401,7 +402,7 @@ class Ingester:
         """The disk filled up while the file was ingested: it goes back to the inbox, to be
         taken again once there is room; it is not at fault, so it is not refused."""
         inbox = self.state.pipeline_dir(self.state.inbox, work.pipeline)
-        back = free_name(inbox, work.name)
+        back = free_name(inbox, work.name, work.claimed.name.split("__", 1)[0])
         shutil.move(work.claimed, back)  # a rename, unless the inbox is another file system
         self.events.emit(
             "waiting_for_space",
