@@ -248,6 +248,9 @@ class Daemon:
               cfg.resource_interval_seconds, at_start=True)
         every("monitor:retention", "apply retention", monitor.apply_retention,
               RETENTION_EVERY_SECONDS, at_start=True)
+        every("housekeeping:retention", "remove old data, models, files and records",
+              self.services.housekeeping.apply_retention, RETENTION_EVERY_SECONDS,
+              at_start=True)
         every("monitor:drift", "drift check", monitor.drift_check_all,
               settings.drift.interval_seconds)
         every("monitor:performance", "live performance check", monitor.performance_check_all,

@@ -39,6 +39,7 @@ import os
 import shutil
 import signal
 import stat
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -96,10 +97,21 @@ class Ingester:
         # Told about a file sent back to the inbox for want of disk space (the watcher then
         # holds it for a while instead of taking it again at once).
         self.on_requeued: Callable[[Path], None] | None = None
+        # Held while a file is ingested, and by what must not run beside that (deleting a
+        # pipeline, forgetting an empty one).
+        self.lock = threading.Lock()
 
     def process(self, claimed: Path, pipeline: str) -> Outcome | None:
         """Ingest one claimed file. It ends in archive/ or rejected/, with its record; or,
-        when the disk filled up meanwhile, back in the inbox (and None is returned)."""
+        when the disk filled up meanwhile, back in the inbox (and None is returned). Holds
+        :attr:`lock` throughout: deleting a pipeline waits for the file in hand."""
+        with self.lock:
+            if not os.path.lexists(claimed):  # its pipeline was deleted since the claim
+                log.info("claimed_file_gone file=%s", claimed)
+                return None
+            return self._process(claimed, pipeline)
+
+    def _process(self, claimed: Path, pipeline: str) -> Outcome | None:
         name = original_name(claimed)
         done = self.store.ingestion_by_claim(pipeline, claimed.name)
         if done is not None:

@@ -45,6 +45,7 @@ KINDS = {
                             "by more than monitor.performance_tolerance",
     "disk_pressure": "the state directory's disk has less than monitor.min_free_disk_mb free",
     "memory_pressure": "the box has less than monitor.min_available_memory_mb available",
+    "pipeline_deleted": "an operator deleted a pipeline: its data, models, records and files",
     "rolled_back": "the production model could not be loaded at start, so the version that "
                    "was production before it serves again",
 }
