@@ -133,6 +133,13 @@ def test_retention_keeps_what_models_need_and_bounds_the_rest(tmp_path):
     box.trainer.shutdown()
 
 
+def test_retention_settings_apply_on_reload():
+    from appliance.daemon.lifecycle import is_live
+
+    assert all(is_live(f"retention.{k}") for k in ("events_days", "archive_days",
+                                                    "models_keep", "datasets_keep"))
+
+
 def test_retention_never_follows_a_link(tmp_path):
     box = Box(tmp_path / "s", {"retention": {"rejected_days": 1}})
     outside = tmp_path / "outside"
