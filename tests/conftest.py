@@ -75,8 +75,8 @@ class DaemonProcess:
         self.log_path = state_root.parent / f"daemon-{time.time_ns()}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [*(prefix or []), sys.executable, "-m", "appliance", "run", "--state-dir", str(state_root),
-             "--port", "0", *args],
+            [*(prefix or []), sys.executable, "-m", "appliance", "run",
+             "--state-dir", str(state_root), "--port", "0", *args],
             stdout=self._log, stderr=subprocess.STDOUT,
         )
         wait_for(lambda: runfile.exists() or self.proc.poll() is not None, timeout=60,
@@ -120,7 +120,8 @@ class DaemonProcess:
 def start_daemon() -> Iterator[Callable[..., DaemonProcess]]:
     started: list[DaemonProcess] = []
 
-    def start(state_root: Path, *args: str, prefix: list[str] | None = None) -> DaemonProcess:
+    def start(state_root: Path, *args: str,
+              prefix: list[str] | None = None) -> DaemonProcess:
         d = DaemonProcess(state_root, list(args), prefix)
         started.append(d)
         return d
