@@ -203,6 +203,19 @@ class RetrainResponse(msgspec.Struct, kw_only=True):
     message: str
 
 
+class PipelineDeleted(msgspec.Struct, kw_only=True):
+    """What ``DELETE /v1/pipelines/{name}`` removed."""
+
+    pipeline: str
+    message: str
+    datasets: int          # data set versions
+    models: int            # model versions
+    ingestions: int        # records of files
+    files: int             # files removed from inbox/, processing/, archive/, rejected/,
+    bytes: int             # datasets/ and models/, and their size
+    still_declared: bool   # in appliance.toml: listed again, with no data
+
+
 # --- monitoring ----------------------------------------------------------------------------
 
 

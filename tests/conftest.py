@@ -67,15 +67,16 @@ def wait_for(predicate: Callable[[], object], timeout: float = 60.0, every: floa
 
 
 class DaemonProcess:
-    def __init__(self, state_root: Path, args: list[str]) -> None:
+    def __init__(self, state_root: Path, args: list[str],
+                 prefix: list[str] | None = None) -> None:
         self.state_root = state_root
         runfile = state_root / "daemon.json"
         runfile.unlink(missing_ok=True)
         self.log_path = state_root.parent / f"daemon-{time.time_ns()}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "run", "--state-dir", str(state_root),
-             "--port", "0", *args],
+            [*(prefix or []), sys.executable, "-m", "appliance", "run",
+             "--state-dir", str(state_root), "--port", "0", *args],
             stdout=self._log, stderr=subprocess.STDOUT,
         )
         wait_for(lambda: runfile.exists() or self.proc.poll() is not None, timeout=60,
@@ -119,8 +120,9 @@ class DaemonProcess:
 def start_daemon() -> Iterator[Callable[..., DaemonProcess]]:
     started: list[DaemonProcess] = []
 
-    def start(state_root: Path, *args: str) -> DaemonProcess:
-        d = DaemonProcess(state_root, list(args))
+    def start(state_root: Path, *args: str,
+              prefix: list[str] | None = None) -> DaemonProcess:
+        d = DaemonProcess(state_root, list(args), prefix)
         started.append(d)
         return d
 

@@ -160,8 +160,10 @@ class Client:
         if self.token:
             self._check_identity(self.token)
             headers = {"Authorization": f"Bearer {self.token}"}
+        timeout = kwargs.pop("timeout", 30)
         try:
-            resp = self._http.request(method, self.url + path, headers=headers, **kwargs)
+            resp = self._http.request(method, self.url + path, headers=headers,
+                                      timeout=timeout, **kwargs)
         except httpx.HTTPError as exc:
             self._unreachable(exc)
         body = resp.json() if resp.headers.get("content-type", "").startswith(
@@ -301,6 +303,43 @@ def predict(name: str, rows_json: str, url: str | None, state_dir: str | None) -
     body = Client(url, state_dir).call("POST", f"/v1/pipelines/{name}/predict",
                                        json={"rows": rows})
     click.echo(json.dumps(body, indent=2))
+
+
+@cli.group()
+def pipeline() -> None:
+    """Manage pipelines (admin): `appliance pipeline delete NAME`."""
+
+
+@pipeline.command("delete")
+@click.argument("name")
+@click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation (for scripts)")
+@click.option("--force", is_flag=True,
+              help="delete it even while it serves a model (its clients then get 404)")
+@_client_options
+def pipeline_delete(name: str, yes: bool, force: bool, url: str | None,
+                    state_dir: str | None) -> None:
+    """Delete pipeline NAME: its data sets, models, file records, predictions, monitoring and
+    its files in inbox/, processing/, archive/, rejected/, datasets/ and models/.
+
+    Asks first (--yes does not). Refused while it trains, and while it serves a model unless
+    --force. A pipeline declared in appliance.toml stays declared, with no data; a file
+    dropped into its folder later starts it afresh.
+
+    Example: appliance pipeline delete junk --yes
+    """
+    client = Client(url, state_dir)
+    if not yes:
+        detail = client.call("GET", f"/v1/pipelines/{name}")
+        serving = detail.get("production")
+        what = (f"pipeline `{name}`: {detail.get('datasets', 0)} data set versions, "
+                f"{detail.get('models', 0)} models, "
+                f"{sum((detail.get('ingestions') or {}).values())} file records"
+                + (f", serving v{serving['version']}" if serving else ""))
+        click.confirm(f"Delete {what}, and all its files? This cannot be undone", abort=True)
+    params = {"force": "true"} if force else {}
+    # It may wait up to a minute for a file being ingested, then remove many files.
+    body = client.call("DELETE", f"/v1/pipelines/{name}", params=params, timeout=300)
+    click.echo(body["message"])
 
 
 # --- operating the box -------------------------------------------------------------------

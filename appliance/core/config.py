@@ -249,6 +249,45 @@ class DriftSettings(_Section):
     ] = 0.5
 
 
+class RetentionSettings(_Section):
+    events_days: Annotated[
+        float, _doc("events older than this are removed; 0 keeps them for ever"),
+        msgspec.Meta(ge=0),
+    ] = 90.0
+    jobs_days: Annotated[
+        float, _doc("records of finished jobs older than this are removed; 0 keeps them"),
+        msgspec.Meta(ge=0),
+    ] = 90.0
+    ingestions_days: Annotated[
+        float, _doc("records of refused, duplicate and feedback files older than this are "
+                    "removed (an accepted file's record lives as long as its data set); 0 "
+                    "keeps them"),
+        msgspec.Meta(ge=0),
+    ] = 90.0
+    rejected_days: Annotated[
+        float, _doc("refused files in rejected/ (and their reason files) are removed this "
+                    "long after they were refused; 0 keeps them"),
+        msgspec.Meta(ge=0),
+    ] = 30.0
+    archive_days: Annotated[
+        float, _doc("originals in archive/ are removed this long after they were taken (the "
+                    "data stays in its data set version); 0 keeps them"),
+        msgspec.Meta(ge=0),
+    ] = 90.0
+    models_keep: Annotated[
+        int, _doc("model versions kept per pipeline besides production and the version "
+                  "production was before it (the newest); older ones are removed with "
+                  "their files"),
+        msgspec.Meta(ge=1),
+    ] = 10
+    datasets_keep: Annotated[
+        int, _doc("data set versions always kept per pipeline (the newest); an older one is "
+                  "removed only when no kept model was trained on it and a training since "
+                  "has passed it by (a feature set keeps every version)"),
+        msgspec.Meta(ge=1),
+    ] = 10
+
+
 class RetrainSettings(_Section):
     min_new_rows: Annotated[
         int, _doc("retrain once this many new rows arrived (a first model trains on any data)"),
@@ -331,6 +370,7 @@ class Settings(_Section):
     log: LogSettings = msgspec.field(default_factory=LogSettings)
     monitor: MonitorSettings = msgspec.field(default_factory=MonitorSettings)
     drift: DriftSettings = msgspec.field(default_factory=DriftSettings)
+    retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
     pipelines: dict[str, PipelineSettings] = msgspec.field(default_factory=dict)
     feature_sets: dict[str, FeatureSetSettings] = msgspec.field(default_factory=dict)
 
@@ -552,7 +592,7 @@ def reference() -> list[tuple[str, Any, str]]:
 
     for section in ("server", "ingest", "train", "jobs", "log"):
         walk(f"{section}.", type(getattr(Settings(), section)))
-    for section in ("monitor", "drift"):
+    for section in ("monitor", "drift", "retention"):
         walk(f"{section}.", type(getattr(Settings(), section)))
     walk("pipelines.NAME.", PipelineSettings)
     walk("feature_sets.NAME.", FeatureSetSettings)

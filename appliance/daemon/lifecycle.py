@@ -68,7 +68,7 @@ STOP_BUDGET_SECONDS = 8.0
 
 # Settings a SIGHUP applies while running (shell-style patterns over dotted keys). Every other
 # key is read once at start, so a change to it is logged as needing a restart.
-LIVE_KEYS = ("log.level", "ingest.*", "train.*", "jobs.*", "pipelines.*",
+LIVE_KEYS = ("log.level", "ingest.*", "train.*", "jobs.*", "pipelines.*", "retention.*",
              "server.max_batch_rows", "server.predict_fast_path")
 
 STATUS_SECONDS = 5.0  # how often the STATUS= line is refreshed (sent only when it changed)
@@ -248,6 +248,9 @@ class Daemon:
               cfg.resource_interval_seconds, at_start=True)
         every("monitor:retention", "apply retention", monitor.apply_retention,
               RETENTION_EVERY_SECONDS, at_start=True)
+        every("housekeeping:retention", "remove old data, models, files and records",
+              self.services.housekeeping.apply_retention, RETENTION_EVERY_SECONDS,
+              at_start=True)
         every("monitor:drift", "drift check", monitor.drift_check_all,
               settings.drift.interval_seconds)
         every("monitor:performance", "live performance check", monitor.performance_check_all,
@@ -428,6 +431,8 @@ class Daemon:
             sdnotify.ready(self._last_status)
             if sdnotify.enabled():
                 background.append(asyncio.create_task(self._refresh_status()))
+            # What a stop, a crash or a power cut left undone trains now (off the loop).
+            await asyncio.to_thread(self._resume_training)
         try:
             if serving is not None:
                 await serving
@@ -443,6 +448,12 @@ class Daemon:
                 task.cancel()
             sock.close()
         return 0
+
+    def _resume_training(self) -> None:
+        try:
+            self.services.trainer.resume()
+        except Exception:
+            log.exception("training_resume_failed")
 
     def _shutdown(self, finished: bool = True) -> None:
         # Metrics and other buffers are flushed here, before the store closes.

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from appliance.api_types import DriftReport, ScheduledJob
+from appliance.api_types import DriftReport, PipelineDeleted, ScheduledJob
 from appliance.core import Settings, StateDir
 from appliance.features import FeatureStore
 from appliance.ingest import Ingester
-from appliance.jobs import JobScheduler, Trainer
+from appliance.jobs import Housekeeping, JobScheduler, Trainer
 from appliance.models import LiveModels, Registry
 from appliance.monitoring import Monitor, PredictionIds, PredictionLog, drift
 from appliance.store import Events, IngestionRecord, Store
@@ -28,6 +28,7 @@ class Services:
     token: str
     monitor: Monitor
     features: FeatureStore
+    housekeeping: Housekeeping
     started: bool = False
     load_failures: dict[str, str] = field(default_factory=dict)
     # The prediction log (its writer is started and flushed by the daemon), the ids of
@@ -78,11 +79,13 @@ class Services:
                                 max_pending=server.log_queue_max,
                                 flush_seconds=server.log_flush_seconds)
         predict_token = state.ensure_predict_token() if server.predict_token_required else None
+        housekeeping = Housekeeping(state, store, events, settings, trainer, live,
+                                    ingester.lock)
         return cls(settings=settings, state=state, store=store, events=events,
                    registry=registry, live=live, trainer=trainer, ingester=ingester,
                    scheduler=JobScheduler(trainer, settings), token=state.ensure_token(),
-                   monitor=monitor, features=features, predlog=predlog,
-                   predict_token=predict_token)
+                   monitor=monitor, features=features, housekeeping=housekeeping,
+                   predlog=predlog, predict_token=predict_token)
 
     def load_production_models(self) -> None:
         """Load every pipeline's production model; one that fails is reported, not served."""
@@ -106,6 +109,12 @@ class Services:
     def pipeline_names(self) -> list[str]:
         names = {p.name for p in self.store.pipelines()} | set(self.settings.pipelines)
         return sorted(names - set(self.settings.feature_sets))
+
+    def delete_pipeline(self, name: str, force: bool = False) -> PipelineDeleted:
+        """Delete a pipeline (see :meth:`Housekeeping.delete_pipeline`)."""
+        deleted = self.housekeeping.delete_pipeline(name, force)
+        self.load_failures.pop(name, None)
+        return deleted
 
     def scheduled_jobs(self, pipeline: str) -> list[ScheduledJob]:
         """Jobs the scheduler will run for this pipeline, and the box-wide ones."""

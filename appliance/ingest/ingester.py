@@ -39,6 +39,7 @@ import os
 import shutil
 import signal
 import stat
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -96,16 +97,30 @@ class Ingester:
         # Told about a file sent back to the inbox for want of disk space (the watcher then
         # holds it for a while instead of taking it again at once).
         self.on_requeued: Callable[[Path], None] | None = None
+        # Held while a file is ingested, and by what must not run beside that (deleting a
+        # pipeline, forgetting an empty one).
+        self.lock = threading.Lock()
 
     def process(self, claimed: Path, pipeline: str) -> Outcome | None:
         """Ingest one claimed file. It ends in archive/ or rejected/, with its record; or,
-        when the disk filled up meanwhile, back in the inbox (and None is returned)."""
+        when the disk filled up meanwhile, back in the inbox (and None is returned). Holds
+        :attr:`lock` throughout: deleting a pipeline waits for the file in hand."""
+        with self.lock:
+            if not os.path.lexists(claimed):  # its pipeline was deleted since the claim
+                log.info("claimed_file_gone file=%s", claimed)
+                return None
+            return self._process(claimed, pipeline)
+
+    def _process(self, claimed: Path, pipeline: str) -> Outcome | None:
         name = original_name(claimed)
         done = self.store.ingestion_by_claim(pipeline, claimed.name)
         if done is not None:
             return self._finish_recorded(claimed, name, pipeline, done)
         work = Work(claimed=claimed, pipeline=pipeline, name=name,
                     received=claim_time(claimed), started=time.monotonic())
+        # The claim (a rename into processing/) reaches the disk before the file's record
+        # does, so that a power cut can't leave a record of a file still in the inbox.
+        _fsync_dir(claimed.parent)
         _step("claimed")
         try:
             try:
@@ -370,7 +385,8 @@ class Ingester:
         rejected = record.status == "rejected"
         folder = self.state.pipeline_dir(self.state.rejected if rejected else self.state.archive,
                                          pipeline)
-        final = final_name(folder, name, record.id) if rejected else free_name(folder, name)
+        final = (final_name(folder, name, record.id) if rejected
+                 else free_name(folder, name, record.id))
         if rejected and not reason_path(final).exists():
             write_reason(final, record)
             _step("reason_written")
@@ -398,7 +414,7 @@ class Ingester:
         """The disk filled up while the file was ingested: it goes back to the inbox, to be
         taken again once there is room; it is not at fault, so it is not refused."""
         inbox = self.state.pipeline_dir(self.state.inbox, work.pipeline)
-        back = free_name(inbox, work.name)
+        back = free_name(inbox, work.name, work.claimed.name.split("__", 1)[0])
         shutil.move(work.claimed, back)  # a rename, unless the inbox is another file system
         self.events.emit(
             "waiting_for_space",

@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from appliance.core import ApplianceError
+from appliance.ingest.names import file_format
 from appliance.ingest.work import Work
 from appliance.store import IngestionRecord
 
@@ -32,16 +34,44 @@ class Outcome:
 
 
 # --- where a recorded file goes ----------------------------------------------------------
+#
+# A file keeps its name when it is free. Else the ingestion id (unique) goes before its
+# format suffix, `latest.1234.csv`: two probes, whatever the folder holds (probing
+# `name.1`, `name.2`, ... cost a sensor that always drops `latest.csv` one probe per file it
+# ever dropped). Only when that name is taken too (a file dropped under such a name) are
+# `name.N` suffixes probed.
 
 
-def free_name(folder: Path, name: str) -> Path:
-    """``folder/name``, or ``folder/name.N`` when a file of that name is already there."""
-    candidate = folder / name
+def unique_name(name: str, unique: int | str) -> str:
+    """``name`` made unique by ``unique``, before its format suffix when it has one."""
+    fmt = file_format(name)
+    if fmt and len(name) > len(fmt):
+        return f"{name[:-len(fmt)]}.{unique}{name[-len(fmt):]}"
+    return f"{name}.{unique}"
+
+
+def _candidates(name: str, unique: int | str | None) -> Iterator[str]:
+    yield name
+    if unique is not None:
+        yield unique_name(name, unique)
     n = 1
-    while candidate.exists() or candidate.with_name(candidate.name + ".reason.json").exists():
-        candidate = folder / f"{name}.{n}"
+    while True:
+        yield f"{name}.{n}"
         n += 1
-    return candidate
+
+
+def _taken(path: Path) -> bool:
+    # lexists: a link (a refused symlink kept as it came) takes its name, dangling or not.
+    return os.path.lexists(path) or os.path.lexists(reason_path(path))
+
+
+def free_name(folder: Path, name: str, unique: int | str | None = None) -> Path:
+    """``folder/name``, or, when a file of that name is already there, the name made unique
+    by ``unique`` (the ingestion id), or ``name.N``."""
+    for candidate in _candidates(name, unique):
+        if not _taken(folder / candidate):
+            return folder / candidate
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def reason_path(final: Path) -> Path:
@@ -49,31 +79,32 @@ def reason_path(final: Path) -> Path:
 
 
 def final_name(folder: Path, name: str, ingestion_id: int) -> Path:
-    """Where a refused file goes: a free name, or the one whose reason file a crash already
-    wrote for this very ingestion (so a reason file is never orphaned)."""
-    candidate = folder / name
-    n = 1
-    while True:
+    """Where a refused file goes: a free name (as :func:`free_name`), or the one whose
+    reason file a crash already wrote for this very ingestion (so a reason file is never
+    orphaned)."""
+    for candidate in (folder / c for c in _candidates(name, ingestion_id)):
         reason = reason_path(candidate)
-        if not candidate.exists():
-            if not reason.exists():
+        if not os.path.lexists(candidate):
+            if not os.path.lexists(reason):
                 return candidate
             with contextlib.suppress(OSError, ValueError):
                 if json.loads(reason.read_text()).get("ingestion_id") == ingestion_id:
                     return candidate
-        candidate = folder / f"{name}.{n}"
-        n += 1
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def write_reason(final: Path, record: IngestionRecord) -> None:
     reason = reason_path(final)
     tmp = reason.with_name("." + reason.name + ".tmp")
-    tmp.write_text(json.dumps(
-        {"code": record.code or "refused", "message": record.reason or "",
-         "details": record.details, "file": final.name, "pipeline": record.pipeline,
-         "ingestion_id": record.id, "received_at": record.received_at},
-        indent=2, default=str,
-    ))
+    with open(tmp, "w") as f:
+        f.write(json.dumps(
+            {"code": record.code or "refused", "message": record.reason or "",
+             "details": record.details, "file": final.name, "pipeline": record.pipeline,
+             "ingestion_id": record.id, "received_at": record.received_at},
+            indent=2, default=str,
+        ))
+        f.flush()
+        os.fsync(f.fileno())  # never an empty reason file after a power cut
     os.replace(tmp, reason)
 
 

@@ -92,8 +92,8 @@ class JobScheduler:
     def retry(self, pipeline: str, delay: float) -> None:
         """Run a training for ``pipeline`` again in ``delay`` seconds (thread-safe)."""
         when = datetime.now(UTC) + timedelta(seconds=delay)
-        self._aps.add_job(self.trainer.request, "date", run_date=when,
-                          args=[pipeline, "retry"], id=f"retry:{pipeline}",
+        self._aps.add_job(self.trainer.retry_due, "date", run_date=when,
+                          args=[pipeline], id=f"retry:{pipeline}",
                           name=f"retry training {pipeline}", replace_existing=True)
 
     def scheduled(self, pipeline: str | None = None) -> list[ScheduledJob]:

@@ -6,12 +6,20 @@ one training runs per pipeline; requests that arrive while one runs fold into a 
 follow-up run. Jobs run on one worker thread under ``SCHED_IDLE``, so serving keeps its
 core. A failed job is recorded and retried with backoff; stopping the daemon cancels a
 running training between two boosting rounds, so nothing half-made is registered.
+
+What is asked for is kept in SQLite (``training_requests``) until a run covers it: a run
+that a stop, a crash or a power cut cut short, a follow-up, a retry waiting for its time
+are all run again after a restart (:meth:`Trainer.resume`), and so is a pipeline with data
+that no model has seen (its trigger was lost with the process). A pipeline whose retries
+are spent is remembered as given up on its newest data: a restart does not train it again,
+new data or an operator does.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -41,6 +49,7 @@ class Trainer:
         self._follow_up: dict[str, str] = {}
         self._failures: dict[str, int] = {}
         self._closed = False
+        self._deleting: set[str] = set()  # pipelines being deleted: no new runs
         self._cancel = threading.Event()
         self._futures: set[Future[None]] = set()
         # Set by the daemon: called as retry(pipeline, delay_seconds) after a failed job.
@@ -53,16 +62,21 @@ class Trainer:
     # --- triggers ------------------------------------------------------------------------
 
     def on_ingested(self, pipeline: str, record: IngestionRecord) -> None:
-        """New data: retrain when enough rows arrived since the data the newest model saw.
-        A pipeline with no model in production trains on whatever data it has: the
-        threshold is about *re*training, and an operator expects the first file to serve."""
-        if self.store.production_model(pipeline) is None:
+        """New data: retrain when enough rows arrived since the data the newest model saw."""
+        if self.new_data_wanted(pipeline):
             self.request(pipeline, "new_data")
-            return
+
+    def new_data_wanted(self, pipeline: str) -> bool:
+        """Whether the pipeline has data no model has seen, enough of it to train. A
+        pipeline with no model in production trains on whatever new data it has: the
+        threshold is about *re*training, and an operator expects the first file to serve."""
         seen = self.last_trained_dataset(pipeline)
         new_rows = self.store.rows_since(pipeline, seen)
-        if new_rows >= self.settings.pipeline(pipeline).retrain.min_new_rows:
-            self.request(pipeline, "new_data")
+        if new_rows <= 0:
+            return False
+        if self.store.production_model(pipeline) is None:
+            return True
+        return new_rows >= self.settings.pipeline(pipeline).retrain.min_new_rows
 
     def on_drift(self, pipeline: str) -> bool:
         """Drift: retrain when the pipeline asks for it and there is labelled data newer
@@ -86,9 +100,18 @@ class Trainer:
     def request(self, pipeline: str, trigger: str, tune_trials: int | None = None) -> bool:
         """Ask for a training run; returns False when it was folded into a later run.
 
-        ``tune_trials`` asks that run for a hyperparameter search of that many trials."""
+        ``tune_trials`` asks that run for a hyperparameter search of that many trials. The
+        request is kept in SQLite first, so a stop (even while closed), a crash or a power
+        cut before a run covers it never drops it: the next start runs it."""
         with self._lock:
-            if self._closed:
+            if pipeline in self._deleting:
+                return False
+        try:
+            self.store.request_training(pipeline, trigger, tune_trials)
+        except Exception:  # a full disk: the run still goes ahead, it is only not kept
+            log.exception("training_request_not_stored pipeline=%s", pipeline)
+        with self._lock:
+            if self._closed or pipeline in self._deleting:
                 return False
             if tune_trials is not None:
                 self._tune[pipeline] = tune_trials
@@ -110,6 +133,73 @@ class Trainer:
     def busy(self, pipeline: str) -> bool:
         with self._lock:
             return pipeline in self._running
+
+    def retry_due(self, pipeline: str) -> bool:
+        """A scheduled retry came due: run it if it is still wanted (a run since may have
+        covered it, or the pipeline been deleted)."""
+        pending = self.store.training_request(pipeline)
+        if pending is None or pending.state != "pending":
+            return False
+        return self.request(pipeline, "retry")
+
+    def resume(self) -> list[str]:
+        """At start: run what a stop, a crash or a power cut left undone. A pending request
+        runs now, a retry at its due time (as the attempt it was); a pipeline whose newest
+        data no model has seen (the trigger was lost) trains, unless its retries gave up on
+        that very data. Returns the pipelines resumed."""
+        resumed = []
+        requests = {r.pipeline: r for r in self.store.training_requests()}
+        for r in requests.values():
+            if r.state != "pending":
+                continue
+            with self._lock:
+                if r.attempt:
+                    self._failures[r.pipeline] = r.attempt
+            wait = (r.due_at - time.time()) if r.due_at is not None else 0.0
+            if wait > 0 and self.schedule_retry is not None:
+                self.schedule_retry(r.pipeline, wait)
+                message = (f"retry {r.attempt} of {self.settings.jobs.retry_attempts} of a "
+                           f"training that failed before the restart, in {wait:.0f}s")
+            else:
+                self.request(r.pipeline, r.trigger, r.tune_trials)
+                message = f"training ({r.trigger}) that the restart cut short runs again"
+            self.events.emit("training_resumed", message, pipeline=r.pipeline,
+                             trigger=r.trigger, attempt=r.attempt or None)
+            resumed.append(r.pipeline)
+        for record in self.store.pipelines():
+            name = record.name
+            if (name in requests and requests[name].state == "pending") or \
+                    name in self.settings.feature_sets:
+                continue
+            gave_up = requests.get(name)
+            newest = self.store.next_dataset_version(name) - 1
+            if gave_up is not None and (gave_up.dataset_version or 0) >= newest:
+                continue
+            if self.new_data_wanted(name):
+                self.request(name, "new_data")
+                self.events.emit("training_resumed",
+                                 f"data up to v{newest} that no model has seen: training",
+                                 pipeline=name, trigger="new_data")
+                resumed.append(name)
+        return resumed
+
+    def forget(self, pipeline: str) -> bool:
+        """A pipeline is being deleted: drop its pending runs and retries, and take no new
+        ones until :meth:`release`. False (and nothing dropped) while it trains."""
+        with self._lock:
+            if pipeline in self._running:
+                return False
+            self._deleting.add(pipeline)
+            self._follow_up.pop(pipeline, None)
+            self._failures.pop(pipeline, None)
+            self._tune.pop(pipeline, None)
+        self.store.forget_training_request(pipeline)
+        return True
+
+    def release(self, pipeline: str) -> None:
+        """The deletion is over: a new pipeline of that name may train."""
+        with self._lock:
+            self._deleting.discard(pipeline)
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop: queued runs are dropped, a running training is cancelled at its next
@@ -158,6 +248,8 @@ class Trainer:
                 trigger = follow
 
     def _run_once(self, pipeline: str, trigger: str) -> None:
+        pending = self.store.training_request(pipeline)   # what this run covers
+        seq = pending.seq if pending is not None else None
         job = self.store.start_job(pipeline, "train", trigger)
         self.events.emit("training_started", f"training ({trigger})", pipeline=pipeline,
                          trigger=trigger, job=job)
@@ -166,6 +258,7 @@ class Trainer:
         try:
             record = self.train_and_gate(pipeline, trigger, tune_trials=tune)
         except TrainingCancelled as err:
+            # The request stays in SQLite: the next start runs it again.
             self.store.finish_job(job, "cancelled", error=err.message)
             self.events.emit("training_cancelled", err.message, pipeline=pipeline,
                              level="warning", job=job)
@@ -178,21 +271,30 @@ class Trainer:
             self.store.finish_job(job, "failed", error=message)
             self.events.emit("training_failed", message, pipeline=pipeline, level="error",
                              code=code, job=job)
-            self._retry_later(pipeline)
+            self._retry_later(pipeline, seq)
         else:
             self._failures.pop(pipeline, None)
             self.store.finish_job(job, "succeeded", model_version=record.version)
+            if seq is not None:
+                self.store.finish_training_request(pipeline, seq)
 
-    def _retry_later(self, pipeline: str) -> None:
+    def _retry_later(self, pipeline: str, seq: int | None) -> None:
         jobs = self.settings.jobs
         attempt = self._failures.get(pipeline, 0) + 1
-        if attempt > jobs.retry_attempts or self.schedule_retry is None or self._closed:
+        if attempt > jobs.retry_attempts:
             self._failures.pop(pipeline, None)
             if jobs.retry_attempts:
                 log.warning("training_gave_up pipeline=%s attempts=%d", pipeline, attempt - 1)
+            if seq is not None:  # unless a newer request came meanwhile: that one runs
+                self.store.give_up_training(pipeline, seq,
+                                            self.store.next_dataset_version(pipeline) - 1)
             return
         self._failures[pipeline] = attempt
         delay = jobs.retry_backoff_seconds * 2 ** (attempt - 1)
+        # Kept, with its time: stopped before it comes due, the daemon retries after a start.
+        self.store.schedule_training_retry(pipeline, attempt, time.time() + delay)
+        if self.schedule_retry is None or self._closed:
+            return
         self.events.emit("training_retry_scheduled",
                          f"retry {attempt} of {jobs.retry_attempts} in {delay:g}s",
                          pipeline=pipeline, level="warning", attempt=attempt, delay_s=delay)

@@ -194,5 +194,12 @@ class LiveModels:
             self._models = {**self._models, model.pipeline: model}
             return old
 
+    def remove(self, pipeline: str) -> LoadedModel | None:
+        """Stop serving a pipeline (it is being deleted); returns what served."""
+        with self._lock:
+            old = self._models.get(pipeline)
+            self._models = {k: m for k, m in self._models.items() if k != pipeline}
+            return old
+
     def versions(self) -> dict[str, int]:
         return {name: m.version for name, m in self._models.items()}

@@ -18,7 +18,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import SkipValidation
 
-from appliance.api_types import ScheduledJob
+from appliance.api_types import PipelineDeleted, ScheduledJob
 from appliance.core import Settings
 from appliance.features import FeatureStore
 from appliance.models import LiveModels
@@ -88,6 +88,8 @@ class ServingContext(Protocol):
     def pipeline_names(self) -> list[str]: ...
 
     def scheduled_jobs(self, pipeline: str) -> list[ScheduledJob]: ...
+
+    def delete_pipeline(self, name: str, force: bool = False) -> PipelineDeleted: ...
 
 
 # How a handler declares the context: injected, not validated (it is the app's own object,

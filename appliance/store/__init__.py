@@ -16,6 +16,7 @@ from appliance.store.records import (
     ModelRecord,
     PipelineRecord,
     ResourceRecord,
+    TrainingRequestRecord,
     WindowRecord,
 )
 
@@ -34,6 +35,7 @@ __all__ = [
     "PipelineRecord",
     "ResourceRecord",
     "Store",
+    "TrainingRequestRecord",
     "WindowRecord",
     "monotonic_ms",
     "now_iso",

@@ -75,9 +75,21 @@ class Connection:
             self._conn.close()
 
     @contextmanager
-    def _atomic(self) -> Iterator[sqlite_utils.Database]:
-        with self._lock, self._db.atomic():
-            yield self._db
+    def _atomic(self, durable: bool = False) -> Iterator[sqlite_utils.Database]:
+        """One transaction. Commits run with ``synchronous=NORMAL``: in WAL mode a power cut
+        may lose the last ones (never corrupt the file). A ``durable`` commit is fsynced
+        before this returns (``synchronous=FULL`` for it alone): what the caller does next
+        on disk (moving a dropped file out of ``processing/``) may rely on it."""
+        with self._lock:
+            full = durable and not self._conn.in_transaction
+            if full:
+                self._conn.execute("PRAGMA synchronous=FULL")
+            try:
+                with self._db.atomic():
+                    yield self._db
+            finally:
+                if full:
+                    self._conn.execute("PRAGMA synchronous=NORMAL")
 
     def _rows(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         with self._lock:

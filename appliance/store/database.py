@@ -8,7 +8,8 @@ The queries live by area, each a mixin over the shared connection:
 - ``migrations.py``: the schema, step by step;  ``records.py``: what readers get back;
 - ``datasets.py``: pipelines, ingestions, data set versions, feedback files;
 - ``models.py``: model versions and their stages;
-- ``jobs_events.py``: the event log and training jobs;
+- ``jobs_events.py``: the event log, training jobs and pending training requests;
+- ``housekeeping.py``: retention of activity and versions, deleting a pipeline;
 - ``predictions.py``: the prediction log and feedback outcomes;
 - ``online_features.py``: the online feature store;
 - ``monitoring.py``: request windows, resources, drift, live performance, counts, retention.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from appliance.store.connection import Connection
 from appliance.store.datasets import DatasetQueries
+from appliance.store.housekeeping import HousekeepingQueries
 from appliance.store.jobs_events import EventAndJobQueries
 from appliance.store.models import ModelQueries
 from appliance.store.monitoring import MonitoringQueries
@@ -33,5 +35,6 @@ class Store(
     PredictionQueries,
     OnlineFeatureQueries,
     MonitoringQueries,
+    HousekeepingQueries,
 ):
     """The appliance's SQLite database. Thread-safe; one instance per process."""

@@ -71,8 +71,9 @@ class DatasetQueries:
         dataset: tuple[str, int, str] | None = None,
     ) -> IngestionRecord:
         """Record one ingestion; with ``dataset=(path, rows, sha256)`` also register the
-        data set version, in the same transaction, and return its number on the record."""
-        with self._atomic() as db:
+        data set version, in the same transaction, and return its number on the record.
+        The commit is durable (fsynced): the file moves out of ``processing/`` after it."""
+        with self._atomic(durable=True) as db:
             version = None
             dataset_path = None
             cursor = db.execute(
@@ -170,8 +171,8 @@ class DatasetQueries:
         self, outcomes: list[tuple[str, Any]], **ingestion: Any
     ) -> IngestionRecord:
         """Record a feedback file and its (prediction_id, outcome) pairs in one transaction,
-        so a crash leaves either both or neither."""
-        with self._atomic():
+        so a crash leaves either both or neither (durable, as every ingestion record)."""
+        with self._atomic(durable=True):
             record = self.record_ingestion(status="feedback", **ingestion)
             self.add_feedback(record.pipeline, outcomes, record.id)
         return record

@@ -30,6 +30,8 @@ KINDS = {
     "training_failed": "a training job failed",
     "training_cancelled": "a training job was cancelled because the daemon stopped",
     "training_retry_scheduled": "a failed training job will be retried after a backoff",
+    "training_resumed": "at start, a training that a stop, a crash or a power cut left undone "
+                        "(or new data no model has seen) runs again",
     "promoted": "a model version was made production",
     "not_promoted": "a new model version was kept out of production by the gate",
     "features_updated": "a feature set's new version updated the online store",
@@ -43,6 +45,7 @@ KINDS = {
                             "by more than monitor.performance_tolerance",
     "disk_pressure": "the state directory's disk has less than monitor.min_free_disk_mb free",
     "memory_pressure": "the box has less than monitor.min_available_memory_mb available",
+    "pipeline_deleted": "an operator deleted a pipeline: its data, models, records and files",
     "rolled_back": "the production model could not be loaded at start, so the version that "
                    "was production before it serves again",
 }

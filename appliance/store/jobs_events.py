@@ -1,5 +1,6 @@
 """The activity log: events (what the ``Events`` emitter writes and the API streams) and jobs
-(training runs, from start to their end)."""
+(training runs, from start to their end), and the training asked for and not yet done
+(``training_requests``: pending triggers and retries, kept across restarts)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 import msgspec
 
 from appliance.store.connection import _dumps, _loads, now_iso
-from appliance.store.records import EventRecord, JobRecord
+from appliance.store.records import EventRecord, JobRecord, TrainingRequestRecord
 
 
 class EventAndJobQueries:
@@ -80,3 +81,66 @@ class EventAndJobQueries:
             "SELECT * FROM jobs WHERE pipeline = ? ORDER BY id DESC LIMIT ?", [pipeline, limit]
         )
         return [msgspec.convert(r, JobRecord) for r in rows]
+
+    # --- training requests: asked for, not yet done ---------------------------------------
+
+    def request_training(self, pipeline: str, trigger: str,
+                         tune_trials: int | None = None) -> int:
+        """Keep a pipeline's request for training (one row per pipeline: a newer request
+        replaces the trigger, a search asked for stays); returns its sequence number."""
+        with self._atomic() as db:
+            db.execute(
+                "INSERT INTO training_requests (pipeline, state, trigger, tune_trials, attempt,"
+                " seq, requested_at) VALUES (?, 'pending', ?, ?, 0, 1, ?)"
+                " ON CONFLICT(pipeline) DO UPDATE SET state = 'pending',"
+                " trigger = excluded.trigger, due_at = NULL, dataset_version = NULL,"
+                " tune_trials = COALESCE(excluded.tune_trials, training_requests.tune_trials),"
+                " attempt = CASE training_requests.state WHEN 'pending'"
+                " THEN training_requests.attempt ELSE 0 END,"
+                " seq = training_requests.seq + 1, requested_at = excluded.requested_at",
+                [pipeline, trigger, tune_trials, now_iso()],
+            )
+        return self.training_request(pipeline).seq  # type: ignore[union-attr]
+
+    def schedule_training_retry(self, pipeline: str, attempt: int, due_at: float) -> None:
+        """A failed run will be retried at ``due_at`` (unix seconds), as ``attempt``."""
+        with self._atomic() as db:
+            db.execute(
+                "INSERT INTO training_requests (pipeline, state, trigger, attempt, due_at, seq,"
+                " requested_at) VALUES (?, 'pending', 'retry', ?, ?, 1, ?)"
+                " ON CONFLICT(pipeline) DO UPDATE SET state = 'pending', trigger = 'retry',"
+                " attempt = excluded.attempt, due_at = excluded.due_at,"
+                " dataset_version = NULL, seq = training_requests.seq + 1,"
+                " requested_at = excluded.requested_at",
+                [pipeline, attempt, due_at, now_iso()],
+            )
+
+    def finish_training_request(self, pipeline: str, seq: int) -> bool:
+        """A run covered the request numbered ``seq``: remove it, unless a newer request
+        came meanwhile (that one stays, for the run that follows). True when removed."""
+        with self._atomic() as db:
+            return db.execute(
+                "DELETE FROM training_requests WHERE pipeline = ? AND seq = ?", [pipeline, seq]
+            ).rowcount > 0
+
+    def give_up_training(self, pipeline: str, seq: int, dataset_version: int) -> None:
+        """Retries are spent: remember the data they gave up on (a restart does not train
+        it again; new data or an operator does)."""
+        with self._atomic() as db:
+            db.execute(
+                "UPDATE training_requests SET state = 'gave_up', attempt = 0, due_at = NULL,"
+                " tune_trials = NULL, dataset_version = ? WHERE pipeline = ? AND seq = ?",
+                [dataset_version, pipeline, seq],
+            )
+
+    def forget_training_request(self, pipeline: str) -> None:
+        with self._atomic() as db:
+            db.execute("DELETE FROM training_requests WHERE pipeline = ?", [pipeline])
+
+    def training_request(self, pipeline: str) -> TrainingRequestRecord | None:
+        rows = self._rows("SELECT * FROM training_requests WHERE pipeline = ?", [pipeline])
+        return msgspec.convert(rows[0], TrainingRequestRecord) if rows else None
+
+    def training_requests(self) -> list[TrainingRequestRecord]:
+        rows = self._rows("SELECT * FROM training_requests ORDER BY requested_at, pipeline")
+        return [msgspec.convert(r, TrainingRequestRecord) for r in rows]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-SCHEMA_VERSION = 4  # the number of migrations; a test keeps them in step
+SCHEMA_VERSION = 5  # the number of migrations; a test keeps them in step
 
 migrations = Migrations("appliance")
 
@@ -210,3 +210,25 @@ def _m0010(db: sqlite_utils.Database) -> None:
             updated_at TEXT NOT NULL,
             PRIMARY KEY (feature_set, key)
         )""")
+
+
+@migrations(name="0019_training_requests_and_retention")
+def _m_training_requests_and_retention(db: sqlite_utils.Database) -> None:
+    # Training asked for and not yet done (or retried, or given up), so that a stop, a crash
+    # or a power cut never drops it: one row per pipeline, cleared when a run covers it.
+    db.execute("""
+        CREATE TABLE training_requests (
+            pipeline TEXT PRIMARY KEY,
+            state TEXT NOT NULL,            -- pending | gave_up
+            trigger TEXT NOT NULL,          -- new_data | drift | schedule | manual | retry
+            tune_trials INTEGER,
+            attempt INTEGER NOT NULL DEFAULT 0,   -- failed runs in a row (retries so far)
+            due_at REAL,                    -- unix seconds: a retry waits until then
+            dataset_version INTEGER,        -- gave_up: the newest data set it gave up on
+            seq INTEGER NOT NULL,           -- bumped by every request; a run clears its own
+            requested_at TEXT NOT NULL
+        )""")
+    # Retention deletes by age.
+    db.execute("CREATE INDEX events_age ON events (ts)")
+    db.execute("CREATE INDEX ingestions_age ON ingestions (finished_at)")
+    db.execute("CREATE INDEX jobs_age ON jobs (finished_at)")

@@ -83,6 +83,19 @@ class JobRecord(msgspec.Struct, kw_only=True):
     error: str | None
 
 
+class TrainingRequestRecord(msgspec.Struct, kw_only=True):
+    """Training asked for and not yet done (``pending``), or given up after its retries."""
+    pipeline: str
+    state: str
+    trigger: str
+    tune_trials: int | None
+    attempt: int
+    due_at: float | None
+    dataset_version: int | None
+    seq: int
+    requested_at: str
+
+
 class WindowRecord(msgspec.Struct, kw_only=True):
     """Request metrics of one pipeline over one window (raw) or hour (roll-up)."""
     pipeline: str

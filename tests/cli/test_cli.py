@@ -10,7 +10,7 @@ from tests.conftest import SAMPLES
 
 COMMANDS = ["run", "demo", "tui", "status", "ingest", "train", "models", "promote", "predict",
             "features",
-            "doctor", "backup"]
+            "doctor", "backup", "pipeline"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -207,7 +207,8 @@ def test_duplicate_content_is_archived_not_ingested_again(h):
     # The same name again, different content: kept beside it, not overwritten.
     out2 = h.process("a.csv", good_csv(20, offset=7))
     assert out2.record.status == "accepted"
-    assert out2.final_path == h.state.archive / "p" / "a.csv.1"
+    # (its ingestion id before the suffix: a name costs the same however often it came)
+    assert out2.final_path == h.state.archive / "p" / f"a.{out2.record.id}.csv"
 
 
 def test_feedback_file_is_stored_as_outcomes_not_training_data(h):

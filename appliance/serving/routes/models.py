@@ -45,7 +45,7 @@ def promote(name: FromPath[str], version: FromPath[int], context: Context) -> Pr
 
 
 @post("/v1/pipelines/{name:str}/retrain", status_code=202, guards=[admin_guard],
-      sync_to_thread=False, tags=["models"], security=SECURITY_ADMIN,
+      sync_to_thread=True, tags=["models"], security=SECURITY_ADMIN,
       responses={**ERRORS_HOST, **ERRORS_PIPELINE, **ERRORS_ADMIN})
 def retrain(name: FromPath[str], context: Context,
             data: JSONBody[RetrainRequest | None] = None) -> RetrainResponse:

@@ -1,13 +1,15 @@
-"""Pipelines: the list with each one's status and production version, and one pipeline's
-detail (schema, production model, counts)."""
+"""Pipelines: the list with each one's status and production version, one pipeline's
+detail (schema, production model, counts), and deleting one (admin)."""
 
-from litestar import get
+from litestar import Response, delete, get, route
 from litestar.params import FromPath
 
-from appliance.api_types import PipelineDetail, PipelineList, PipelineSummary
+from appliance.api_types import PipelineDeleted, PipelineDetail, PipelineList, PipelineSummary
 from appliance.models import primary_metric
+from appliance.serving.auth import admin_guard
 from appliance.serving.context import Context, ServingContext
-from appliance.serving.errors import ERRORS_HOST, ERRORS_PIPELINE
+from appliance.serving.errors import ERRORS_ADMIN, ERRORS_HOST, ERRORS_PIPELINE, error_spec
+from appliance.serving.openapi import SECURITY_ADMIN
 from appliance.serving.routes.shared import known_pipeline, model_info
 
 
@@ -76,4 +78,28 @@ def pipeline(name: FromPath[str], context: Context) -> PipelineDetail:
     )
 
 
-ROUTES = [pipelines, pipeline]
+@delete("/v1/pipelines/{name:str}", status_code=200, guards=[admin_guard],
+        sync_to_thread=True, tags=["pipelines"], security=SECURITY_ADMIN,
+        responses={**ERRORS_HOST, **ERRORS_ADMIN, **ERRORS_PIPELINE,
+                   409: error_spec(409, "it trains, it serves a model (delete with "
+                                        "force=true), it is a feature set declared in the "
+                                        "config, or a file of it is still being ingested; "
+                                        "nothing was deleted")})
+def delete_pipeline(name: FromPath[str], context: Context, force: bool = False
+                    ) -> PipelineDeleted:
+    """Admin: delete a pipeline: its data sets, models, records, predictions, monitoring and
+    files (inbox/, processing/, archive/, rejected/, datasets/, models/). Refused while it
+    trains, and while it serves a model unless `force=true`."""
+    return context.delete_pipeline(name, force)
+
+
+@route("/v1/pipelines/{name:str}", http_method=["OPTIONS"], include_in_schema=False,
+       sync_to_thread=False)
+def pipeline_options(name: FromPath[str]) -> Response[None]:
+    """The methods of a pipeline's path. Litestar (2.25) makes a path's OPTIONS answer
+    when the first handler of the path is registered, so DELETE, registered second, would
+    be missing from its Allow header; this path declares its own, registered first."""
+    return Response(None, status_code=204, headers={"Allow": "DELETE, GET, OPTIONS"})
+
+
+ROUTES = [pipelines, pipeline_options, pipeline, delete_pipeline]
