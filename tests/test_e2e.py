@@ -103,3 +103,92 @@ def test_job_history_records_trigger_and_version(machines_state, start_daemon):
         ("new_data", "succeeded", 1)
     ]
     assert daemon.get("/v1/pipelines/nope/jobs").status_code == 404
+
+
+# Headers an operator's CSV may well have, each of which broke a stage after ingestion
+# accepted the file: LightGBM refuses `[]{}":,` in feature names, Polars' value_counts a
+# column named `count`, and a date column `t` expands to a part named like column `t.month`.
+HOSTILE_NAMES = {"temperature_c": "Temperature [C]", "vibration_mm_s": "vibration {mm/s}",
+                 "pressure_bar": 'pressure "bar"', "rpm": "rpm, max", "machine_type": "count",
+                 "site": "site: name", "humidity_pct": "t.month"}
+
+
+def hostile_csv(source: str, dest) -> pl.DataFrame:
+    """The sample renamed, with a date column `t`; returned as Polars reads it back (it
+    keeps a quoted header's doubled quotes: `pressure ""bar""`)."""
+    frame = pl.read_csv(SAMPLES / source, try_parse_dates=True).rename(HOSTILE_NAMES)
+    frame = frame.with_columns(pl.col("timestamp").dt.date().alias("t"))
+    frame.write_csv(dest)
+    return pl.read_csv(dest, try_parse_dates=True)
+
+
+def test_hostile_headers_train_serve_and_drift_by_their_raw_names(state_root, start_daemon,
+                                                                  tmp_path):
+    (state_root / "appliance.toml").write_text(
+        '[ingest]\nsettle_seconds = 0.2\n[server]\nlog_sample_rate = 1.0\n'
+        '[drift]\ninterval_seconds = 1\nmin_rows = 50\n'
+        '[pipelines.plant]\ntarget = "failed_within_24h"\ntimestamp = "timestamp"\n'
+        'id = "reading_id"\n')
+    first = hostile_csv("machines_01.csv", tmp_path / "plant_01.csv")
+    second = hostile_csv("machines_02.csv", tmp_path / "plant_02.csv")
+    daemon = start_daemon(state_root)
+    drop(state_root, "plant", tmp_path / "plant_01.csv")
+
+    def finished_job():
+        jobs = daemon.get("/v1/pipelines/plant/jobs").json()["history"]
+        return next((j for j in jobs if j["status"] != "running"), None)
+
+    job = wait_for(finished_job, timeout=90, what="the first training")
+    assert job["status"] == "succeeded", job["error"]
+    daemon.wait_ready_model("plant", 1)
+    detail = daemon.get("/v1/pipelines/plant").json()
+    assert list(detail["schema"]) == first.columns
+    assert '"' in first.columns[7] and "Temperature [C]" in first.columns
+
+    # model.json keeps the raw names; LightGBM's own names are in model.txt.
+    meta = json.loads((state_root / "models/plant/1/model.json").read_text())
+    raw = [f["name"] for f in meta["spec"]["features"]]
+    assert raw == [c for c in first.columns
+                   if c not in ("reading_id", "timestamp", "failed_within_24h")]
+    assert {"Temperature [C]", "t.month", "t.month (date part)"} <= set(
+        meta["feature_importance"])
+    assert meta["feature_importance"]["Temperature [C]"] > 0
+    model_txt = (state_root / "models/plant/1/model.txt").read_text()
+    names_line = next(line for line in model_txt.splitlines()
+                      if line.startswith("feature_names="))
+    assert names_line.split("=", 1)[1].split() == meta["lightgbm_feature_names"]
+
+    # Predictions by the raw names: a batch, and one row alone with the same answer.
+    rows = second.head(200).drop("failed_within_24h").with_columns(
+        pl.col("timestamp", "t").cast(pl.String)).to_dicts()
+    resp = daemon.post("/v1/pipelines/plant/predict", json={"rows": rows})
+    assert resp.status_code == 200, resp.text
+    batch = resp.json()["predictions"]
+    one = daemon.post("/v1/pipelines/plant/predict", json={"rows": rows[:1]})
+    assert one.status_code == 200, one.text
+    assert abs(one.json()["predictions"][0] - batch[0]) < 1e-12
+    missing = daemon.post("/v1/pipelines/plant/predict",
+                          json={"rows": [{k: v for k, v in rows[0].items()
+                                          if k != "Temperature [C]"}]})
+    assert missing.status_code == 422 and "Temperature [C]" in missing.text
+
+    # Drift of the sampled request inputs, and of a new data set, by the raw names.
+    def drift_from(source: str):
+        body = daemon.get("/v1/pipelines/plant/drift").json()
+        latest = body["latest"]
+        return latest if latest and latest["source"] == source else None
+
+    report = wait_for(lambda: drift_from("predictions"), timeout=30,
+                      what="the drift check of the request inputs")
+    assert {"Temperature [C]", "count", "t.month", "rpm, max"} <= {
+        f["feature"] for f in report["features"]}
+    drop(state_root, "plant", tmp_path / "plant_02.csv")
+    report = wait_for(lambda: drift_from("ingestion"), timeout=60,
+                      what="the drift check of the second file")
+    assert report["rows"] == second.height
+    by_name = {f["feature"]: f for f in report["features"]}
+    assert by_name["count"]["kind"] == "categorical" and by_name["count"]["psi"] is not None
+    assert by_name["Temperature [C]"]["psi"] is not None
+    events = daemon.get("/v1/events?pipeline=plant").json()["events"]
+    assert not [e for e in events if e["level"] == "error"], events
+    assert first.height == 3000

@@ -19,6 +19,7 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
+from tui import format as fmt
 from tui.client import ApiError, ApplianceClient, DaemonUnavailable
 from tui.messages import ConnectionLost, ConnectionRestored
 from tui.screens.help import HelpScreen
@@ -106,7 +107,8 @@ class ApplianceApp(App[None]):
             break
         self.link = Link("up", self.client.url)
         self.post_message(ConnectionRestored(self.client.url))
-        self.notify(f"The daemon at {self.client.url} answers again.", title="Reconnected")
+        self.notify(f"The daemon at {self.client.url} answers again.", title="Reconnected",
+                    markup=False)
 
     @on(Worker.StateChanged)
     def _on_worker_failed(self, event: Worker.StateChanged) -> None:
@@ -139,12 +141,16 @@ class ApplianceApp(App[None]):
                                 screen.action_refresh)
         if hasattr(screen, "commands"):
             yield from screen.commands()
+        # The palette reads titles and help as markup: a name is escaped there.
         for name in self.pipelines:
-            yield SystemCommand(f"Open pipeline {name}",
-                                f"Data, models, drift, traffic and jobs of {name}",
+            shown = fmt.markup_safe(name)
+            yield SystemCommand(f"Open pipeline {shown}",
+                                f"Data, models, drift, traffic and jobs of {shown}",
                                 lambda name=name: self.open_pipeline(name))
         for name in self.pipelines:
-            yield SystemCommand(f"Retrain {name}", f"Start a training job for {name} (asks first)",
+            shown = fmt.markup_safe(name)
+            yield SystemCommand(f"Retrain {shown}",
+                                f"Start a training job for {shown} (asks first)",
                                 lambda name=name: self.retrain(name))
         yield from super().get_system_commands(screen)
 

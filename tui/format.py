@@ -5,7 +5,23 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
+from rich.text import Text
+from textual.markup import escape
+
 NONE = "–"
+
+
+def plain(text: object, style: str = "") -> Text:
+    """Text from the daemon (a name, a message, a reason) as it is: never read as markup,
+    so `[red]x.csv` or `Temperature [C]` shows as those characters and `[/]` can't crash a
+    widget. Tables, panels and titles take Text."""
+    return Text(str(text), style=style)
+
+
+def markup_safe(text: object) -> str:
+    """For the few places that only take markup (the command palette's titles and help):
+    the text with its square brackets escaped."""
+    return escape(str(text))
 
 
 def parse_ts(value: str | float | None) -> datetime | None:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from appliance.features.spec import FeatureSpec
+from appliance.features.spec import FeatureSpec, category_counts
 
 MIN_REFERENCE_COUNT = 20  # a category is kept when seen at least this often in the reference
 OTHER = "__other__"
@@ -83,16 +83,15 @@ def categorical_stats(values: pl.Series | Sequence[Any]) -> dict[str, Any]:
     n = total - nulls
     fractions: dict[str, float] = {}
     if n:
-        vc = s.drop_nulls().value_counts(sort=True)
-        name = vc.columns[0]
-        vc = vc.sort(["count", name], descending=[True, False])
+        values, counts = category_counts(s)
         # A category seen only a few times has a share too noisy to compare (and picking
         # the top ones by their own counts inflates them): those join __other__.
-        top = vc.head(TOP_CATEGORIES).filter(pl.col("count") >= MIN_REFERENCE_COUNT)
-        for cat, count in zip(top.get_column(name).to_list(), top.get_column("count").to_list(),
-                              strict=True):
-            fractions[str(cat)] = count / n
-        rest = n - int(top.get_column("count").sum())
+        kept = 0
+        for cat, count in zip(values[:TOP_CATEGORIES], counts[:TOP_CATEGORIES], strict=True):
+            if count >= MIN_REFERENCE_COUNT:
+                fractions[str(cat)] = count / n
+                kept += count
+        rest = n - kept
         if rest:
             fractions[OTHER] = rest / n
     return {"kind": "categorical", "count": total,

@@ -12,6 +12,12 @@ A :class:`FeatureSpec` is decided from the training data and stored with the mod
   purpose: a tree can't extrapolate it to the years it will serve in.
 
 The target, the ``id`` column and the ``timestamp`` column are never features.
+
+Column names are the operator's, whatever they are (``Temperature [C]``, ``count``, a
+column ``t.month`` beside a date ``t``): the model's input columns have unique names
+(:attr:`FeatureSpec.columns`; a date part yields to a column of the same name), and
+LightGBM, which refuses some characters in feature names, gets names of its own
+(:func:`booster_feature_names`), positional, so the raw names never reach it.
 """
 
 from __future__ import annotations
@@ -66,7 +72,23 @@ class FeatureSpec(msgspec.Struct, kw_only=True):
 
     @property
     def columns(self) -> list[str]:
-        return [c for f in self.features for c in f.columns()]
+        """The names of the model's input columns, in order, unique: a date part whose
+        name is taken (a date ``t`` beside a column ``t.month``) is ``t.month (date
+        part)``. Shown in the feature importance; LightGBM gets :func:`booster_feature_names`."""
+        raw = {f.name for f in self.features}
+        out: list[str] = []
+        taken: set[str] = set()
+        for f in self.features:
+            for name in f.columns():
+                if name != f.name and name in raw | taken:
+                    name = f"{name} ({f.kind} part)"
+                unique, n = name, 1
+                while unique in taken:
+                    n += 1
+                    unique = f"{name} ({n})"
+                taken.add(unique)
+                out.append(unique)
+        return out
 
     @property
     def categorical_indices(self) -> list[int]:
@@ -90,6 +112,27 @@ _SIMPLE_TYPES: dict[str, pl.DataType] = {
     "Boolean": pl.Boolean(), "Date": pl.Date(),
 }
 _DATETIME = re.compile(r"Datetime\(time_unit='(ns|us|ms)', time_zone=(None|'([^']*)')\)")
+
+
+_UNSAFE = re.compile(r"[^0-9A-Za-z_.-]+")
+
+
+def booster_feature_names(columns: list[str]) -> list[str]:
+    """The names LightGBM is given for the model's input columns: ``c<i>_`` and the name
+    with anything but letters, digits, ``_``, ``.`` and ``-`` as ``_``, cut to 40
+    characters. LightGBM refuses some characters (``[]{}":,``) and replaces whitespace;
+    these are unique by their position and readable in model.txt. The mapping is the
+    order: ``columns[i]`` is LightGBM's feature ``i`` (model.json keeps both)."""
+    return [f"c{i}_{_UNSAFE.sub('_', name)[:40]}" for i, name in enumerate(columns)]
+
+
+def category_counts(values: pl.Series) -> tuple[list[Any], list[int]]:
+    """The distinct non-null values of ``values`` and how often each occurs, most frequent
+    first, ties by value. Any column name works (Polars' ``value_counts`` names its count
+    column ``count``, and refuses a series of that name)."""
+    counts = (values.drop_nulls().rename("value").value_counts(name="n")
+              .sort(["n", "value"], descending=[True, False]))
+    return counts.get_column("value").to_list(), counts.get_column("n").to_list()
 
 
 def dtype_from_name(name: str) -> pl.DataType | None:
@@ -167,13 +210,9 @@ def build_spec(df: pl.DataFrame, settings: PipelineSettings, task: str) -> Featu
             continue  # nested or binary columns carry nothing a tree can split on
         categories = None
         if kind == "categorical":
-            counts = (
-                df.get_column(name).cast(pl.String).drop_nulls().value_counts(sort=True)
-                .head(MAX_CATEGORIES)
-            )
             # Most frequent first; ties broken by the value, so the order is reproducible.
-            counts = counts.sort(["count", name], descending=[True, False])
-            categories = counts.get_column(name).to_list()
+            values, _ = category_counts(df.get_column(name).cast(pl.String))
+            categories = values[:MAX_CATEGORIES]
         features.append(Feature(name=name, kind=kind, dtype=str(dtype), categories=categories))
     if not features:
         raise ApplianceError(
@@ -200,24 +239,23 @@ def build_spec(df: pl.DataFrame, settings: PipelineSettings, task: str) -> Featu
 
 
 def _feature_exprs(spec: FeatureSpec) -> list[pl.Expr]:
+    """One expression per input column of the model, named by ``spec.columns`` (unique)."""
     exprs: list[pl.Expr] = []
     for f in spec.features:
         col = pl.col(f.name)
         if f.kind == "categorical":
             codes = {c: float(i) for i, c in enumerate(f.categories or [])}
             exprs.append(
-                col.cast(pl.String)
-                .replace_strict(codes, default=None, return_dtype=pl.Float64)
-                .alias(f.name)
+                col.cast(pl.String).replace_strict(codes, default=None, return_dtype=pl.Float64)
             )
         elif f.kind in ("datetime", "date"):
             parts = {"month": col.dt.month(), "day": col.dt.day(), "weekday": col.dt.weekday(),
                      "hour": col.dt.hour()}
             names = DATETIME_PARTS if f.kind == "datetime" else DATE_PARTS
-            exprs += [parts[p].cast(pl.Float64).alias(f"{f.name}.{p}") for p in names]
+            exprs += [parts[p].cast(pl.Float64) for p in names]
         else:
-            exprs.append(col.cast(pl.Float64).alias(f.name))
-    return exprs
+            exprs.append(col.cast(pl.Float64))
+    return [e.alias(name) for e, name in zip(exprs, spec.columns, strict=True)]
 
 
 def to_matrix(df: pl.DataFrame, spec: FeatureSpec) -> np.ndarray:

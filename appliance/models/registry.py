@@ -121,6 +121,9 @@ class Registry:
             "metrics": candidate.metrics,
             "baseline_metrics": candidate.baseline,
             "feature_importance": candidate.importance,
+            # LightGBM's own name of each input column, in the order of spec's columns
+            # (the raw names may hold characters LightGBM refuses).
+            "lightgbm_feature_names": candidate.booster.feature_name(),
             "train_rows": candidate.train_rows,
             "valid_rows": candidate.valid_rows,
             "training_seconds": candidate.seconds,

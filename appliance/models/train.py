@@ -21,6 +21,7 @@ import polars as pl
 from appliance.core import TASK_METRICS, ApplianceError, PipelineSettings, TrainSettings
 from appliance.features import (
     FeatureSpec,
+    booster_feature_names,
     build_spec,
     encode_target,
     infer_task,
@@ -464,7 +465,7 @@ def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
     # The binned data set is built once; tuning trials reuse it (min_data_in_leaf may vary
     # between trials only without LightGBM's pre-filter of features).
     train_set = lgb.Dataset(
-        x_train, y_train, feature_name=spec.columns,
+        x_train, y_train, feature_name=booster_feature_names(spec.columns),
         categorical_feature=spec.categorical_indices or "auto", free_raw_data=True,
         params={"feature_pre_filter": False} if tune_trials else None,
     )

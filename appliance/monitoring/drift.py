@@ -36,7 +36,7 @@ import numpy as np
 import polars as pl
 
 from appliance.api_types import DriftFeature, DriftReport
-from appliance.features.profile import OTHER, as_float, sorted_valid
+from appliance.features.profile import OTHER, as_float, category_counts, sorted_valid
 
 EPS = 1e-4  # floor of a bin's share in PSI, so an empty bin costs a finite amount
 NOISE_BUDGET = 0.01  # the largest expected PSI from sampling noise alone
@@ -146,9 +146,7 @@ def compare_categorical(ref: dict[str, Any],
     n_ref = round(ref.get("count", 0) * (1.0 - ref_null))
     counts: dict[str, int] = {}
     if n:
-        vc = s.drop_nulls().value_counts()
-        counts = dict(zip(vc.get_column(vc.columns[0]).to_list(),
-                          vc.get_column("count").to_list(), strict=True))
+        counts = dict(zip(*category_counts(s), strict=True))
     # The most frequent categories, as many as the sample sizes support, each expected at
     # least MIN_EXPECTED times in both samples; the rest are one bin. Ranked by the pooled
     # count of both samples, which does not favour either side when nothing changed.

@@ -192,6 +192,42 @@ target = "y"
     assert "config_reload_failed" in daemon.log()
 
 
+def test_a_reload_never_reads_a_file_named_in_a_derived_expression(state_root, tmp_path,
+                                                                   start_daemon):
+    """A SIGHUP reload parses the config on the event loop; an expression with a subquery
+    reading a FIFO would hang it there. It is refused from its text, naming the key."""
+    import os
+
+    import httpx
+
+    (state_root / "appliance.toml").write_text(FAST_CONFIG)
+    daemon = start_daemon(state_root)
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    (state_root / "appliance.toml").write_text(
+        FAST_CONFIG + f"[pipelines.machines.derived]\nx = \"(SELECT a FROM "
+        f"read_csv('{fifo}'))\"\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+
+    def reload_failed():
+        try:
+            events = daemon.http.get("/v1/events", timeout=3).json()["events"]
+        except httpx.TimeoutException:
+            raise AssertionError("the daemon stopped answering after the reload") from None
+        return next((e for e in events if e["kind"] == "config_reload_failed"), None)
+
+    try:
+        failed = wait_for(reload_failed, timeout=10, what="the reload to be refused")
+    finally:
+        try:  # release a reader stuck on the FIFO (the daemon is killed after the test)
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+    assert "pipelines.machines.derived.x" in failed["message"]
+    assert "not a plain expression" in failed["message"]
+    assert daemon.get("/health").status_code == 200
+
+
 def test_reload_applies_in_place_so_every_part_sees_it(tmp_path):
     root = tmp_path / "state"
     root.mkdir()

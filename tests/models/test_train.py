@@ -361,3 +361,90 @@ def test_training_threads_default_to_all_cores_but_one(lab):
     x = rng.normal(size=200)
     lab.ingest("t", pl.DataFrame({"x": x, "target": (x > 0).astype(np.int64)}), "t")
     assert lab.train("t").lineage["params"]["num_threads"] == 1
+
+
+# --- column names LightGBM, Polars or the date parts would trip on ------------------------
+
+
+HOSTILE = {  # header -> what the column holds
+    "Temperature [C]": "float", 'pressure "bar"': "float", "rpm, max": "float",
+    "{vib}: mm/s": "float", "count": "text", "t": "date", "t.month": "int",
+}
+
+
+def hostile_frame(n: int, seed: int) -> pl.DataFrame:
+    from datetime import date
+
+    rng = np.random.default_rng(seed)
+    temp = rng.normal(60, 10, n)
+    kind = rng.choice(["pump", "fan", "press"], n)
+    failed = ((temp - 60) / 10 + (kind == "press") + rng.normal(0, 0.7, n) > 1).astype(np.int64)
+    return pl.DataFrame({
+        "Temperature [C]": temp, 'pressure "bar"': rng.normal(3, 1, n),
+        "rpm, max": rng.normal(1500, 100, n), "{vib}: mm/s": rng.normal(2, 0.5, n),
+        "count": kind,
+        "t": [date(2025, 1, 1) + timedelta(days=int(d)) for d in rng.integers(0, 365, n)],
+        "t.month": rng.integers(1, 13, n), "target": failed,
+    })
+
+
+def test_hostile_column_names_train_serve_and_profile_by_their_raw_names(lab):
+    """Headers an ingestion accepts: LightGBM refuses `[]{}":,` in feature names, Polars'
+    value_counts a column named `count`, and `t`'s month part is named like `t.month`."""
+    frame = hostile_frame(1200, 5)
+    lab.ingest("plant", frame, "plant")
+    record = lab.train("plant")
+    assert record.stage == "production", record.decision
+    meta = lab.meta("plant", 1)
+    model = lab.live.get("plant")
+    # model.json keeps the raw names; LightGBM got names of its own, one per input column.
+    assert [f["name"] for f in meta["spec"]["features"]] == list(HOSTILE)
+    columns = model.spec.columns
+    assert len(set(columns)) == len(columns) == model.booster.num_feature()
+    assert "t.month" in columns and "t.month (date part)" in columns
+    assert set(meta["feature_importance"]) == set(columns)
+    names = meta["lightgbm_feature_names"]
+    assert names == model.booster.feature_name() and len(names) == len(columns)
+    assert not any(ch in name for name in names for ch in '[]{}":, ')
+    # Serving encodes by the raw names, exactly as training did.
+    rows = frame.head(50).drop("target").with_columns(pl.col("t").cast(pl.String)).to_dicts()
+    np.testing.assert_array_equal(model.encoder.encode(rows), to_matrix(frame.head(50),
+                                                                        model.spec))
+    assert model.predict_rows(rows[:1])[0] == pytest.approx(model.predict_rows(rows)[0],
+                                                            abs=1e-12)
+    # The drift reference is by raw name too, `count` among the categorical ones.
+    ref = meta["reference"]["features"]
+    assert set(ref) == set(HOSTILE) - {"t"}
+    assert ref["count"]["kind"] == "categorical" and set(ref["count"]["fractions"]) == {
+        "pump", "fan", "press"}
+
+
+def test_a_model_lightgbm_knows_by_the_raw_names_still_loads_and_serves(lab):
+    """Models registered before LightGBM got names of its own (model.txt naming features
+    by their raw names, no ``lightgbm_feature_names`` in model.json) load and answer as
+    before: serving never goes by LightGBM's names."""
+    import dataclasses
+    import re
+
+    import lightgbm as lgb
+
+    from appliance.core import PipelineSettings, TrainSettings
+    from appliance.models.train import train
+
+    frame = machines("machines_01.csv")
+    settings = PipelineSettings(**MACHINES)
+    candidate = train(frame, settings, TrainSettings(num_boost_round=30))
+    raw = " ".join(candidate.spec.columns)
+    old_text = re.sub(r"(?m)^feature_names=.*$", f"feature_names={raw}", candidate.model_text)
+    assert old_text != candidate.model_text
+    old = dataclasses.replace(candidate, model_text=old_text,
+                              booster=lgb.Booster(model_str=old_text))
+    registry = lab.trainer.registry
+    for c in (candidate, old):
+        registry.register("machines", c, {"trigger": "test"})
+    new_model, old_model = registry.load("machines", 1), registry.load("machines", 2)
+    assert old_model.booster.feature_name() == candidate.spec.columns
+    rows = frame.head(20).drop("failed_within_24h").with_columns(
+        pl.col("timestamp").cast(pl.String)).to_dicts()
+    assert old_model.predict_rows(rows) == new_model.predict_rows(rows)
+    assert old_model.predict_rows(rows[:1]) == new_model.predict_rows(rows[:1])

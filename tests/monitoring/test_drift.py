@@ -179,3 +179,17 @@ def test_ties_that_differ_in_the_last_bits_do_not_drift():
     cur = levels[rng.integers(0, 5, 4000)] * (1 + rng.choice([-1, 0, 1], 4000) * 2e-16)
     score, ks_score, _ = drift.compare_numeric(profile.numeric_stats(ref), cur)
     assert score < 0.05 and ks_score < 0.05
+
+
+@pytest.mark.parametrize("name", ["count", "proportion", "Temperature [C]"])
+def test_a_text_column_with_any_name_profiles_and_compares(name):
+    """Polars' value_counts names its count column `count`: a text column of that name
+    must profile and compare like any other."""
+    rng = np.random.default_rng(4)
+    ref_values = pl.Series(name, rng.choice(["a", "b", "c"], 2000, p=[0.6, 0.3, 0.1]))
+    ref = profile.categorical_stats(ref_values)
+    assert ref["fractions"] == pytest.approx({"a": 0.6, "b": 0.3, "c": 0.1}, abs=0.03)
+    same = pl.Series(name, rng.choice(["a", "b", "c"], 1000, p=[0.6, 0.3, 0.1]))
+    moved = pl.Series(name, rng.choice(["a", "b", "c"], 1000, p=[0.1, 0.3, 0.6]))
+    assert not drift.compare(name, ref, same, SETTINGS).drifted
+    assert drift.compare(name, ref, moved, SETTINGS).drifted

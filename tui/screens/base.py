@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from rich.text import Text
 from textual import work
 from textual.binding import Binding
 from textual.message import Message
@@ -144,7 +145,7 @@ class LiveScreen(Screen[None]):
 
     def show_problem(self, text: str | None) -> None:
         for problem in self.query("#problem").results(Static):
-            problem.update(text or "")
+            problem.update(Text(text or ""))  # a daemon's message: plain text, not markup
             problem.set_class(bool(text), "-shown")
 
     def action_refresh(self) -> None:

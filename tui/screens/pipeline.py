@@ -123,7 +123,8 @@ class PipelineScreen(LiveScreen):
         yield Header()
         yield ConnectionBanner()
         yield Static(id="problem")
-        yield Static(f"[b]{self.pipeline}[/b] · loading…", id="summary", classes="live")
+        yield Static(Text.assemble((self.pipeline, "bold"), " · loading…"), id="summary",
+                     classes="live")
         with TabbedContent(initial="data", id="tabs"):
             with TabPane("1 Data", id="data"):
                 yield FilterTable(title="files received", id="ingestions")
@@ -303,8 +304,8 @@ class PipelineScreen(LiveScreen):
         item = next((i for i in self.ingestions if str(i.id) == key), None)
         panel = self.query_one("#ingestion-detail", Static)
         if item is None:
-            panel.update("No file received yet: drop one into "
-                         f"<state>/inbox/{self.pipeline}/." if not self.ingestions else "")
+            panel.update(Text("No file received yet: drop one into "
+                              f"<state>/inbox/{self.pipeline}/." if not self.ingestions else ""))
             return
         text = Text()
         if item.status == "rejected":
@@ -343,7 +344,7 @@ class PipelineScreen(LiveScreen):
         table.title = (f"feature sets joined ({len(joined)})" if len(joined) != 1 else
                        "feature set joined")
         empty = [f.name for f in joined if not f.keys]
-        table.border_subtitle = (
+        table.border_subtitle = Text(
             f"no values yet: drop a file into inbox/{empty[0]}/" if len(empty) == 1 else
             f"no values yet in {', '.join(empty)}: drop files into their inbox folders"
             if empty else "")
@@ -648,20 +649,21 @@ class PipelineScreen(LiveScreen):
             return
         was = f" (was v{answer.previous_version})" if answer.previous_version else ""
         self.notify(f"{self.pipeline}: v{answer.version} is production{was}",
-                    title="Promoted")
+                    title="Promoted", markup=False)
         self.poll(force=True)
 
     def action_retrain(self) -> None:
         confirm_retrain(self.app, self.pipeline, self.detail)
 
     def commands(self) -> Iterable[SystemCommand]:
+        name = fmt.markup_safe(self.pipeline)  # the palette reads its titles as markup
         for i, tab in enumerate(TABS):
-            yield SystemCommand(f"{self.pipeline}: {tab} tab", f"Switch to the {tab} tab "
+            yield SystemCommand(f"{name}: {tab} tab", f"Switch to the {tab} tab "
                                 f"({i + 1})", self._tab_callback(tab))
-        yield SystemCommand(f"Promote or roll back {self.pipeline} to the highlighted version",
+        yield SystemCommand(f"Promote or roll back {name} to the highlighted version",
                             "Make it production (an older one: a rollback); asks first",
                             self._promote_from_palette)
-        yield SystemCommand(f"Filter a table of {self.pipeline}",
+        yield SystemCommand(f"Filter a table of {name}",
                             "Keep only the rows that contain what you type (/)",
                             self.action_filter)
         yield SystemCommand("Back to the overview", "Every pipeline, the box and the events",

@@ -15,6 +15,11 @@ Cell = str | Text
 Row = tuple[str, Sequence[Cell]]
 
 
+def _as_text(cell: Cell) -> Text:
+    """A cell as drawn: a str is plain text (DataTable would read it as markup)."""
+    return cell if isinstance(cell, Text) else Text(cell)
+
+
 def _plain(cell: Cell) -> str:
     return cell.plain if isinstance(cell, Text) else str(cell)
 
@@ -51,7 +56,7 @@ class FilterTable(DataTable[Cell]):
         self._specs: list[tuple[Text, str]] = []
         self._widths: list[int] = []
         self._width = 0
-        self.border_title = title
+        self.border_title = Text(title)
 
     @property
     def title(self) -> str:
@@ -78,7 +83,8 @@ class FilterTable(DataTable[Cell]):
         return key.value
 
     def set_rows(self, rows: list[Row]) -> None:
-        self._all = rows
+        """The rows, whole; a str cell is shown as plain text, never as markup."""
+        self._all = [(key, [_as_text(c) for c in cells]) for key, cells in rows]
         self._apply()
 
     def on_resize(self) -> None:
@@ -157,8 +163,9 @@ class FilterTable(DataTable[Cell]):
         self._retitle(len(visible))
 
     def _retitle(self, visible: int) -> None:
+        # Text, not markup: a title may hold a name, and the filter what the operator typed.
         if self.filter_text.strip():
-            self.border_title = (f"{self._title} · filter “{self.filter_text.strip()}”: "
-                                 f"{visible} of {len(self._all)}")
+            self.border_title = Text(f"{self._title} · filter “{self.filter_text.strip()}”: "
+                                     f"{visible} of {len(self._all)}")
         else:
-            self.border_title = self._title
+            self.border_title = Text(self._title)
