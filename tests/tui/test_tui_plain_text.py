@@ -19,6 +19,7 @@ from appliance.api_types import (
     EventInfo,
     EventList,
     FeatureSetList,
+    Identity,
     IngestionInfo,
     IngestionList,
     JobInfo,
@@ -26,6 +27,7 @@ from appliance.api_types import (
     ModelList,
     PipelineList,
     ScheduledJob,
+    identity_proof,
 )
 from tests.tui import tui_fixture as fx
 from tests.tui.test_tui import SIZE, plain, text_of, until
@@ -112,6 +114,11 @@ def hostile_transport() -> httpx.MockTransport:
     table = hostile_routes()
 
     def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/identity":  # it holds the token, as the fixture's does
+            proof = Identity(port=80, proofs=[identity_proof(
+                "t0ken", request.url.params["challenge"], 80)])
+            return httpx.Response(200, content=msgspec.json.encode(proof),
+                                  headers={"content-type": "application/json"})
         answer = table.get(request.url.path)
         if answer is None:
             answer = ErrorBody(code="not_found", message=f"no route {CLOSE}")
