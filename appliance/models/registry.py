@@ -26,6 +26,7 @@ import polars as pl
 from appliance import __version__
 from appliance.core import ApplianceError, StateDir
 from appliance.features import FeatureSpec
+from appliance.models.holdout import HOLDOUT_FILE, holdout_bytes, holdout_meta
 from appliance.models.predictor import LoadedModel
 from appliance.models.train import Candidate
 from appliance.store import ModelRecord, Store, now_iso
@@ -98,10 +99,12 @@ class Registry:
         return removed
 
     def register(self, pipeline: str, candidate: Candidate, lineage: dict[str, Any],
-                 extra: dict[str, Any] | None = None) -> ModelRecord:
+                 extra: dict[str, Any] | None = None,
+                 holdout_max_rows: int = 20_000) -> ModelRecord:
         """Write a candidate as the pipeline's next version and record it as a candidate.
 
-        ``extra`` adds keys to model.json (the gate's verdict, say)."""
+        ``extra`` adds keys to model.json (the gate's verdict, say). The version's held-out
+        rows (at most ``holdout_max_rows``) are kept beside it (``holdout.parquet``)."""
         root = self.pipeline_root(pipeline)
         on_disk = [int(p.name) for p in root.iterdir() if p.name.isdigit()]
         version = max([self.store.max_model_version(pipeline), *on_disk]) + 1
@@ -109,6 +112,7 @@ class Registry:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         model_bytes = (candidate.model_text or candidate.booster.model_to_string()).encode()
+        holdout, kept = holdout_bytes(candidate.valid_frame, holdout_max_rows, seed=version)
         meta = {
             "pipeline": pipeline,
             "version": version,
@@ -130,6 +134,8 @@ class Registry:
             "primary_metric": candidate.metric or None,
             "split": candidate.split or None,
             "tuning": candidate.tuning,
+            "holdout": holdout_meta(holdout, kept, candidate.valid_rows,
+                                    candidate.y_train_prior),
         }
         meta.update(extra or {})
         meta_bytes = json.dumps(meta, indent=2, default=str).encode()
@@ -137,6 +143,7 @@ class Registry:
         try:
             _write_synced(tmp / "model.txt", model_bytes)
             _write_synced(tmp / "model.json", meta_bytes)
+            _write_synced(tmp / HOLDOUT_FILE, holdout)
             _fsync_dir(tmp)
             os.rename(tmp, final)
             _fsync_dir(root)
