@@ -88,7 +88,7 @@ class ModelBuilder:
         lineage["gate"] = {**(decision.details or {}), "reason": decision.reason}
         record = self.registry.register(pipeline, candidate, lineage, extra={
             "gate": lineage["gate"], "champion_metrics": decision.champion_metrics,
-        }, holdout_max_rows=ts.holdout_max_rows)
+        }, holdout_max_rows=ts.holdout_max_rows, timestamp=settings.timestamp)
         self.store.set_pipeline_task(pipeline, candidate.spec.task)
         tuned = (f", tuned over {candidate.tuning['trials_completed']} trials"
                  if candidate.tuning else "")

@@ -124,13 +124,13 @@ def decide(candidate: Candidate, champion: LoadedModel | None, min_improvement: 
     name = metric or candidate.metric or m.primary_metric(task)
     y, p_new = candidate.y_valid, candidate.p_valid
     n = len(y)
-    where = (f"{n} held-out rows (the newest)" if candidate.split == "chronological"
-             else f"{n} held-out rows")
+    where = (f"on its {n} held-out rows (the newest)" if candidate.split == "chronological"
+             else f"on its {n} held-out rows")
     p_base = (np.tile(candidate.y_train_prior, (n, 1)) if task == "multiclass"
               else np.full(n, float(candidate.y_train_prior)))
-    c = m.compare(task, name, y, p_new, p_base)
-    ok, why = m.passes(c, 0.0, baseline_z)
-    baseline = Check("baseline", "baseline", n, c, 0.0, baseline_z, ok,
+    c_base = m.compare(task, name, y, p_new, p_base)
+    ok, why = m.passes(c_base, 0.0, baseline_z)
+    baseline = Check("baseline", "baseline", n, c_base, 0.0, baseline_z, ok,
                      f"vs the baseline (class prior or mean): {why}")
     champ: Check | None = None
     champion_metrics = None
@@ -152,12 +152,13 @@ def decide(candidate: Candidate, champion: LoadedModel | None, min_improvement: 
         checks.append(_past_check(candidate, champion, past, name, regression_z, threads))
     promote = all(ch.passed for ch in checks)
     if champ is not None and champ.status == "checked":
-        lead = f"{champ.text}; {baseline.text}; both on this version's {where}"
+        # The baseline beside the champion, short: the challenger's value was just shown.
+        lead = f"{champ.text}; vs the baseline {m.passes(c_base, 0.0, baseline_z, True)[1]}"
     elif champ is not None:
-        lead = f"{champ.text}; {baseline.text} on this version's {where}"
+        lead = f"{champ.text}; {baseline.text}"
     else:
-        lead = f"{baseline.text} on this version's {where}"
-    reason = lead + "".join(f". {ch.text}" for ch in checks[2:])
+        lead = baseline.text
+    reason = f"{lead}; {where}" + "".join(f". {ch.text}" for ch in checks[2:])
     primary = champ if champ is not None and champ.comparison is not None else baseline
     return Decision(promote, reason, champion_metrics,
                     _details(primary, checks, promote, name, reason))
@@ -198,7 +199,7 @@ def _past_check(candidate: Candidate, champion: LoadedModel, past: PastRows, met
         return Check("champion_rows", v, frame.height, c, 0.0, z, True, text,
                      status="uncomputable", extra=extra)
     if worse:
-        text += (f"; a regression on what {v} knew (if that data is obsolete, a data window "
+        text += (f", a regression on what {v} knew (if that data is obsolete, a data window "
                  f"retires it: [pipelines.{champion.pipeline}.train] window_days or window_rows)")
     return Check("champion_rows", v, frame.height, c, 0.0, z, not worse, text, extra=extra)
 

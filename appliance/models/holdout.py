@@ -34,25 +34,32 @@ HOLDOUT_FILE = "holdout.parquet"
 _KEY_SEED = 20_240_611
 
 
-def holdout_bytes(frame: pl.DataFrame, max_rows: int, seed: int) -> tuple[bytes, int]:
-    """A version's held-out rows as Parquet bytes, at most ``max_rows`` of them (a seeded
-    sample, in their original order), and how many were kept."""
-    if frame.height > max_rows:
-        rng = np.random.default_rng(seed)
-        keep = np.sort(rng.choice(frame.height, size=max_rows, replace=False))
-        frame = frame[keep]
+def holdout_sample(frame: pl.DataFrame, max_rows: int, seed: int) -> pl.DataFrame:
+    """At most ``max_rows`` of a version's held-out rows (a seeded sample beyond that, in
+    their original order)."""
+    if frame.height <= max_rows:
+        return frame
+    rng = np.random.default_rng(seed)
+    return frame[np.sort(rng.choice(frame.height, size=max_rows, replace=False))]
+
+
+def holdout_file(frame: pl.DataFrame, of: int, prior: Any, timestamp: str | None
+                 ) -> tuple[bytes, dict[str, Any]]:
+    """The kept rows as Parquet bytes, and what model.json says of them: the file, its
+    hash, how many rows of how many held out, their time range, and what the trivial
+    baseline predicts (the training prior)."""
     buffer = io.BytesIO()
     frame.write_parquet(buffer, compression="zstd", statistics=False)
-    return buffer.getvalue(), frame.height
-
-
-def holdout_meta(data: bytes, kept: int, of: int, prior: Any) -> dict[str, Any]:
-    """What model.json says of the kept rows: the file, its hash, how many rows of how
-    many held out, and what the trivial baseline predicted (the training prior)."""
-    return {"file": HOLDOUT_FILE, "sha256": hashlib.sha256(data).hexdigest(), "rows": kept,
-            "valid_rows": of,
-            "baseline_prior": (np.asarray(prior, dtype=np.float64).tolist()
-                               if prior is not None else None)}
+    data = buffer.getvalue()
+    first = last = None
+    if timestamp and timestamp in frame.columns and frame.height:
+        first, last = (str(frame.get_column(timestamp).min()),
+                       str(frame.get_column(timestamp).max()))
+    return data, {
+        "file": HOLDOUT_FILE, "sha256": hashlib.sha256(data).hexdigest(),
+        "rows": frame.height, "valid_rows": of, "first": first, "last": last,
+        "baseline_prior": (np.asarray(prior, dtype=np.float64).tolist()
+                           if prior is not None else None)}
 
 
 def read_holdout(folder: Path, meta: dict[str, Any] | None, shown: str) -> pl.DataFrame:

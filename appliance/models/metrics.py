@@ -234,32 +234,44 @@ def standard_errors(c: Comparison, margin: float = 0.0) -> float | None:
     return float(excess / c.se)
 
 
-def _shown(c: Comparison) -> str:
+def _shown(c: Comparison, k: float | None = None, short: bool = False) -> str:
+    """``auc 0.9054 vs 0.8781 (+0.0273 ± 0.0064, 4.3 SE)``; short: ``0.5000 (+0.4054 ...)``,
+    for a reference whose challenger value was just shown."""
     sign = "+" if c.gain >= 0 else "-"
-    shown = f"{c.metric} {c.challenger:.4f} vs {c.reference:.4f} ({sign}{abs(c.gain):.4f}"
-    return shown + (f" ± {c.se:.4f})" if c.se is not None and np.isfinite(c.se) else ")")
+    head = f"{c.reference:.4f}" if short else (
+        f"{c.metric} {c.challenger:.4f} vs {c.reference:.4f}")
+    shown = f"{head} ({sign}{abs(c.gain):.4f}"
+    if c.se is not None and np.isfinite(c.se):
+        shown += f" ± {c.se:.4f}"
+    if k is not None:
+        shown += f", {k:.1f} SE"
+    return shown + ")"
 
 
-def passes(c: Comparison, min_improvement: float, z: float) -> tuple[bool, str]:
+def passes(c: Comparison, min_improvement: float, z: float,
+           short: bool = False) -> tuple[bool, str]:
     """A one-sided test that the challenger is better by more than ``min_improvement``:
-    the gain is over it and, when ``z`` > 0, over it by ``z`` standard errors of the
+    the gain is over it and, when ``z`` > 0, over it by ``z`` standard errors (SE) of the
     paired difference (so a challenger no better than the reference passes with the
     normal tail's probability beyond ``z``: 2.3% at 2). Returns the verdict and its
-    reason, with the numbers."""
+    reason, with the numbers (``short``: without the metric and challenger's value)."""
     if np.isnan(c.challenger) or np.isnan(c.reference):
         return False, f"{c.metric} could not be computed on these rows"
     ok = bool(c.gain > min_improvement)
+    margin = "" if short and not min_improvement else f"a gain > {min_improvement:g} "
     if z <= 0:
         word = "better" if ok else "not better"
-        return ok, f"{_shown(c)}: {word} (needs a gain > {min_improvement:g})"
+        return ok, f"{_shown(c, short=short)}: {word} (needs {margin or 'a gain > 0'})".replace(
+            " )", ")")
     k = standard_errors(c, min_improvement)
     if k is None:
-        return False, (f"{_shown(c)}: not shown to be better (no standard error on so few "
-                       f"rows; needs a gain > {min_improvement:g} by {z:g} standard errors)")
+        return False, (f"{_shown(c, short=short)}: not shown to be better (no standard error "
+                       f"on so few rows; needs {margin}by {z:g} SE)")
     ok = ok and k > z
     word = "better" if ok else "not better"
-    return ok, (f"{_shown(c)[:-1]}, {k:.1f} SE): {word} (needs a gain > {min_improvement:g} "
-                f"by {z:g} standard errors)")
+    # Shown: the gain in standard errors; tested: what it is beyond the margin.
+    shown = _shown(c, standard_errors(c), short)
+    return ok, f"{shown}: {word} (needs {margin}by {z:g} SE)".replace("needs by", "needs")
 
 
 def significant_loss(c: Comparison, z: float) -> tuple[bool, str]:
@@ -274,6 +286,5 @@ def significant_loss(c: Comparison, z: float) -> tuple[bool, str]:
     if k is None:
         return False, f"{_shown(c)}: no standard error on so few rows; not checked"
     worse = k < -z
-    word = f"worse by {-k:.1f} standard errors" if worse else "no significant loss"
-    return worse, (f"{_shown(c)[:-1]}, {k:.1f} SE): {word} (a loss beyond {z:g} standard "
-                   "errors blocks)")
+    return worse, (f"{_shown(c, k)}: {'worse' if worse else 'no significant loss'} "
+                   f"(blocks beyond -{z:g} SE)")
