@@ -102,7 +102,9 @@ class Check:
                        z=m.standard_errors(c, self.margin))
         out.update(self.extra)
         out["text"] = self.text
-        return out
+        # JSON has no NaN or infinity (a metric on one class, a zero standard error).
+        return {k: None if isinstance(v, float) and not np.isfinite(v) else v
+                for k, v in out.items()}
 
 
 @dataclass
@@ -213,8 +215,9 @@ def _details(primary: Check, checks: list[Check], promote: bool, metric: str,
                            "min_improvement": primary.margin, "z": primary.z,
                            "promoted": promote}
     if c is not None:
-        out.update(challenger=c.challenger, reference=c.reference, gain=c.gain,
-                   standard_error=c.se)
+        out.update({k: v if v is None or np.isfinite(v) else None for k, v in (
+            ("challenger", c.challenger), ("reference", c.reference), ("gain", c.gain),
+            ("standard_error", c.se))})
     out["tests"] = {ch.kind: ch.as_dict() for ch in checks}
     out["reason"] = reason
     return out
