@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 
 from appliance.core import ApplianceError, Settings, StateDir
-from appliance.models.gate import PastRows, decide
+from appliance.models.gate import PastRows, decide, numbers
 from appliance.models.holdout import match_rows, read_holdout
 from appliance.models.predictor import LoadedModel
 from appliance.models.production import Production
@@ -100,14 +100,15 @@ class ModelBuilder:
         if decision.promote:
             try:
                 self.production.promote(pipeline, record.version, decision.reason,
-                                        gate=lineage["gate"])
+                                        gate=numbers(lineage["gate"]))
             except ApplianceError as err:
                 self.registry.reject(pipeline, record.version, f"not loadable: {err.message}")
                 raise
         else:
             self.registry.reject(pipeline, record.version, decision.reason)
             self.events.emit("not_promoted", f"v{record.version}: {decision.reason}",
-                             pipeline=pipeline, version=record.version, gate=lineage["gate"])
+                             pipeline=pipeline, version=record.version,
+                             gate=numbers(lineage["gate"]))
         return self.store.model(pipeline, record.version) or record
 
     def _schema(self, pipeline: str) -> dict[str, str] | None:

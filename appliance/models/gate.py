@@ -221,3 +221,13 @@ def _details(primary: Check, checks: list[Check], promote: bool, metric: str,
     out["tests"] = {ch.kind: ch.as_dict() for ch in checks}
     out["reason"] = reason
     return out
+
+
+def numbers(details: dict[str, Any]) -> dict[str, Any]:
+    """The verdict's numbers without its sentences (the event's message is the reason): what
+    the ``promoted`` and ``not_promoted`` events carry, so the journal line stays short."""
+    out = {k: v for k, v in details.items() if k not in ("reason", "tests")}
+    out["tests"] = {kind: {k: v for k, v in test.items() if k != "text"}
+                    for kind, test in (details.get("tests") or {}).items()}
+    return out
+
