@@ -149,9 +149,39 @@ class PipelineDetail(msgspec.Struct, kw_only=True):
     prediction_log: PredictionLogInfo | None = None
 
 
+class ModelScore(msgspec.Struct, kw_only=True):
+    """One version scored on the rows of a :class:`ModelComparison`."""
+
+    version: int
+    stage: str
+    metrics: dict[str, float] | None = None  # on the shared rows; None: not scored (note)
+    value: float | None = None  # the primary metric on them
+    vs_production: float | None = None  # its gain over production there (+: better)
+    standard_error: float | None = None  # of that gain (paired, on the same rows)
+    note: str | None = None  # why it was not scored
+
+
+class ModelComparison(msgspec.Struct, kw_only=True):
+    """The backtest: every kept version scored on the same rows, the held-out rows of the
+    newest version that kept them (the newest data), so versions compare like with like."""
+
+    metric: str | None  # the primary metric
+    rows_from_version: int | None  # whose held-out rows
+    rows: int
+    first_timestamp: str | None = None  # their time range, with a timestamp column
+    last_timestamp: str | None = None
+    production_version: int | None = None
+    baseline: dict[str, float] | None = None  # the trivial model (class prior, mean)
+    scores: list[ModelScore] = []  # newest version first
+    note: str | None = None  # why there is nothing to compare
+    computed_at: str | None = None
+
+
 class ModelList(msgspec.Struct, kw_only=True):
     pipeline: str
     models: list[ModelInfo]
+    # With ?compare=true: every version scored on the same newest held-out rows.
+    comparison: ModelComparison | None = None
 
 
 class IngestionList(msgspec.Struct, kw_only=True):

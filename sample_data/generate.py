@@ -7,7 +7,8 @@ Files:
   machines_01.csv          3,000 readings, the first batch: version 1 learns from it
   machines_02.csv          1,500 later readings from the same process
   machines_03_drifted.csv  1,500 readings after a heat wave and a change of lubricant:
-                           temperature runs hotter, vibration shifts, failures rise
+                           temperature runs hotter, vibration shifts, failures rise (most
+                           where vibration is high: what failure follows has changed too)
   machines_broken.csv      a file exported without the target column: refused
   machine_info.csv         the feature set `machine_info`: each machine's install year,
                            rated speed and firmware, with its history (firmware updates in
@@ -57,7 +58,9 @@ def readings(n: int, start: datetime, seed: int, drift: bool = False) -> pl.Data
         + 0.35 * (site == "south")
     )
     if drift:
-        logit = logit + 0.8 * (vib > 2.4)
+        # The new lubricant: a machine that vibrates hard now fails much more often, so a
+        # model retrained on this batch is clearly better on it than the old one.
+        logit = logit + 1.6 * (vib > 2.4)
     p = 1 / (1 + np.exp(-logit))
     failed = (rng.uniform(size=n) < p).astype(np.int64)
     humidity_col = np.where(rng.uniform(size=n) < 0.05, np.nan, humidity.round(1))

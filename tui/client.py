@@ -210,8 +210,11 @@ class ApplianceClient:
     async def pipeline(self, name: str) -> PipelineDetail:
         return await self._request("GET", f"/v1/pipelines/{name}", PipelineDetail)
 
-    async def models(self, name: str) -> ModelList:
-        return await self._request("GET", f"/v1/pipelines/{name}/models", ModelList)
+    async def models(self, name: str, compare: bool = False) -> ModelList:
+        """The versions; with ``compare``, also every version scored on the same newest
+        held-out rows (a daemon without the backtest leaves ``comparison`` empty)."""
+        return await self._request("GET", f"/v1/pipelines/{name}/models", ModelList,
+                                   params={"compare": "true"} if compare else None)
 
     async def ingestions(self, name: str, limit: int = 200) -> IngestionList:
         return await self._request("GET", f"/v1/pipelines/{name}/ingestions", IngestionList,

@@ -247,11 +247,23 @@ def train(name: str, tune: int | None, url: str | None, state_dir: str | None) -
 @click.argument("name")
 @_client_options
 @click.option("--json", "as_json", is_flag=True, help="print the raw JSON")
-def models(name: str, url: str | None, state_dir: str | None, as_json: bool) -> None:
-    """List the model versions of pipeline NAME with metrics and stage."""
-    body = Client(url, state_dir).call("GET", f"/v1/pipelines/{name}/models")
+@click.option("--compare", is_flag=True,
+              help="score every kept version on the same rows (the newest version's "
+                   "held-out rows), beside production")
+def models(name: str, url: str | None, state_dir: str | None, as_json: bool,
+           compare: bool) -> None:
+    """List the model versions of pipeline NAME with metrics and stage.
+
+    Each version's metrics are on its own held-out rows; --compare scores them all on the
+    same newest rows (a backtest). Example: appliance models machines --compare
+    """
+    body = Client(url, state_dir).call("GET", f"/v1/pipelines/{name}/models",
+                                       params={"compare": "true"} if compare else None)
     if as_json:
         click.echo(json.dumps(body, indent=2))
+        return
+    if compare:
+        click.echo(comparison_text(name, body.get("comparison") or {}))
         return
     if not body["models"]:
         click.echo(f"{name}: no model versions yet")
@@ -273,6 +285,37 @@ def models(name: str, url: str | None, state_dir: str | None, as_json: bool) -> 
             click.echo(f"      data sets {shown}, {lineage.get('rows')} rows ({window}), "
                        f"trained {lineage.get('trained_at', m['created_at'])} in "
                        f"{lineage.get('training_seconds', 0):.1f}s{tuned}")
+
+
+def comparison_text(name: str, c: dict[str, Any]) -> str:
+    """The backtest as a table: every version on the same rows, beside production."""
+    if not c.get("rows_from_version"):
+        return f"{name}: nothing to compare ({c.get('note') or 'no model versions yet'})"
+    metric = c["metric"]
+    span = (f", {c['first_timestamp']} to {c['last_timestamp']}"
+            if c.get("first_timestamp") else "")
+    lines = [f"{name}: every version on v{c['rows_from_version']}'s {c['rows']} held-out "
+             f"rows (the newest data{span}), {metric}:"]
+    prod = c.get("production_version")
+    for s in c["scores"]:
+        head = f"  v{s['version']:<4} {s['stage']:<11}"
+        if s.get("value") is None:
+            lines.append(f"{head} {'-':>8}  {s.get('note') or ''}")
+            continue
+        if s["version"] == prod:
+            vs = "production"
+        elif s.get("vs_production") is not None:
+            se = s.get("standard_error")
+            shown = f" ± {se:.4f}" if se is not None else ""
+            vs = f"{s['vs_production']:+.4f}{shown} vs v{prod}"
+        else:
+            vs = ""
+        lines.append(f"{head} {s['value']:>8.4f}  {vs}")
+    baseline = c.get("baseline")
+    if baseline and metric in baseline:
+        lines.append(f"  {'baseline':<16} {baseline[metric]:>8.4f}  (class prior or mean)")
+    lines.append("  (+: better than production; ± one standard error, paired on these rows)")
+    return "\n".join(lines)
 
 
 @cli.command()

@@ -126,17 +126,30 @@ class TrainSettings(_Section):
         msgspec.Meta(ge=0),
     ] = 0.0
     baseline_z: Annotated[
-        float, _doc("the first model must beat the trivial baseline (class prior, mean) by "
-                    "this many standard errors on the validation rows, so a model that "
-                    "learned nothing is not served"),
+        float, _doc("every challenger must beat the trivial baseline (class prior, mean) "
+                    "by this many standard errors on its held-out rows, so a model that "
+                    "learned nothing (or the opposite) is not served"),
         msgspec.Meta(ge=0),
     ] = 2.0
     champion_z: Annotated[
-        float, _doc("a challenger must also beat the champion by this many standard errors "
-                    "of the paired difference on the validation rows; 0: min_improvement "
-                    "alone decides"),
+        float, _doc("a challenger must beat the champion by more than min_improvement by "
+                    "this many standard errors of the paired difference on the newest "
+                    "held-out rows (a one-sided test: an equal challenger passes 2.3% of the "
+                    "time at 2); 0: min_improvement alone decides"),
         msgspec.Meta(ge=0),
-    ] = 0.0
+    ] = 2.0
+    regression_z: Annotated[
+        float, _doc("a challenger worse than the champion by this many standard errors on "
+                    "the champion's own held-out rows (those still in the data window) is "
+                    "not promoted; 0: any loss there blocks"),
+        msgspec.Meta(ge=0),
+    ] = 2.0
+    holdout_max_rows: Annotated[
+        int, _doc("held-out rows kept beside each model version (holdout.parquet; a seeded "
+                  "sample beyond this), for the gate's check on the champion's rows and "
+                  "the backtest"),
+        msgspec.Meta(ge=1),
+    ] = 20_000
     tune_trials: Annotated[
         int, _doc("hyperparameter search trials (Optuna) per training; 0: no search, the "
                   "parameters above are used"),

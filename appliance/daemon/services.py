@@ -9,7 +9,7 @@ from appliance.core import Settings, StateDir
 from appliance.features import FeatureStore
 from appliance.ingest import Ingester
 from appliance.jobs import Housekeeping, JobScheduler, Trainer
-from appliance.models import LiveModels, Registry
+from appliance.models import Backtests, LiveModels, Registry
 from appliance.monitoring import Monitor, PredictionIds, PredictionLog, drift
 from appliance.store import Events, IngestionRecord, Store
 
@@ -36,6 +36,8 @@ class Services:
     predlog: PredictionLog | None = None
     prediction_ids: PredictionIds = field(default_factory=PredictionIds)
     predict_token: str | None = None
+    # Every kept model version scored on the same newest held-out rows (cached).
+    backtests: Backtests | None = None
 
     @classmethod
     def build(cls, settings: Settings, state: StateDir) -> Services:
@@ -85,7 +87,8 @@ class Services:
                    registry=registry, live=live, trainer=trainer, ingester=ingester,
                    scheduler=JobScheduler(trainer, settings), token=state.ensure_token(),
                    monitor=monitor, features=features, housekeeping=housekeeping,
-                   predlog=predlog, predict_token=predict_token)
+                   predlog=predlog, predict_token=predict_token,
+                   backtests=Backtests(state, store, registry))
 
     def load_production_models(self) -> None:
         """Load every pipeline's production model; one that fails is reported, not served."""

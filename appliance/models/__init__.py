@@ -4,6 +4,7 @@ serves (promotion, rollback), and the loaded predictor that answers requests.
 ``appliance.models.metrics`` (the metrics and their paired comparisons) is a public module
 too."""
 
+from appliance.models.backtest import Backtests
 from appliance.models.build import ModelBuilder
 from appliance.models.gate import Decision, decide
 from appliance.models.metrics import primary_metric
@@ -20,6 +21,7 @@ from appliance.models.train import (
 )
 
 __all__ = [
+    "Backtests",
     "Candidate",
     "Decision",
     "LiveModels",

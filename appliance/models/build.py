@@ -12,8 +12,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+import polars as pl
+
 from appliance.core import ApplianceError, Settings, StateDir
-from appliance.models.gate import decide
+from appliance.models.gate import PastRows, decide, numbers
+from appliance.models.holdout import match_rows, read_holdout
+from appliance.models.predictor import LoadedModel
 from appliance.models.production import Production
 from appliance.models.registry import Registry, library_versions
 from appliance.models.train import Source, load_training_data, train, training_threads
@@ -52,25 +57,38 @@ class ModelBuilder:
         serving: dict[str, Any] = {}
         if self.features is not None and (settings.join or settings.derived):
             data.frame, serving = self.features.prepare(data.frame, settings)
+        # The champion's held-out rows: not trained on by the challenger (so the gate
+        # scores both out of sample), and scored where the data window still holds them.
+        champion = self.live.get(pipeline)
+        past = self._past_rows(pipeline, champion)
+        exclude = self._match_window(data.frame, past, pipeline, data.window)
         candidate = train(data.frame, settings, ts, tune_trials=trials, tune_seconds=seconds,
-                          should_stop=should_stop)
+                          should_stop=should_stop, exclude=exclude)
+        del exclude
         if serving:
             candidate.spec.joins = serving["joins"]
             candidate.spec.derived = serving["derived"]
             candidate.spec.derived_inputs = serving["derived_inputs"]
         rows = data.frame.height
+        now_serving = self.live.get(pipeline)
+        if now_serving is not champion:  # an operator promoted another version meanwhile
+            champion = now_serving
+            past = self._past_rows(pipeline, champion)
+            self._match_window(data.frame, past, pipeline, data.window)
         del data.frame
         min_improvement = (settings.train.min_improvement
                            if settings.train.min_improvement is not None
                            else ts.min_improvement)
-        decision = decide(candidate, self.live.get(pipeline), min_improvement,
+        decision = decide(candidate, champion, min_improvement,
                           champion_z=ts.champion_z, baseline_z=ts.baseline_z,
+                          regression_z=ts.regression_z, past=past,
                           threads=training_threads(ts.threads))
+        del past
         lineage = self._lineage(trigger, datasets, data, rows, candidate, loaded_s)
         lineage["gate"] = {**(decision.details or {}), "reason": decision.reason}
         record = self.registry.register(pipeline, candidate, lineage, extra={
             "gate": lineage["gate"], "champion_metrics": decision.champion_metrics,
-        })
+        }, holdout_max_rows=ts.holdout_max_rows, timestamp=settings.timestamp)
         self.store.set_pipeline_task(pipeline, candidate.spec.task)
         tuned = (f", tuned over {candidate.tuning['trials_completed']} trials"
                  if candidate.tuning else "")
@@ -81,15 +99,63 @@ class ModelBuilder:
         )
         if decision.promote:
             try:
-                self.production.promote(pipeline, record.version, decision.reason)
+                self.production.promote(pipeline, record.version, decision.reason,
+                                        gate=numbers(lineage["gate"]))
             except ApplianceError as err:
                 self.registry.reject(pipeline, record.version, f"not loadable: {err.message}")
                 raise
         else:
             self.registry.reject(pipeline, record.version, decision.reason)
             self.events.emit("not_promoted", f"v{record.version}: {decision.reason}",
-                             pipeline=pipeline, version=record.version)
+                             pipeline=pipeline, version=record.version,
+                             gate=numbers(lineage["gate"]))
         return self.store.model(pipeline, record.version) or record
+
+    def _schema(self, pipeline: str) -> dict[str, str] | None:
+        record = self.store.pipeline(pipeline)
+        return record.schema if record is not None else None
+
+    def _past_rows(self, pipeline: str, champion: LoadedModel | None) -> PastRows | None:
+        """The champion's kept held-out rows, or why there are none."""
+        if champion is None:
+            return None
+        v = champion.version
+        record = self.store.model(pipeline, v)
+        if record is None:
+            return PastRows(v, None, note="are not in the registry", status="not_kept")
+        try:
+            frame = read_holdout(self.state.root / record.path, champion.meta.get("holdout"),
+                                 f"v{v} of `{pipeline}`")
+        except ApplianceError as err:
+            if err.code == "holdout_not_kept":
+                return PastRows(v, None, note="were not kept (it was registered before "
+                                "versions kept them)", status="not_kept")
+            return PastRows(v, None, note=f"can't be used ({err.message})",
+                            status="unreadable")
+        return PastRows(v, frame, frame.height)
+
+    def _match_window(self, frame: pl.DataFrame, past: PastRows | None, pipeline: str,
+                      window: dict[str, Any]) -> np.ndarray | None:
+        """Match the champion's held-out rows to the challenger's data (by content). With
+        a data window, ``past`` keeps only the rows the window still holds (none left:
+        obsolete). Returns the mask of the data's rows that are the champion's held-out
+        rows, for training to leave out; None when there are none."""
+        if past is None or past.frame is None:
+            return None
+        record = self.store.pipeline(pipeline)
+        matched = match_rows(frame, past.frame, record.schema if record else None)
+        if matched is None:
+            return None
+        in_frame, held = matched
+        kind = window.get("kind", "all")
+        if kind != "all":
+            past.window = kind
+            past.frame = past.frame.filter(pl.Series(held))
+            if past.frame.height == 0:
+                past.frame = None
+                past.note = f"are all outside this version's data window ({kind}), obsolete"
+                past.status = "obsolete"
+        return in_frame if in_frame.any() else None
 
     def _check_disk(self, pipeline: str) -> None:
         """Refuse to train while the state directory's disk is below the free-space floor
@@ -132,6 +198,8 @@ class ModelBuilder:
             "window": data.window,
             "split": candidate.split,
             "train_rows": candidate.train_rows,
+            # the champion's held-out rows, left out of training for the gate's check
+            "left_out_rows": candidate.excluded_rows,
             "valid_rows": candidate.valid_rows,
             "task": candidate.spec.task,
             "task_reason": candidate.task_reason,

@@ -106,22 +106,6 @@ def baseline_predictions(task: str, y_train: np.ndarray, n: int, k: int = 0) -> 
     return np.full(n, float(np.mean(y_train)))
 
 
-def is_better(task: str, challenger: dict[str, float], champion: dict[str, float],
-              min_improvement: float, metric: str | None = None) -> tuple[bool, str]:
-    """Whether the challenger's primary metric beats the champion's by ``min_improvement``."""
-    name, higher = PRIMARY[task]
-    if metric:
-        name = metric
-        higher = metric in ("auc", "accuracy", "f1", "macro_f1", "r2")
-    a, b = challenger.get(name), champion.get(name)
-    if a is None or b is None or np.isnan(a):
-        return False, f"{name} could not be computed"
-    delta = (a - b) if higher else (b - a)
-    verdict = bool(delta > min_improvement)
-    word = "better" if verdict else "not better"
-    return verdict, f"{name} {a:.4f} vs {b:.4f}: {word} (needs > {min_improvement:g})"
-
-
 # --- the gate: a paired comparison on the same validation rows ---------------------------
 
 HIGHER_IS_BETTER = {"auc", "accuracy", "f1", "macro_f1", "r2"}
@@ -136,7 +120,7 @@ def primary_metric(task: str, configured: str | None = None) -> str:
 class Comparison:
     """``challenger`` against ``reference`` on ``metric``. ``gain`` is oriented so that
     positive means the challenger is better; ``se`` is the standard error of that gain
-    (paired, on the same rows), or None where the metric has no per-row form (F1)."""
+    (paired, on the same rows), or None when there are too few rows for one."""
 
     metric: str
     challenger: float
@@ -185,12 +169,32 @@ def _se_of_mean(d: np.ndarray) -> float:
     return float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
 
 
+BOOTSTRAP_RESAMPLES = 200
+
+
+def _bootstrap_se(task: str, metric: str, y: np.ndarray, p_a: np.ndarray,
+                  p_b: np.ndarray) -> float:
+    """The standard error of the gain of a metric that has no per-row form (F1, macro F1):
+    a paired bootstrap of the rows, seeded, so the same rows give the same answer."""
+    rng = np.random.default_rng(0)
+    n = len(y)
+    higher = metric in HIGHER_IS_BETTER
+    gains = np.empty(BOOTSTRAP_RESAMPLES)
+    for i in range(BOOTSTRAP_RESAMPLES):
+        idx = rng.integers(0, n, n)
+        a = evaluate(task, y[idx], p_a[idx]).get(metric, float("nan"))
+        b = evaluate(task, y[idx], p_b[idx]).get(metric, float("nan"))
+        gains[i] = (a - b) if higher else (b - a)
+    gains = gains[np.isfinite(gains)]
+    return float(np.std(gains, ddof=1)) if len(gains) > 1 else float("inf")
+
+
 def compare(task: str, metric: str, y: np.ndarray, p_challenger: np.ndarray,
             p_reference: np.ndarray) -> Comparison:
     """Score two sets of predictions of the same rows on ``metric`` and estimate how sure
     the difference is: DeLong's paired variance for the AUC, the paired per-row
     difference for the metrics that are means over rows (RMSE and R² through their mean
-    squared error)."""
+    squared error), a paired bootstrap for the others (F1, macro F1)."""
     a = evaluate(task, y, p_challenger).get(metric, float("nan"))
     b = evaluate(task, y, p_reference).get(metric, float("nan"))
     gain = (a - b) if metric in HIGHER_IS_BETTER else (b - a)
@@ -213,25 +217,74 @@ def compare(task: str, metric: str, y: np.ndarray, p_challenger: np.ndarray,
             elif metric == "r2":
                 var_y = float(np.var(y))
                 se = se / var_y if var_y > 0 else float("inf")
+        elif len(y) > 1:
+            se = _bootstrap_se(task, metric, y, p_challenger, p_reference)
     return Comparison(metric=metric, challenger=float(a), reference=float(b), gain=float(gain),
                       se=se)
 
 
-def passes(c: Comparison, min_improvement: float, z: float) -> tuple[bool, str]:
-    """The gate's rule: the gain is more than ``min_improvement`` and, when ``z`` > 0, more
-    than ``z`` standard errors. Returns the verdict and its reason, with the numbers."""
-    if np.isnan(c.challenger) or np.isnan(c.reference):
-        return False, f"{c.metric} could not be computed on the validation rows"
+def standard_errors(c: Comparison, margin: float = 0.0) -> float | None:
+    """How many standard errors the gain is beyond ``margin`` (the one-sided test's
+    statistic); None when there is no finite standard error."""
+    if c.se is None or not np.isfinite(c.se) or np.isnan(c.gain):
+        return None
+    excess = c.gain - margin
+    if c.se == 0:
+        return 0.0 if excess == 0 else float(np.copysign(np.inf, excess))
+    return float(excess / c.se)
+
+
+def _shown(c: Comparison, k: float | None = None, short: bool = False) -> str:
+    """``auc 0.9054 vs 0.8781 (+0.0273 ± 0.0064, 4.3 SE)``; short: ``0.5000 (+0.4054 ...)``,
+    for a reference whose challenger value was just shown."""
     sign = "+" if c.gain >= 0 else "-"
-    shown = f"{c.metric} {c.challenger:.4f} vs {c.reference:.4f} ({sign}{abs(c.gain):.4f}"
-    shown += f" ± {c.se:.4f})" if c.se is not None and np.isfinite(c.se) else ")"
-    needs = [f"> {min_improvement:g}"]
-    ok = c.gain > min_improvement
-    if z > 0:
-        if c.se is None:
-            needs.append(f"(no standard error for {c.metric}; z not checked)")
-        else:
-            needs.append(f"and > {z:g} standard errors")
-            ok = ok and c.gain > z * c.se
+    head = f"{c.reference:.4f}" if short else (
+        f"{c.metric} {c.challenger:.4f} vs {c.reference:.4f}")
+    shown = f"{head} ({sign}{abs(c.gain):.4f}"
+    if c.se is not None and np.isfinite(c.se):
+        shown += f" ± {c.se:.4f}"
+    if k is not None:
+        shown += f", {k:.1f} SE"
+    return shown + ")"
+
+
+def passes(c: Comparison, min_improvement: float, z: float,
+           short: bool = False) -> tuple[bool, str]:
+    """A one-sided test that the challenger is better by more than ``min_improvement``:
+    the gain is over it and, when ``z`` > 0, over it by ``z`` standard errors (SE) of the
+    paired difference (so a challenger no better than the reference passes with the
+    normal tail's probability beyond ``z``: 2.3% at 2). Returns the verdict and its
+    reason, with the numbers (``short``: without the metric and challenger's value)."""
+    if np.isnan(c.challenger) or np.isnan(c.reference):
+        return False, f"{c.metric} could not be computed on these rows"
+    ok = bool(c.gain > min_improvement)
+    margin = "" if short and not min_improvement else f"a gain > {min_improvement:g} "
+    if z <= 0:
+        word = "better" if ok else "not better"
+        return ok, f"{_shown(c, short=short)}: {word} (needs {margin or 'a gain > 0'})".replace(
+            " )", ")")
+    k = standard_errors(c, min_improvement)
+    if k is None:
+        return False, (f"{_shown(c, short=short)}: not shown to be better (no standard error "
+                       f"on so few rows; needs {margin}by {z:g} SE)")
+    ok = ok and k > z
     word = "better" if ok else "not better"
-    return ok, f"{shown}: {word} (needs a gain {' '.join(needs)})"
+    # Shown: the gain in standard errors; tested: what it is beyond the margin.
+    shown = _shown(c, standard_errors(c), short)
+    return ok, f"{shown}: {word} (needs {margin}by {z:g} SE)".replace("needs by", "needs")
+
+
+def significant_loss(c: Comparison, z: float) -> tuple[bool, str]:
+    """A one-sided test that the challenger is worse than the reference: its loss is over
+    ``z`` standard errors (``z`` = 0: any loss). Returns whether it is, and the numbers."""
+    if np.isnan(c.challenger) or np.isnan(c.reference):
+        return False, f"{c.metric} could not be computed on these rows; not checked"
+    k = standard_errors(c)
+    if z <= 0:
+        worse = bool(c.gain < 0)
+        return worse, f"{_shown(c)}: {'worse' if worse else 'no loss'} (any loss blocks)"
+    if k is None:
+        return False, f"{_shown(c)}: no standard error on so few rows; not checked"
+    worse = k < -z
+    return worse, (f"{_shown(c, k)}: {'worse' if worse else 'no significant loss'} "
+                   f"(blocks beyond -{z:g} SE)")

@@ -8,6 +8,7 @@ one lock, so two promotions can't leave them disagreeing.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from appliance.core import ApplianceError
 from appliance.models.predictor import LiveModels
@@ -24,8 +25,10 @@ class Production:
         self.live = live
         self._lock = threading.Lock()
 
-    def promote(self, pipeline: str, version: int, reason: str) -> int | None:
+    def promote(self, pipeline: str, version: int, reason: str,
+                gate: dict[str, Any] | None = None) -> int | None:
         """Load (verifying its hash), then make ``version`` production and serve it.
+        ``gate``: the gate's verdict with its numbers, for the ``promoted`` event.
 
         A model that fails to load is never promoted: the serving one stays, and a
         ``model_load_failed`` event says why."""
@@ -39,8 +42,9 @@ class Production:
         with self._lock:
             self.registry.promote(pipeline, version, reason)
             old = self.live.swap(loaded)
+        extra = {"gate": gate} if gate is not None else {}
         self.events.emit("promoted", f"v{version} is production: {reason}", pipeline=pipeline,
-                         version=version, previous=old.version if old else None)
+                         version=version, previous=old.version if old else None, **extra)
         return old.version if old else None
 
     def fall_back(self, pipeline: str, failed: int, why: str) -> int | None:

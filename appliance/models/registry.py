@@ -26,6 +26,7 @@ import polars as pl
 from appliance import __version__
 from appliance.core import ApplianceError, StateDir
 from appliance.features import FeatureSpec
+from appliance.models.holdout import HOLDOUT_FILE, holdout_file, holdout_sample
 from appliance.models.predictor import LoadedModel
 from appliance.models.train import Candidate
 from appliance.store import ModelRecord, Store, now_iso
@@ -98,10 +99,14 @@ class Registry:
         return removed
 
     def register(self, pipeline: str, candidate: Candidate, lineage: dict[str, Any],
-                 extra: dict[str, Any] | None = None) -> ModelRecord:
+                 extra: dict[str, Any] | None = None, *,
+                 holdout_max_rows: int = 20_000, timestamp: str | None = None
+                 ) -> ModelRecord:
         """Write a candidate as the pipeline's next version and record it as a candidate.
 
-        ``extra`` adds keys to model.json (the gate's verdict, say)."""
+        ``extra`` adds keys to model.json (the gate's verdict, say). The version's held-out
+        rows (at most ``holdout_max_rows``) are kept beside it (``holdout.parquet``), with
+        their time range in the ``timestamp`` column."""
         root = self.pipeline_root(pipeline)
         on_disk = [int(p.name) for p in root.iterdir() if p.name.isdigit()]
         version = max([self.store.max_model_version(pipeline), *on_disk]) + 1
@@ -109,6 +114,9 @@ class Registry:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         model_bytes = (candidate.model_text or candidate.booster.model_to_string()).encode()
+        holdout, holdout_info = holdout_file(
+            holdout_sample(candidate.valid_frame, holdout_max_rows, seed=version),
+            candidate.valid_rows, candidate.y_train_prior, timestamp)
         meta = {
             "pipeline": pipeline,
             "version": version,
@@ -133,6 +141,7 @@ class Registry:
             "primary_metric": candidate.metric or None,
             "split": candidate.split or None,
             "tuning": candidate.tuning,
+            "holdout": holdout_info,
         }
         meta.update(extra or {})
         meta_bytes = json.dumps(meta, indent=2, default=str).encode()
@@ -140,6 +149,7 @@ class Registry:
         try:
             _write_synced(tmp / "model.txt", model_bytes)
             _write_synced(tmp / "model.json", meta_bytes)
+            _write_synced(tmp / HOLDOUT_FILE, holdout)
             _fsync_dir(tmp)
             os.rename(tmp, final)
             _fsync_dir(root)
@@ -165,8 +175,10 @@ class Registry:
             metrics=metrics, lineage=lineage,
         )
 
-    def load(self, pipeline: str, version: int) -> LoadedModel:
-        """Verify a registered version's files against their hashes, then load it."""
+    def _verified(self, pipeline: str, version: int, names: tuple[str, ...]
+                  ) -> dict[str, bytes]:
+        """A registered version's files (``model.txt``, ``model.json``), read once and
+        checked against the hashes recorded when it was registered."""
         record = self.store.model(pipeline, version)
         if record is None:
             raise ApplianceError(
@@ -174,7 +186,8 @@ class Registry:
                 {"pipeline": pipeline, "version": version}, status=404,
             )
         folder = self.state.root / record.path
-        files = {"model.txt": record.model_sha256, "model.json": record.meta_sha256}
+        hashes = {"model.txt": record.model_sha256, "model.json": record.meta_sha256}
+        files = {name: hashes[name] for name in names}
         content: dict[str, bytes] = {}
         for name, expected in files.items():
             path = folder / name
@@ -196,6 +209,11 @@ class Registry:
                     "recorded when it was registered; it will not be served",
                     {"pipeline": pipeline, "version": version, "file": shown}, status=409,
                 )
+        return content
+
+    def load(self, pipeline: str, version: int) -> LoadedModel:
+        """Verify a registered version's files against their hashes, then load it."""
+        content = self._verified(pipeline, version, ("model.txt", "model.json"))
         try:
             meta = json.loads(content["model.json"])
             booster = lgb.Booster(model_str=content["model.txt"].decode())
@@ -214,6 +232,22 @@ class Registry:
                 {"pipeline": pipeline, "version": version}, status=409,
             ) from None
         return model
+
+    def load_booster(self, pipeline: str, version: int
+                     ) -> tuple[lgb.Booster, FeatureSpec, dict[str, Any]]:
+        """A registered version's booster, features and model.json, its hashes checked,
+        for scoring off the serving path (no warm-up, no single-row set-up)."""
+        content = self._verified(pipeline, version, ("model.txt", "model.json"))
+        try:
+            meta = json.loads(content["model.json"])
+            booster = lgb.Booster(model_str=content["model.txt"].decode())
+            return booster, msgspec.convert(meta["spec"], FeatureSpec), meta
+        except Exception as exc:
+            raise ApplianceError(
+                "model_unusable",
+                f"v{version} of `{pipeline}` can't be loaded ({type(exc).__name__}: {exc})",
+                {"pipeline": pipeline, "version": version}, status=409,
+            ) from None
 
     def promote(self, pipeline: str, version: int, decision: str) -> None:
         self.store.set_production(pipeline, version, decision)

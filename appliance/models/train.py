@@ -58,6 +58,8 @@ class Candidate:
     metric: str = ""  # the gate's primary metric
     tuning: dict[str, Any] | None = None  # the hyperparameter search, when there was one
     split: str = ""
+    # Training rows left out because they are the champion's held-out rows (see build.py).
+    excluded_rows: int = 0
 
 
 def read_datasets(paths: list[Path]) -> pl.DataFrame:
@@ -417,11 +419,14 @@ def _cancel_callback(should_stop: Callable[[], bool]) -> Callable[[Any], None]:
 def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
           params_override: dict[str, Any] | None = None, *, tune_trials: int = 0,
           tune_seconds: float = 600.0,
-          should_stop: Callable[[], bool] | None = None) -> Candidate:
+          should_stop: Callable[[], bool] | None = None,
+          exclude: np.ndarray | None = None) -> Candidate:
     """Train one candidate on ``df``: infer the task, encode, split, fit with early stopping
     (and, with ``tune_trials``, a budgeted hyperparameter search), and evaluate it.
     ``should_stop`` is polled at every boosting round; when it answers True the training
-    raises :class:`TrainingCancelled`."""
+    raises :class:`TrainingCancelled`. Rows where ``exclude`` is True are not trained on
+    (the champion's held-out rows, so that the gate scores both out of sample), unless
+    too few rows would be left."""
     started = time.monotonic()
     target = settings.target
     if target not in df.columns:
@@ -437,7 +442,10 @@ def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
             "`timestamp` in the pipeline's config", {"column": settings.timestamp},
         )
     if df.get_column(target).null_count():
-        df = df.filter(pl.col(target).is_not_null())
+        labelled = df.get_column(target).is_not_null()
+        df = df.filter(labelled)
+        if exclude is not None:
+            exclude = exclude[labelled.to_numpy()]
     if df.height < MIN_ROWS:
         raise ApplianceError(
             "too_few_rows",
@@ -451,6 +459,12 @@ def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
     metric = gate_metric(settings, task)
     spec = build_spec(df, settings, task)
     train_idx, valid_idx = split_indices(df, settings, ts.validation_fraction, ts.seed, task)
+    excluded = 0
+    if exclude is not None:
+        kept = train_idx[~exclude[train_idx]]
+        if len(kept) >= MIN_ROWS:
+            excluded = len(train_idx) - len(kept)
+            train_idx = kept
     x_train, x_valid = to_matrices(df, spec, [train_idx, valid_idx])
     y_all = encode_target(df.get_column(target), spec)
     y_train, y_valid = y_all[train_idx], y_all[valid_idx]
@@ -496,6 +510,7 @@ def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
         split="chronological" if settings.timestamp else (
             "stratified random" if task != "regression" else "random"),
         reference={**reference, "prediction": prediction_stats(spec, fit.p_valid)},
+        excluded_rows=excluded,
     )
 
 

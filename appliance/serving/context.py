@@ -21,7 +21,7 @@ from litestar.params import SkipValidation
 from appliance.api_types import PipelineDeleted, ScheduledJob
 from appliance.core import Settings
 from appliance.features import FeatureStore
-from appliance.models import LiveModels
+from appliance.models import Backtests, LiveModels
 from appliance.monitoring import Monitor, PredictionIds, PredictionLog
 from appliance.store import Store
 
@@ -72,6 +72,9 @@ class ServingContext(Protocol):
 
     @property
     def prediction_ids(self) -> PredictionIds: ...
+
+    @property
+    def backtests(self) -> Backtests | None: ...  # the models' comparison on the same rows
 
     @property
     def token(self) -> str: ...  # the admin token

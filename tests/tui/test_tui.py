@@ -124,6 +124,13 @@ async def test_operator_loop_against_the_real_daemon(machines_state, start_daemo
         assert column(models, "1", "data") == "v1 · 3,000 rows"
         detail = text_of(screen.query_one("#model-detail", Static))
         assert "gate: vs the baseline" in detail and "lineage: new_data" in detail
+        # The backtest: every version on the newest held-out rows (here v1's own).
+        await until(pilot, lambda: "newest rows" in text_of(
+            screen.query_one("#model-detail", Static)), what="the backtest")
+        detail = text_of(screen.query_one("#model-detail", Static))
+        assert "newest rows (every version on v1's 600 held-out rows): auc 0." in detail
+        assert column(models, "1", "same") == column(models, "1", "own")
+        assert column(models, "1", "vs") == "serving"
 
         # Retrain, confirmed: a new version appears.
         await pilot.press("r")

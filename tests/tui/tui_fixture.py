@@ -28,8 +28,10 @@ from appliance.api_types import (
     JobInfo,
     JobsResponse,
     MetricsWindow,
+    ModelComparison,
     ModelInfo,
     ModelList,
+    ModelScore,
     PipelineDetail,
     PipelineList,
     PipelineMetrics,
@@ -75,10 +77,16 @@ def _lineage(trigger: str, sets: int) -> dict[str, Any]:
                           "ingestion_id": i + 1} for i, r in enumerate(rows)]}
 
 
+V4_DECISION = (
+    "vs production v3: auc 0.9021 vs 0.9004 (+0.0017 ± 0.0043, 0.4 SE): not better (needs a "
+    "gain > 0 by 2 SE); vs the baseline 0.5000 (+0.4021 ± 0.0101, 39.8 SE): better (needs 2 "
+    "SE); on its 1200 held-out rows (the newest). On v3's 1200 held-out rows: auc 0.9098 vs "
+    "0.9120 (-0.0022 ± 0.0039, -0.6 SE): no significant loss (blocks beyond -2 SE)")
+
 MODELS = [
     ModelInfo(version=4, stage="rejected", task="binary", metrics=_metrics(0.9021),
               lineage=_lineage("manual", 3), created_at=iso(3), promoted_at=None,
-              decision="vs v3: auc 0.9021 vs 0.9120: not better (needs > 0)"),
+              decision=V4_DECISION),
     ModelInfo(version=3, stage="production", task="binary", metrics=_metrics(0.9120),
               lineage=_lineage("drift", 3), created_at=iso(12), promoted_at=iso(12),
               decision="vs v2: auc 0.9120 vs 0.8950: better (needs > 0)"),
@@ -89,6 +97,22 @@ MODELS = [
               lineage=_lineage("new_data", 1), created_at=iso(70), promoted_at=iso(70),
               decision="vs baseline: auc 0.8836 vs 0.5000: better (needs > 0)"),
 ]
+
+# The backtest: every version on v4's held-out rows (the newest), beside production v3.
+COMPARISON = ModelComparison(
+    metric="auc", rows_from_version=4, rows=1200, first_timestamp="2026-02-26 08:10:00",
+    last_timestamp="2026-03-02 09:47:00", production_version=3,
+    baseline={"auc": 0.5, "log_loss": 0.3012, "accuracy": 0.906, "f1": 0.0, "brier": 0.0851},
+    computed_at=iso(2),
+    scores=[
+        ModelScore(version=4, stage="rejected", metrics=_metrics(0.9021), value=0.9021,
+                   vs_production=0.0017, standard_error=0.0043),
+        ModelScore(version=3, stage="production", metrics=_metrics(0.9004), value=0.9004),
+        ModelScore(version=2, stage="archived", metrics=_metrics(0.8741), value=0.8741,
+                   vs_production=-0.0263, standard_error=0.0064),
+        ModelScore(version=1, stage="archived", metrics=_metrics(0.8612), value=0.8612,
+                   vs_production=-0.0392, standard_error=0.0072),
+    ])
 
 REFUSED_REASON = (
     "column `failed_within_24h` not found in `machines_broken.csv`; the target column of "
@@ -260,7 +284,8 @@ def routes() -> dict[tuple[str, str], Any]:
         ("GET", "/v1/pipelines"): PipelineList(pipelines=PIPELINES),
         ("GET", "/v1/pipelines/machines"): DETAIL,
         ("GET", "/v1/pipelines/machines/models"): ModelList(pipeline="machines",
-                                                            models=MODELS),
+                                                            models=MODELS,
+                                                            comparison=COMPARISON),
         ("GET", "/v1/pipelines/machines/ingestions"): IngestionList(pipeline="machines",
                                                                     ingestions=INGESTIONS),
         ("GET", "/v1/pipelines/machines/jobs"): JOBS,

@@ -28,7 +28,7 @@ own; nothing is lost.
 | tab | shows |
 | --- | --- |
 | `1` Data | files received (a refused one: why, what to do); feature sets joined; the schema |
-| `2` Models | every version with metrics, stage, the gate's decision and its data lineage |
+| `2` Models | every version on the same newest rows and on its own, the gate's verdict, lineage |
 | `3` Drift | each feature's drift score (PSI) against its threshold, and drift over time |
 | `4` Traffic | latency percentiles and throughput over time |
 | `5` Jobs | scheduled jobs with their next run, and the history of job runs |

@@ -21,6 +21,7 @@ from appliance.api_types import (
     IngestionInfo,
     JobInfo,
     JobsResponse,
+    ModelComparison,
     ModelInfo,
     PipelineDetail,
     PipelineMetrics,
@@ -31,6 +32,7 @@ from tui.client import ApiError, DaemonUnavailable, NotAvailable, gather
 from tui.messages import PipelineSnapshot
 from tui.screens.base import FilterBar, LiveScreen, guarded
 from tui.screens.confirm import ConfirmScreen
+from tui.screens.models_tab import ModelsTab
 from tui.widgets.banner import ConnectionBanner
 from tui.widgets.charts import TimeChart
 from tui.widgets.drift_bars import DriftBars
@@ -42,8 +44,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 TABS = ["data", "models", "drift", "traffic", "jobs"]
-STAGE_STYLE = {"production": "bold green", "candidate": "cyan", "archived": "dim",
-               "rejected": "yellow"}
 STATUS_WORD = {"rejected": "refused"}  # the API's word, and the one the console uses
 STATUS_STYLE = {"accepted": "green", "rejected": "bold yellow", "duplicate": "dim",
                 "succeeded": "green", "failed": "bold red", "running": "yellow",
@@ -99,7 +99,7 @@ def _retrain(console: ApplianceApp, name: str) -> None:
     console.run_worker(call(), group="admin", name=f"retrain {name}", exit_on_error=False)
 
 
-class PipelineScreen(LiveScreen):
+class PipelineScreen(ModelsTab, LiveScreen):
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("p", "promote", "Promote / roll back"),
@@ -114,6 +114,8 @@ class PipelineScreen(LiveScreen):
         self.detail: PipelineDetail | None = None
         self.summary: PipelineSummary | None = None
         self.models: list[ModelInfo] = []
+        self.comparison: ModelComparison | None = None
+        self._model_columns: list[str] | None = None  # the metric columns shown
         self.ingestions: list[IngestionInfo] = []
         self.jobs: list[JobInfo] = []
 
@@ -206,7 +208,7 @@ class PipelineScreen(LiveScreen):
             calls["ingestions"] = client.ingestions(name)
             calls["feature_sets"] = _optional(client.feature_sets())
         elif tab == "models":
-            calls["models"] = client.models(name)
+            calls["models"] = client.models(name, compare=True)
         elif tab == "drift":
             calls["drift"] = _optional(client.drift(name))
         elif tab == "traffic":
@@ -229,7 +231,7 @@ class PipelineScreen(LiveScreen):
         if snap.feature_sets is not None:
             self._show_feature_sets(snap.feature_sets, now)
         if snap.models is not None:
-            self._show_models(snap.models.models, snap.detail, now)
+            self._show_models(snap.models.models, snap.detail, now, snap.models.comparison)
         if snap.drift is not None:
             self._show_drift(snap.drift, now)
         if snap.metrics is not None:
@@ -370,81 +372,10 @@ class PipelineScreen(LiveScreen):
 
     # --- models ------------------------------------------------------------------------
 
-    def _show_models(self, models: list[ModelInfo], d: PipelineDetail, now: datetime) -> None:
-        self.models = models
-        table = self.query_one("#models-table", FilterTable)
-        names: list[str] = []
-        for m in models:
-            names += [k for k, v in m.metrics.items() if isinstance(v, float | int)
-                      and k not in names]
-        shown = names[:3]
-        if [c.value for c in table.columns] != ["version", "stage", *shown, "data", "trigger",
-                                                 "created"]:
-            table.clear(columns=True)
-            table.add_column("version", key="version")
-            table.add_column("stage", key="stage")
-            for n in shown:
-                table.add_column(Text(n, justify="right"), key=n)
-            table.add_column("trained on", key="data")
-            table.add_column("trigger", key="trigger")
-            table.add_column("created", key="created")
-        rows = []
-        for m in models:
-            sets = [s.get("version") for s in m.lineage.get("datasets", [])
-                    if isinstance(s, dict)]
-            data = (f"v{min(sets)}–v{max(sets)}" if len(sets) > 1 else
-                    f"v{sets[0]}" if sets else fmt.NONE)
-            if m.lineage.get("rows") is not None:
-                data += f" · {m.lineage['rows']:,} rows"
-            metric_cells = [Text(fmt.num(m.metrics.get(n)) if isinstance(
-                m.metrics.get(n), float | int) else fmt.NONE, justify="right") for n in shown]
-            rows.append((str(m.version), [
-                Text(f"v{m.version}", style="bold" if m.stage == "production" else ""),
-                Text(m.stage, style=STAGE_STYLE.get(m.stage, "")),
-                *metric_cells, data, str(m.lineage.get("trigger", fmt.NONE)),
-                Text(fmt.clock(m.created_at, now), style="dim"),
-            ]))
-        table.set_rows(rows)
-        prod = d.production.version if d.production else None
-        table.title = (f"model versions ({len(models)}; production "
-                        f"{f'v{prod}' if prod else 'none'})")
-        self._show_model_detail(table.highlighted_key)
-        self.refresh_bindings()
-
     @on(DataTable.RowHighlighted, "#models-table")
     def _model_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self._show_model_detail(event.row_key.value)
         self.refresh_bindings()
-
-    def _model(self, key: str | None) -> ModelInfo | None:
-        return next((m for m in self.models if str(m.version) == key), None)
-
-    def _show_model_detail(self, key: str | None) -> None:
-        m = self._model(key)
-        panel = self.query_one("#model-detail", Static)
-        if m is None:
-            panel.update("No model yet: one is trained as soon as data arrives." if not
-                         self.models else "")
-            return
-        text = Text()
-        text.append(f"v{m.version} ", style="bold")
-        text.append(m.stage, style=STAGE_STYLE.get(m.stage, ""))
-        if m.promoted_at:
-            text.append(f", promoted {fmt.clock(m.promoted_at, self.console.clock())}")
-        text.append("\n")
-        if m.decision:
-            text.append("gate: ", style="dim")
-            text.append(m.decision + "\n")
-        text.append("metrics: ", style="dim")
-        text.append("  ".join(f"{k} {v:.4f}" for k, v in m.metrics.items()
-                              if isinstance(v, float | int)))
-        sets = [s for s in m.lineage.get("datasets", []) if isinstance(s, dict)]
-        if sets:
-            text.append("\nlineage: ", style="dim")
-            text.append(f"{m.lineage.get('trigger', '?')} run on data sets "
-                        + ", ".join(f"v{s.get('version')} ({s.get('rows', '?')} rows)"
-                                    for s in sets))
-        panel.update(text)
 
     # --- drift -------------------------------------------------------------------------
 

@@ -2,23 +2,49 @@
 retrain)."""
 
 from litestar import get, post
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.utils.sync import sync_to_thread
 
-from appliance.api_types import ModelList, PromoteResponse, RetrainRequest, RetrainResponse
+from appliance.api_types import (
+    ModelComparison,
+    ModelList,
+    PromoteResponse,
+    RetrainRequest,
+    RetrainResponse,
+)
 from appliance.core import ApplianceError
 from appliance.serving.auth import admin_guard
 from appliance.serving.context import Context
-from appliance.serving.errors import ERRORS_ADMIN, ERRORS_HOST, ERRORS_PIPELINE, error_spec
+from appliance.serving.errors import (
+    ERRORS_ADMIN,
+    ERRORS_HOST,
+    ERRORS_PIPELINE,
+    ERRORS_QUERY,
+    error_spec,
+)
 from appliance.serving.openapi import SECURITY_ADMIN
 from appliance.serving.routes.shared import MAX_INT64, known_pipeline, model_info
 
 
-@get("/v1/pipelines/{name:str}/models", sync_to_thread=False, tags=["models"],
-     responses={**ERRORS_HOST, **ERRORS_PIPELINE})
-def models(name: FromPath[str], context: Context) -> ModelList:
-    """Versions with metrics, lineage and stage, newest first."""
+@get("/v1/pipelines/{name:str}/models", tags=["models"],
+     responses={**ERRORS_HOST, **ERRORS_PIPELINE, **ERRORS_QUERY})
+async def models(name: FromPath[str], context: Context, compare: FromQuery[bool] = False
+                 ) -> ModelList:
+    """Versions with metrics, lineage and stage, newest first.
+
+    Each version's `metrics` are on its own held-out rows. With `compare=true`,
+    `comparison` scores every kept version on the same rows, the newest version's
+    held-out rows, with each one's gain over production there (the backtest; computed
+    once per new version or production change, on a worker thread)."""
     known_pipeline(context, name)
-    return ModelList(pipeline=name, models=[model_info(r) for r in context.store.models(name)])
+    comparison = None
+    if compare:
+        backtests = context.backtests
+        comparison = (await sync_to_thread(backtests.compare, name)
+                      if backtests is not None else ModelComparison(
+                          metric=None, rows_from_version=None, rows=0, note="not available"))
+    return ModelList(pipeline=name, models=[model_info(r) for r in context.store.models(name)],
+                     comparison=comparison)
 
 
 @post("/v1/pipelines/{name:str}/models/{version:int}/promote", status_code=200,
