@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-SCHEMA_VERSION = 4  # the number of migrations; a test keeps them in step
+SCHEMA_VERSION = 5  # the number of migrations; a test keeps them in step
 
 migrations = Migrations("appliance")
 
@@ -210,3 +210,13 @@ def _m0010(db: sqlite_utils.Database) -> None:
             updated_at TEXT NOT NULL,
             PRIMARY KEY (feature_set, key)
         )""")
+
+
+@migrations(name="0011_dataset_status")
+def _m_dataset_status(db: sqlite_utils.Database) -> None:
+    # A data set version trains unless it is held (its labels are suspect: it waits for an
+    # operator) or discarded (by an operator; its files are kept). `released`: was held,
+    # let through by an operator.
+    db.execute("ALTER TABLE datasets ADD COLUMN status TEXT NOT NULL DEFAULT 'active'")
+    db.execute("ALTER TABLE datasets ADD COLUMN status_reason TEXT")
+    db.execute("ALTER TABLE datasets ADD COLUMN status_at TEXT")
