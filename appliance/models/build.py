@@ -16,6 +16,7 @@ from appliance.core import ApplianceError, Settings, StateDir
 from appliance.models.gate import decide
 from appliance.models.production import Production
 from appliance.models.registry import Registry, library_versions
+from appliance.models.suspect import label_profile
 from appliance.models.train import Source, load_training_data, train, training_threads
 from appliance.store import Events, ModelRecord, Store, now_iso
 
@@ -41,7 +42,8 @@ class ModelBuilder:
         self._check_disk(pipeline)
         settings = self.settings.pipeline(pipeline)
         ts = self.settings.train
-        datasets = self.store.datasets(pipeline)
+        # Held data sets (suspect labels, waiting for an operator) and discarded ones don't.
+        datasets = self.store.training_datasets(pipeline)
         data = load_training_data(
             [Source(d.version, self.state.root / d.path, d.rows) for d in datasets], settings)
         loaded_s = time.monotonic() - started
@@ -70,6 +72,7 @@ class ModelBuilder:
         lineage["gate"] = {**(decision.details or {}), "reason": decision.reason}
         record = self.registry.register(pipeline, candidate, lineage, extra={
             "gate": lineage["gate"], "champion_metrics": decision.champion_metrics,
+            "label_check": label_profile(candidate),
         })
         self.store.set_pipeline_task(pipeline, candidate.spec.task)
         tuned = (f", tuned over {candidate.tuning['trials_completed']} trials"
