@@ -8,7 +8,7 @@ from appliance.api_types import DriftReport, ScheduledJob
 from appliance.core import Settings, StateDir
 from appliance.features import FeatureStore
 from appliance.ingest import Ingester
-from appliance.jobs import JobScheduler, Trainer
+from appliance.jobs import JobScheduler, SuspectBatches, Trainer
 from appliance.models import LiveModels, Registry
 from appliance.monitoring import Monitor, PredictionIds, PredictionLog, drift
 from appliance.store import Events, IngestionRecord, Store
@@ -28,6 +28,7 @@ class Services:
     token: str
     monitor: Monitor
     features: FeatureStore
+    suspects: SuspectBatches
     started: bool = False
     load_failures: dict[str, str] = field(default_factory=dict)
     # The prediction log (its writer is started and flushed by the daemon), the ids of
@@ -56,6 +57,7 @@ class Services:
         features = FeatureStore(settings, store, state.root)
         features.load()
         trainer.builder.features = features
+        suspects = SuspectBatches(state, store, events, settings, live, trainer, features)
 
         def on_accepted(pipeline: str, record: IngestionRecord) -> None:
             if pipeline in settings.feature_sets:
@@ -66,8 +68,12 @@ class Services:
                                 f"{keys} keys updated in the online store from v"
                                 f"{record.dataset_version}", pipeline=pipeline, keys=keys)
                 return
-            # Drift first, against the model that served until this data came.
+            # Drift first, against the model that served until this data came; then its
+            # labels: a batch with suspect labels and features that did not drift is held.
             report = monitor.on_ingested(pipeline, record)
+            if suspects.on_accepted(pipeline, record,
+                                    None if report is None else drift.alarm(report)):
+                return
             trainer.on_ingested(pipeline, record)
             retrain_on_drift(pipeline, report)
 
@@ -81,7 +87,7 @@ class Services:
         return cls(settings=settings, state=state, store=store, events=events,
                    registry=registry, live=live, trainer=trainer, ingester=ingester,
                    scheduler=JobScheduler(trainer, settings), token=state.ensure_token(),
-                   monitor=monitor, features=features, predlog=predlog,
+                   monitor=monitor, features=features, suspects=suspects, predlog=predlog,
                    predict_token=predict_token)
 
     def load_production_models(self) -> None:

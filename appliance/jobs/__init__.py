@@ -1,10 +1,13 @@
-"""Jobs: the training job (triggers, one run per pipeline, retries) and the schedule
-(APScheduler: cron retraining and the periodic jobs of the other parts)."""
+"""Jobs: the training job (triggers, one run per pipeline, retries), the schedule
+(APScheduler: cron retraining and the periodic jobs of the other parts), and the batches
+held out of training for suspect labels until an operator releases or discards them."""
 
 from appliance.jobs.scheduler import JobScheduler
+from appliance.jobs.suspect import SuspectBatches
 from appliance.jobs.training import Trainer
 
 __all__ = [
     "JobScheduler",
+    "SuspectBatches",
     "Trainer",
 ]
