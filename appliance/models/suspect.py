@@ -42,7 +42,7 @@ from appliance.models.train import Candidate
 
 MIN_ROWS = 20  # labelled rows a batch needs to be judged
 MIN_CLASS_ROWS = 20  # rows of each class an AUC needs here; else log loss is used
-MAX_ROWS = 100_000  # rows of a larger batch scored (a seeded sample): the test stays sound
+MAX_ROWS = 20_000  # rows of a larger batch scored (a seeded sample): the test stays sound
 # Metrics with a standard error (F1 has no per-row form).
 WITH_STANDARD_ERROR = frozenset({"auc", "log_loss", "brier", "accuracy", "rmse", "mae", "r2"})
 FALLBACK = {"binary": "log_loss", "multiclass": "log_loss", "regression": "rmse"}
