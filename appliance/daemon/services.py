@@ -58,6 +58,7 @@ class Services:
         features.load()
         trainer.builder.features = features
         suspects = SuspectBatches(state, store, events, settings, live, trainer, features)
+        trainer.builder.unchecked = suspects.unchecked
 
         def on_accepted(pipeline: str, record: IngestionRecord) -> None:
             if pipeline in settings.feature_sets:
@@ -70,9 +71,11 @@ class Services:
                 return
             # Drift first, against the model that served until this data came; then its
             # labels: a batch with suspect labels and features that did not drift is held.
-            report = monitor.on_ingested(pipeline, record)
-            if suspects.on_accepted(pipeline, record,
-                                    None if report is None else drift.alarm(report)):
+            with suspects.checking(pipeline, record.dataset_version):
+                report = monitor.on_ingested(pipeline, record)
+                held = suspects.on_accepted(pipeline, record,
+                                            None if report is None else drift.alarm(report))
+            if held:
                 return
             trainer.on_ingested(pipeline, record)
             retrain_on_drift(pipeline, report)

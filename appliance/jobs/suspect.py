@@ -17,6 +17,9 @@ original stays in ``archive/``, the data set's Parquet file in ``datasets/``).
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
@@ -42,6 +45,28 @@ class SuspectBatches:
         # model trained on joined or derived features scores the batch with them).
         self.trainer = trainer
         self.features = features
+        # Data set versions being checked: a training that starts meanwhile leaves them out
+        # (the trainer's builder asks through unchecked()).
+        self._checking: dict[str, set[int]] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def checking(self, pipeline: str, version: int | None) -> Iterator[None]:
+        """While a new batch's drift and labels are checked, no training uses it."""
+        if version is None:
+            yield
+            return
+        with self._lock:
+            self._checking.setdefault(pipeline, set()).add(version)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._checking.get(pipeline, set()).discard(version)
+
+    def unchecked(self, pipeline: str) -> set[int]:
+        with self._lock:
+            return set(self._checking.get(pipeline, ()))
 
     # --- a new batch ---------------------------------------------------------------------
 

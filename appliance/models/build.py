@@ -33,6 +33,9 @@ class ModelBuilder:
         self.live = production.live
         # The feature store, when feature sets or derived features are configured.
         self.features: Any = None
+        # The data set versions of a pipeline whose labels are being checked right now
+        # (set by the daemon): a training that starts meanwhile leaves them out.
+        self.unchecked: Callable[[str], set[int]] = lambda _pipeline: set()
 
     def train_and_gate(self, pipeline: str, trigger: str, *, tune_trials: int | None = None,
                        should_stop: Callable[[], bool] = lambda: False) -> ModelRecord:
@@ -42,8 +45,11 @@ class ModelBuilder:
         self._check_disk(pipeline)
         settings = self.settings.pipeline(pipeline)
         ts = self.settings.train
-        # Held data sets (suspect labels, waiting for an operator) and discarded ones don't.
-        datasets = self.store.training_datasets(pipeline)
+        # Held data sets (suspect labels, waiting for an operator) and discarded ones don't,
+        # nor one whose labels are still being checked.
+        unchecked = self.unchecked(pipeline)
+        datasets = [d for d in self.store.training_datasets(pipeline)
+                    if d.version not in unchecked]
         data = load_training_data(
             [Source(d.version, self.state.root / d.path, d.rows) for d in datasets], settings)
         loaded_s = time.monotonic() - started

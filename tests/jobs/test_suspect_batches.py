@@ -173,3 +173,41 @@ def test_suspect_batches_are_held_released_and_discarded(trained_template, tmp_p
     [released] = events(daemon, "dataset_released")
     assert released["details"]["dataset_version"] == 2
     assert released["details"]["training_started"] is True
+
+
+def test_training_leaves_out_held_discarded_and_unchecked_data_sets(tmp_path):
+    from appliance.core import StateDir, parse
+    from appliance.ingest import Ingester
+    from appliance.jobs import SuspectBatches, Trainer
+    from appliance.models import LiveModels, Registry
+    from appliance.store import Events, Store
+
+    state = StateDir(tmp_path / "s")
+    state.create()
+    store = Store.open(state.db)
+    events_ = Events(store)
+    settings = parse({"pipelines": {"machines": {"target": TARGET, "timestamp": "timestamp"}}})
+    trainer = Trainer(state, store, Registry(state, store), events_, settings, LiveModels())
+    suspects = SuspectBatches(state, store, events_, settings, trainer.live, trainer)
+    trainer.builder.unchecked = suspects.unchecked
+    ingester = Ingester(state, store, events_, settings)
+    sources = [SAMPLES / "machines_01.csv", SAMPLES / "machines_02.csv",
+               SAMPLES / "machines_03_drifted.csv"]
+    extra = write(pl.read_csv(SAMPLES / "machines_02.csv").head(300), tmp_path, "late.csv")
+    for i, source in enumerate([*sources, extra]):
+        claimed = state.pipeline_dir(state.processing, "machines") / f"{i}__{source.name}"
+        claimed.write_bytes(source.read_bytes())
+        ingester.process(claimed, "machines")
+    assert store.set_dataset_status("machines", 2, "held", "suspect labels: test")
+    assert store.set_dataset_status("machines", 3, "held", "suspect labels: test")
+    suspects.discard("machines", 3)
+    assert [d.version for d in store.training_datasets("machines")] == [1, 4]
+    assert store.rows_since("machines", 0) == 3000 + 300  # held and discarded rows don't count
+    with suspects.checking("machines", 4):  # a training that starts during v4's check
+        record = trainer.train_and_gate("machines", "manual")
+    assert [d["version"] for d in record.lineage["datasets"]] == [1]
+    assert suspects.unchecked("machines") == set()
+    record = trainer.train_and_gate("machines", "manual")
+    assert [d["version"] for d in record.lineage["datasets"]] == [1, 4]
+    trainer.shutdown()
+    store.close()
