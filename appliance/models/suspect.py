@@ -93,13 +93,13 @@ def check_frame(model: LoadedModel, frame: pl.DataFrame, *, tolerance: float, z:
     if target not in frame.columns:
         return LabelCheck(False, False, f"no target column `{target}`", model.version)
     frame = frame.filter(pl.col(target).is_not_null())
-    if spec.task != "regression":
-        classes = [str(c) for c in spec.classes or []]
-        known = pl.col(target).cast(pl.String).is_in(classes)
-        unknown = frame.height - frame.filter(known).height
-        frame = frame.filter(known)
-    else:
-        unknown = 0
+    unknown = 0
+    if spec.task != "regression":  # rows of a class the model never saw can't be scored
+        column = pl.col(target)
+        if frame.schema[target] in (pl.Categorical, pl.Enum):
+            column = column.cast(pl.String)
+        kept = frame.filter(column.is_in(list(spec.classes or [])))
+        unknown, frame = frame.height - kept.height, kept
     if frame.height > MAX_ROWS:
         frame = frame.sample(MAX_ROWS, seed=0)
     if frame.height < MIN_ROWS:

@@ -165,3 +165,41 @@ def test_a_million_rows_with_a_real_lightgbm_model():
     assert bad.suspect and bad.details["below_baseline"] and bad.details["degraded"]
     tiny = check_frame(model, batch.head(19), tolerance=TOLERANCE, z=Z)
     assert not tiny.checked and "at least 20" in tiny.reason
+
+
+@pytest.mark.parametrize("kind", ["bool", "text", "int"])
+def test_targets_of_every_type_are_judged_as_the_model_was_loaded(kind):
+    """Booleans, text and integers as labels, through model.json's JSON as the registry
+    loads it; a class the model never saw is left out and counted."""
+    import json
+
+    import msgspec
+
+    from appliance.features import FeatureSpec
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=3000)
+    positive = rng.uniform(size=3000) < sigmoid(2 * x)
+
+    def labels(flags: np.ndarray) -> np.ndarray:
+        return {"bool": flags, "text": np.where(flags, "yes", "no"),
+                "int": flags.astype(np.int64)}[kind]
+
+    frame = pl.DataFrame({"x": x, "y": labels(positive)})
+    settings = parse({"pipelines": {"p": {"target": "y"}}})
+    candidate = train(frame, settings.pipeline("p"), settings.train)
+    meta = json.loads(json.dumps({
+        "metrics": candidate.metrics, "baseline_metrics": candidate.baseline,
+        "valid_rows": candidate.valid_rows, "label_check": label_profile(candidate),
+        "spec": msgspec.to_builtins(candidate.spec)}))
+    model = LoadedModel(pipeline="p", version=1, booster=candidate.booster,
+                        spec=msgspec.convert(meta["spec"], FeatureSpec), meta=meta)
+    batch = frame.head(500)
+    good = check_frame(model, batch, tolerance=TOLERANCE, z=Z)
+    assert good.checked and not good.suspect and good.rows == 500, good.reason
+    bad = batch.with_columns(pl.Series("y", labels(~positive[:500])))
+    assert check_frame(model, bad, tolerance=TOLERANCE, z=Z).suspect
+    if kind == "text":
+        odd = pl.concat([batch, pl.DataFrame({"x": [0.1, 0.2], "y": ["maybe", "maybe"]})])
+        verdict = check_frame(model, odd, tolerance=TOLERANCE, z=Z)
+        assert verdict.rows == 500 and verdict.details["rows_of_unknown_classes"] == 2
