@@ -203,3 +203,21 @@ def test_targets_of_every_type_are_judged_as_the_model_was_loaded(kind):
         odd = pl.concat([batch, pl.DataFrame({"x": [0.1, 0.2], "y": ["maybe", "maybe"]})])
         verdict = check_frame(model, odd, tolerance=TOLERANCE, z=Z)
         assert verdict.rows == 500 and verdict.details["rows_of_unknown_classes"] == 2
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_a_model_made_before_the_profile_is_judged_from_the_batch(task):
+    """model.json of an older version has no label_check: the baseline is the model's mean
+    prediction of the batch and the validation's standard error is the batch's, scaled."""
+    law = Law(task, 1.0)
+    meta = law.meta()
+    del meta["label_check"]
+    held = caught = 0
+    for seed in range(60):
+        y, p = law.draw(seed, 300)
+        held += judge(meta, task, y, p, tolerance=TOLERANCE, z=Z).suspect
+        bad = wrong(task, "inverted", y, np.random.default_rng(seed))
+        verdict = judge(meta, task, bad, p, tolerance=TOLERANCE, z=Z)
+        caught += verdict.suspect
+        assert verdict.details["baseline_source"] == "the model's mean prediction of the batch"
+    assert held == 0 and caught == 60
