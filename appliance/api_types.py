@@ -97,6 +97,10 @@ class IngestionInfo(msgspec.Struct, kw_only=True):
     finished_at: str
     duration_ms: float | None
     dataset_path: str | None = None
+    # The data set version's status: active, held (suspect labels: it waits for an
+    # operator), released, discarded; and why (the numbers of a hold).
+    dataset_status: str | None = None
+    dataset_status_reason: str | None = None
 
 
 class PipelineSummary(msgspec.Struct, kw_only=True):
@@ -116,6 +120,7 @@ class PipelineSummary(msgspec.Struct, kw_only=True):
     p99_ms: float | None = None
     error_rate: float | None = None
     drift_status: str | None = None  # "ok" | "drift" | None when not checked yet
+    held: int = 0  # data set versions held (suspect labels), waiting for an operator
 
 
 class PipelineList(msgspec.Struct, kw_only=True):
@@ -147,6 +152,7 @@ class PipelineDetail(msgspec.Struct, kw_only=True):
     models: int
     ingestions: dict[str, int]
     prediction_log: PredictionLogInfo | None = None
+    held: list[int] = []  # data set versions held (suspect labels), waiting for an operator
 
 
 class ModelScore(msgspec.Struct, kw_only=True):
@@ -244,6 +250,16 @@ class PipelineDeleted(msgspec.Struct, kw_only=True):
     files: int             # files removed from inbox/, processing/, archive/, rejected/,
     bytes: int             # datasets/ and models/, and their size
     still_declared: bool   # in appliance.toml: listed again, with no data
+
+
+class DatasetActionResponse(msgspec.Struct, kw_only=True):
+    """The answer to releasing or discarding a held data set version."""
+
+    pipeline: str
+    version: int
+    status: str  # released | discarded
+    message: str
+    training_started: bool
 
 
 # --- monitoring ----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import httpx
 import msgspec
 
 from appliance.api_types import (
+    DatasetActionResponse,
     DriftResponse,
     ErrorBody,
     EventList,
@@ -247,6 +248,16 @@ class ApplianceClient:
     async def retrain(self, name: str) -> RetrainResponse:
         return await self._request("POST", f"/v1/pipelines/{name}/retrain", RetrainResponse,
                                    admin=True)
+
+    async def release(self, name: str, version: int) -> DatasetActionResponse:
+        """Let a data set version held for suspect labels (or discarded) train."""
+        return await self._request("POST", f"/v1/pipelines/{name}/datasets/{version}/release",
+                                   DatasetActionResponse, admin=True)
+
+    async def discard(self, name: str, version: int) -> DatasetActionResponse:
+        """Keep a held data set version out of training for good (its files are kept)."""
+        return await self._request("POST", f"/v1/pipelines/{name}/datasets/{version}/discard",
+                                   DatasetActionResponse, admin=True)
 
     # --- the feature store (a daemon before issue 10 answers 404: NotAvailable) ----------
 

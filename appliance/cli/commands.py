@@ -222,8 +222,10 @@ def status(url: str | None, state_dir: str | None, as_json: bool) -> None:
     for p in rows:
         metric = (f"{p['primary_metric']}={p['primary_metric_value']:.4f}"
                   if p.get("primary_metric_value") is not None else "-")
+        held = (f"  held={p['held']} (suspect labels: appliance release|discard)"
+                if p.get("held") else "")
         click.echo(f"  {p['name']:<20} {p['status']:<18} production=v{p['production_version']}"
-                   f"  {metric}  datasets={p['datasets']} rows={p['rows']}")
+                   f"  {metric}  datasets={p['datasets']} rows={p['rows']}{held}")
 
 
 @cli.command()
@@ -326,6 +328,37 @@ def promote(name: str, version: int, url: str | None, state_dir: str | None) -> 
     """Make VERSION of pipeline NAME the production model (rollback too)."""
     body = Client(url, state_dir).call("POST", f"/v1/pipelines/{name}/models/{version}/promote")
     click.echo(f"{name}: v{body['version']} is production (was v{body['previous_version']})")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("version", type=int)
+@_client_options
+def release(name: str, version: int, url: str | None, state_dir: str | None) -> None:
+    """Let data set VERSION of pipeline NAME train: one held for suspect labels (the
+    `suspect_labels` event and the TUI's Data tab name it), or one discarded.
+
+    Its rows then count as new data (retrain.min_new_rows). Example: appliance release
+    machines 3
+    """
+    body = Client(url, state_dir).call(
+        "POST", f"/v1/pipelines/{name}/datasets/{version}/release")
+    click.echo(f"{name}: {body['message']}")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("version", type=int)
+@_client_options
+def discard(name: str, version: int, url: str | None, state_dir: str | None) -> None:
+    """Keep data set VERSION of pipeline NAME, held for suspect labels, out of training.
+
+    Nothing is deleted: the original stays in archive/ and the data set in datasets/;
+    `appliance release NAME VERSION` lets it train after all.
+    """
+    body = Client(url, state_dir).call(
+        "POST", f"/v1/pipelines/{name}/datasets/{version}/discard")
+    click.echo(f"{name}: {body['message']}")
 
 
 @cli.command()

@@ -308,6 +308,21 @@ class RetrainSettings(_Section):
     ] = 1
     on_drift: Annotated[bool, _doc("retrain when drift is detected")] = False
     cron: Annotated[str | None, _doc("retrain on this crontab schedule")] = None
+    hold_suspect: Annotated[
+        bool, _doc("hold a labelled batch whose labels look wrong (the production model does "
+                   "far worse on it than at validation while its features did not drift) "
+                   "out of training until an operator releases or discards it"),
+    ] = True
+    suspect_tolerance: Annotated[
+        float, _doc("labels are suspect when the production model loses more than this share "
+                    "of its edge over the trivial baseline (1: all of it), or is worse than "
+                    "the baseline itself"),
+        msgspec.Meta(gt=0),
+    ] = 0.5
+    suspect_z: Annotated[
+        float, _doc("standard errors by which a batch must miss (one-sided) to be suspect"),
+        msgspec.Meta(gt=0),
+    ] = 3.0
 
 
 GateMetric = Literal["auc", "log_loss", "accuracy", "f1", "brier", "macro_f1", "rmse", "mae",

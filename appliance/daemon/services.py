@@ -8,7 +8,7 @@ from appliance.api_types import DriftReport, PipelineDeleted, ScheduledJob
 from appliance.core import Settings, StateDir
 from appliance.features import FeatureStore
 from appliance.ingest import Ingester
-from appliance.jobs import Housekeeping, JobScheduler, Trainer
+from appliance.jobs import Housekeeping, JobScheduler, SuspectBatches, Trainer
 from appliance.models import Backtests, LiveModels, Registry
 from appliance.monitoring import Monitor, PredictionIds, PredictionLog, drift
 from appliance.store import Events, IngestionRecord, Store
@@ -29,6 +29,7 @@ class Services:
     monitor: Monitor
     features: FeatureStore
     housekeeping: Housekeeping
+    suspects: SuspectBatches
     started: bool = False
     load_failures: dict[str, str] = field(default_factory=dict)
     # The prediction log (its writer is started and flushed by the daemon), the ids of
@@ -59,6 +60,8 @@ class Services:
         features = FeatureStore(settings, store, state.root)
         features.load()
         trainer.builder.features = features
+        suspects = SuspectBatches(state, store, events, settings, live, trainer, features)
+        trainer.builder.unchecked = suspects.unchecked
 
         def on_accepted(pipeline: str, record: IngestionRecord) -> None:
             if pipeline in settings.feature_sets:
@@ -69,8 +72,14 @@ class Services:
                                 f"{keys} keys updated in the online store from v"
                                 f"{record.dataset_version}", pipeline=pipeline, keys=keys)
                 return
-            # Drift first, against the model that served until this data came.
-            report = monitor.on_ingested(pipeline, record)
+            # Drift first, against the model that served until this data came; then its
+            # labels: a batch with suspect labels and features that did not drift is held.
+            with suspects.checking(pipeline, record.dataset_version):
+                report = monitor.on_ingested(pipeline, record)
+                held = suspects.on_accepted(pipeline, record,
+                                            None if report is None else drift.alarm(report))
+            if held:
+                return
             trainer.on_ingested(pipeline, record)
             retrain_on_drift(pipeline, report)
 
@@ -87,7 +96,7 @@ class Services:
                    registry=registry, live=live, trainer=trainer, ingester=ingester,
                    scheduler=JobScheduler(trainer, settings), token=state.ensure_token(),
                    monitor=monitor, features=features, housekeeping=housekeeping,
-                   predlog=predlog, predict_token=predict_token,
+                   suspects=suspects, predlog=predlog, predict_token=predict_token,
                    backtests=Backtests(state, store, registry))
 
     def load_production_models(self) -> None:

@@ -1,13 +1,16 @@
 """Jobs: the training job (triggers, one run per pipeline, retries), the schedule
-(APScheduler: cron retraining and the periodic jobs of the other parts), and housekeeping
-(retention of data, models and records; deleting a pipeline)."""
+(APScheduler: cron retraining and the periodic jobs of the other parts), housekeeping
+(retention of data, models and records; deleting a pipeline), and the batches held out
+of training for suspect labels until an operator releases or discards them."""
 
 from appliance.jobs.housekeeping import Housekeeping
 from appliance.jobs.scheduler import JobScheduler
+from appliance.jobs.suspect import SuspectBatches
 from appliance.jobs.training import Trainer
 
 __all__ = [
     "Housekeeping",
     "JobScheduler",
+    "SuspectBatches",
     "Trainer",
 ]

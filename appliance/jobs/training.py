@@ -78,6 +78,21 @@ class Trainer:
             return True
         return new_rows >= self.settings.pipeline(pipeline).retrain.min_new_rows
 
+    def on_released(self, pipeline: str, version: int) -> bool:
+        """A held data set version was released: the new-data policy, as if it had just
+        arrived (its rows count as new even when later versions trained meanwhile).
+        Returns whether a training run started."""
+        if self.store.production_model(pipeline) is None:
+            return self.request(pipeline, "new_data")
+        seen = self.last_trained_dataset(pipeline)
+        new_rows = self.store.rows_since(pipeline, seen)
+        released = self.store.dataset(pipeline, version)
+        if released is not None and version <= seen:
+            new_rows += released.rows
+        if new_rows >= self.settings.pipeline(pipeline).retrain.min_new_rows:
+            return self.request(pipeline, "new_data")
+        return False
+
     def on_drift(self, pipeline: str) -> bool:
         """Drift: retrain when the pipeline asks for it and there is labelled data newer
         than what the production model was trained on."""

@@ -1,5 +1,6 @@
 """Models: LightGBM training, the gate, the registry of versions on disk, which version
-serves (promotion, rollback), and the loaded predictor that answers requests.
+serves (promotion, rollback), the loaded predictor that answers requests, and the check of
+a new labelled batch against the production model (suspect labels).
 
 ``appliance.models.metrics`` (the metrics and their paired comparisons) is a public module
 too."""
@@ -11,6 +12,7 @@ from appliance.models.metrics import primary_metric
 from appliance.models.predictor import LiveModels, LoadedModel
 from appliance.models.production import Production
 from appliance.models.registry import Registry, library_versions, sha256_file
+from appliance.models.suspect import LabelCheck, check_frame, label_profile
 from appliance.models.train import (
     Candidate,
     Source,
@@ -24,6 +26,7 @@ __all__ = [
     "Backtests",
     "Candidate",
     "Decision",
+    "LabelCheck",
     "LiveModels",
     "LoadedModel",
     "ModelBuilder",
@@ -31,7 +34,9 @@ __all__ = [
     "Registry",
     "Source",
     "TrainingCancelled",
+    "check_frame",
     "decide",
+    "label_profile",
     "library_versions",
     "load_training_data",
     "primary_metric",

@@ -21,6 +21,7 @@ from appliance.models.holdout import match_rows, read_holdout
 from appliance.models.predictor import LoadedModel
 from appliance.models.production import Production
 from appliance.models.registry import Registry, library_versions
+from appliance.models.suspect import label_profile
 from appliance.models.train import Source, load_training_data, train, training_threads
 from appliance.store import Events, ModelRecord, Store, now_iso
 
@@ -37,6 +38,9 @@ class ModelBuilder:
         self.live = production.live
         # The feature store, when feature sets or derived features are configured.
         self.features: Any = None
+        # The data set versions of a pipeline whose labels are being checked right now
+        # (set by the daemon): a training that starts meanwhile leaves them out.
+        self.unchecked: Callable[[str], set[int]] = lambda _pipeline: set()
 
     def train_and_gate(self, pipeline: str, trigger: str, *, tune_trials: int | None = None,
                        should_stop: Callable[[], bool] = lambda: False) -> ModelRecord:
@@ -46,7 +50,11 @@ class ModelBuilder:
         self._check_disk(pipeline)
         settings = self.settings.pipeline(pipeline)
         ts = self.settings.train
-        datasets = self.store.datasets(pipeline)
+        # Held data sets (suspect labels, waiting for an operator) and discarded ones don't,
+        # nor one whose labels are still being checked.
+        unchecked = self.unchecked(pipeline)
+        datasets = [d for d in self.store.training_datasets(pipeline)
+                    if d.version not in unchecked]
         data = load_training_data(
             [Source(d.version, self.state.root / d.path, d.rows) for d in datasets], settings)
         loaded_s = time.monotonic() - started
@@ -88,6 +96,7 @@ class ModelBuilder:
         lineage["gate"] = {**(decision.details or {}), "reason": decision.reason}
         record = self.registry.register(pipeline, candidate, lineage, extra={
             "gate": lineage["gate"], "champion_metrics": decision.champion_metrics,
+            "label_check": label_profile(candidate),
         }, holdout_max_rows=ts.holdout_max_rows, timestamp=settings.timestamp)
         self.store.set_pipeline_task(pipeline, candidate.spec.task)
         tuned = (f", tuned over {candidate.tuning['trials_completed']} trials"

@@ -288,3 +288,29 @@ def significant_loss(c: Comparison, z: float) -> tuple[bool, str]:
     worse = k < -z
     return worse, (f"{_shown(c, k)}: {'worse' if worse else 'no significant loss'} "
                    f"(blocks beyond -{z:g} SE)")
+
+
+def standard_error(task: str, metric: str, y: np.ndarray, p: np.ndarray) -> float | None:
+    """The standard error of one model's ``metric`` on these rows (not of a difference):
+    DeLong's for the AUC, the spread of the per-row terms for the metrics that are means
+    over rows (RMSE and R² through their mean squared error). None where the metric has no
+    per-row form (F1) or can't be computed (an AUC of one class)."""
+    if metric == "auc":
+        m_pos = int((y == 1).sum())
+        if not 0 < m_pos < len(y):
+            return None
+        v10, v01 = _delong(y, p)
+        var = (np.var(v10, ddof=1) / len(v10) if len(v10) > 1 else np.inf) + (
+            np.var(v01, ddof=1) / len(v01) if len(v01) > 1 else np.inf)
+        return float(np.sqrt(var))
+    loss = _per_row_loss(task, metric, y, p)
+    if loss is None:
+        return None
+    se = _se_of_mean(loss)
+    if metric == "rmse":
+        rmse = float(np.sqrt(np.mean(loss)))
+        se = se / (2 * rmse) if rmse > 0 else float("inf")
+    elif metric == "r2":
+        var_y = float(np.var(y))
+        se = se / var_y if var_y > 0 else float("inf")
+    return se

@@ -20,7 +20,16 @@ from appliance.serving.errors import EXCEPTION_HANDLERS
 from appliance.serving.fast_path import PredictFastPath
 from appliance.serving.host import HostCheckMiddleware, HostPolicy
 from appliance.serving.openapi import openapi_config, refine_openapi
-from appliance.serving.routes import data, events, features, health, models, monitoring, pipelines
+from appliance.serving.routes import (
+    data,
+    datasets,
+    events,
+    features,
+    health,
+    models,
+    monitoring,
+    pipelines,
+)
 from appliance.serving.routes.monitoring import METRICS_REGISTRY_KEY, metrics_registry
 from appliance.serving.routes.predict import Predictions, predict_route
 
@@ -34,7 +43,8 @@ def create_app(context: ServingContext) -> Litestar:
         # In this order in the OpenAPI document.
         route_handlers=[*health.ROUTES, *pipelines.ROUTES,
                         predict_route(predictions, settings.server, tokens), *models.ROUTES,
-                        *data.ROUTES, *events.ROUTES, *monitoring.ROUTES, *features.ROUTES],
+                        *data.ROUTES, *datasets.ROUTES, *events.ROUTES, *monitoring.ROUTES,
+                        *features.ROUTES],
         # What handlers are given by dependency injection: the context, to every handler
         # with a `context` parameter, and the Prometheus registry, to /metrics.
         state=State({

@@ -18,7 +18,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import SkipValidation
 
-from appliance.api_types import PipelineDeleted, ScheduledJob
+from appliance.api_types import DatasetActionResponse, PipelineDeleted, ScheduledJob
 from appliance.core import Settings
 from appliance.features import FeatureStore
 from appliance.models import Backtests, LiveModels
@@ -46,6 +46,14 @@ class TrainerControls(Protocol):
     def production(self) -> ProductionControls: ...
 
 
+class HeldDatasets(Protocol):
+    """What the routes ask about data sets held for suspect labels."""
+
+    def release(self, pipeline: str, version: int) -> DatasetActionResponse: ...
+
+    def discard(self, pipeline: str, version: int) -> DatasetActionResponse: ...
+
+
 class ServingContext(Protocol):
     """The daemon's parts the HTTP API reads and drives."""
 
@@ -66,6 +74,9 @@ class ServingContext(Protocol):
 
     @property
     def features(self) -> FeatureStore: ...
+
+    @property
+    def suspects(self) -> HeldDatasets: ...
 
     @property
     def predlog(self) -> PredictionLog | None: ...

@@ -10,6 +10,9 @@ import msgspec
 from appliance.store.connection import _dumps, _loads, now_iso
 from appliance.store.records import DatasetRecord, IngestionRecord, PipelineRecord
 
+# The statuses of a data set version that training uses (`held` and `discarded` it skips).
+TRAINABLE = "('active', 'released')"
+
 
 class DatasetQueries:
     """Mixed into Store: uses the connection's ``_atomic`` and ``_rows``, and
@@ -149,9 +152,38 @@ class DatasetQueries:
         )
         return [msgspec.convert(r, DatasetRecord) for r in rows]
 
-    def rows_since(self, pipeline: str, after_version: int) -> int:
+    def training_datasets(self, pipeline: str) -> list[DatasetRecord]:
+        """The data set versions training may use: not held (suspect labels waiting for an
+        operator), not discarded."""
         rows = self._rows(
-            "SELECT COALESCE(SUM(rows), 0) AS n FROM datasets WHERE pipeline = ? AND version > ?",
+            f"SELECT * FROM datasets WHERE pipeline = ? AND status IN {TRAINABLE}"
+            " ORDER BY version", [pipeline]
+        )
+        return [msgspec.convert(r, DatasetRecord) for r in rows]
+
+    def dataset(self, pipeline: str, version: int) -> DatasetRecord | None:
+        rows = self._rows("SELECT * FROM datasets WHERE pipeline = ? AND version = ?",
+                          [pipeline, version])
+        return msgspec.convert(rows[0], DatasetRecord) if rows else None
+
+    def set_dataset_status(self, pipeline: str, version: int, status: str, reason: str,
+                           *, only_from: tuple[str, ...] | None = None) -> bool:
+        """Set a data set version's status (and why); with ``only_from``, only when its
+        status is one of those. Returns whether it changed."""
+        sql = ("UPDATE datasets SET status = ?, status_reason = ?, status_at = ?"
+               " WHERE pipeline = ? AND version = ?")
+        args: list[Any] = [status, reason, now_iso(), pipeline, version]
+        if only_from:
+            sql += f" AND status IN ({','.join('?' * len(only_from))})"
+            args += list(only_from)
+        with self._atomic() as db:
+            return db.execute(sql, args).rowcount > 0
+
+    def rows_since(self, pipeline: str, after_version: int) -> int:
+        """Rows of the trainable data set versions after ``after_version``."""
+        rows = self._rows(
+            "SELECT COALESCE(SUM(rows), 0) AS n FROM datasets WHERE pipeline = ? AND version > ?"
+            f" AND status IN {TRAINABLE}",
             [pipeline, after_version],
         )
         return rows[0]["n"]

@@ -46,6 +46,12 @@ KINDS = {
     "disk_pressure": "the state directory's disk has less than monitor.min_free_disk_mb free",
     "memory_pressure": "the box has less than monitor.min_available_memory_mb available",
     "pipeline_deleted": "an operator deleted a pipeline: its data, models, records and files",
+    "suspect_labels": "the production model does far worse on a new labelled batch than on "
+                      "its validation rows while the features did not drift: its labels are "
+                      "suspect, and the batch is held from training (retrain.hold_suspect)",
+    "dataset_released": "an operator released a held data set version: it trains like any",
+    "dataset_discarded": "an operator discarded a held data set version: it never trains; "
+                         "its files are kept",
     "rolled_back": "the production model could not be loaded at start, so the version that "
                    "was production before it serves again",
 }

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-SCHEMA_VERSION = 5  # the number of migrations; a test keeps them in step
+SCHEMA_VERSION = 6  # the number of migrations; a test keeps them in step
 
 migrations = Migrations("appliance")
 
@@ -232,3 +232,13 @@ def _m_training_requests_and_retention(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX events_age ON events (ts)")
     db.execute("CREATE INDEX ingestions_age ON ingestions (finished_at)")
     db.execute("CREATE INDEX jobs_age ON jobs (finished_at)")
+
+
+@migrations(name="0020_dataset_status")
+def _m_dataset_status(db: sqlite_utils.Database) -> None:
+    # A data set version trains unless it is held (its labels are suspect: it waits for an
+    # operator) or discarded (by an operator; its files are kept). `released`: was held,
+    # let through by an operator.
+    db.execute("ALTER TABLE datasets ADD COLUMN status TEXT NOT NULL DEFAULT 'active'")
+    db.execute("ALTER TABLE datasets ADD COLUMN status_reason TEXT")
+    db.execute("ALTER TABLE datasets ADD COLUMN status_at TEXT")

@@ -44,6 +44,9 @@ class DatasetRecord(msgspec.Struct, kw_only=True):
     sha256: str
     ingestion_id: int | None
     created_at: str
+    status: str = "active"  # active | held | released | discarded
+    status_reason: str | None = None  # why it is held, or who released or discarded it
+    status_at: str | None = None
 
 
 class ModelRecord(msgspec.Struct, kw_only=True):

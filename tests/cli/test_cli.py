@@ -9,7 +9,7 @@ from appliance.cli import cli
 from tests.conftest import SAMPLES
 
 COMMANDS = ["run", "demo", "tui", "status", "ingest", "train", "models", "promote", "predict",
-            "features",
+            "features", "release", "discard",
             "doctor", "backup", "pipeline"]
 
 

@@ -260,7 +260,9 @@ def test_host_header_must_be_the_bound_address_or_a_configured_name(served, host
             assert body["code"] == "invalid_host" and "server.allowed_hosts" in body["message"]
 
 
-ADMIN_ROUTES = ["/v1/pipelines/machines/models/1/promote", "/v1/pipelines/machines/retrain"]
+ADMIN_ROUTES = ["/v1/pipelines/machines/models/1/promote", "/v1/pipelines/machines/retrain",
+                "/v1/pipelines/machines/datasets/1/release",
+                "/v1/pipelines/machines/datasets/1/discard"]
 
 
 @pytest.mark.parametrize("path", ADMIN_ROUTES)
@@ -394,9 +396,13 @@ def test_openapi_declares_every_status_each_route_answers(served):
         assert predict["responses"][code]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/ErrorBody"}
     for path in ("/v1/pipelines/{name}/models/{version}/promote",
-                 "/v1/pipelines/{name}/retrain"):
+                 "/v1/pipelines/{name}/retrain",
+                 "/v1/pipelines/{name}/datasets/{version}/release",
+                 "/v1/pipelines/{name}/datasets/{version}/discard"):
         op = ops[("POST", path)]
         assert "401" in op["responses"] and op["security"] == [{"bearer": []}]
+        if "datasets" in path:
+            assert {"404", "409"} <= set(op["responses"])
     assert "409" in ops[("POST", "/v1/pipelines/{name}/models/{version}/promote")]["responses"]
     assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     assert spec["components"]["schemas"]["PredictRequest"]["additionalProperties"] is False
@@ -425,8 +431,9 @@ def test_schemathesis_finds_no_server_error_and_no_undeclared_status(served, tmp
               "--request-timeout", "10", "--workers", "1"]
     runs = [
         [*common, "--max-examples", "40"],
-        # With the admin token, but only promote: retraining on every example would be slow.
-        [*common, "--max-examples", "20", "--include-path-regex", "promote",
+        # With the admin token, but only promote and the held data sets' release and
+        # discard: retraining on every example would be slow.
+        [*common, "--max-examples", "20", "--include-path-regex", "promote|datasets",
          "-H", f"Authorization: Bearer {served.token}"],
     ]
     for args in runs:

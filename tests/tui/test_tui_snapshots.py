@@ -54,6 +54,15 @@ def test_data_tab_with_a_refused_file(snap_compare):
                         run_before=keys("enter", "down"))
 
 
+def test_data_tab_with_a_held_file(snap_compare):
+    assert snap_compare(fixture_app(held=True), terminal_size=SIZE, run_before=keys("enter"))
+
+
+def test_releasing_a_held_file_asks_first(snap_compare):
+    assert snap_compare(fixture_app(held=True), terminal_size=SIZE,
+                        run_before=keys("enter", "l"))
+
+
 def test_models_tab(snap_compare):
     assert snap_compare(fixture_app(), terminal_size=SIZE, run_before=keys("enter", "2"))
 

@@ -278,6 +278,28 @@ FEATURE_SETS = FeatureSetList(feature_sets=[
 ])
 
 
+HELD_REASON = (
+    "suspect labels: v3 auc 0.0820 ± 0.0150 on 1,500 rows vs 0.9120 at validation and "
+    "0.5000 for the trivial baseline: worse than the baseline by 0.4180 ± 0.0150, 27.9 "
+    "standard errors; below the tolerated 0.7060 (validation less 0.5 of its edge over the "
+    "baseline), 15.8 standard errors: suspect (more than 3.09 standard errors)"
+)
+
+
+def with_held(table: dict[tuple[str, str], Any]) -> dict[tuple[str, str], Any]:
+    """The same daemon after a file with inverted labels arrived and was held."""
+    held = IngestionInfo(
+        id=5, file_name="machines_04_export.csv", status="accepted", code=None, reason=None,
+        details={}, warnings=[], rows=1500, columns=12, size_bytes=271_847, sha256="ef" * 32,
+        dataset_version=4, received_at=iso(1), finished_at=iso(0.99), duration_ms=120.2,
+        dataset_status="held", dataset_status_reason=HELD_REASON)
+    table[("GET", "/v1/pipelines/machines/ingestions")] = IngestionList(
+        pipeline="machines", ingestions=[held, *INGESTIONS])
+    table[("GET", "/v1/pipelines/machines")] = msgspec.structs.replace(
+        DETAIL, datasets=4, rows=7500, held=[4], ingestions={"accepted": 4, "rejected": 1})
+    return table
+
+
 def routes() -> dict[tuple[str, str], Any]:
     return {
         ("GET", "/health"): Health(status="ok", version="0.1.0"),
@@ -300,9 +322,11 @@ def routes() -> dict[tuple[str, str], Any]:
     }
 
 
-def transport(missing: frozenset[str] = frozenset()) -> httpx.MockTransport:
-    """Fixed answers; paths in ``missing`` answer 404 as a daemon without that route does."""
-    table = routes()
+def transport(missing: frozenset[str] = frozenset(), held: bool = False
+              ) -> httpx.MockTransport:
+    """Fixed answers; paths in ``missing`` answer 404 as a daemon without that route does;
+    ``held``: a file held for suspect labels besides."""
+    table = with_held(routes()) if held else routes()
 
     def handle(request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -327,10 +351,10 @@ def transport(missing: frozenset[str] = frozenset()) -> httpx.MockTransport:
     return httpx.MockTransport(handle)
 
 
-def fixture_app(missing: frozenset[str] = frozenset(), **kw: Any) -> Any:
+def fixture_app(missing: frozenset[str] = frozenset(), held: bool = False, **kw: Any) -> Any:
     from tui.app import make_app
 
-    return make_app("http://appliance.test", "t0ken", transport=transport(missing),
+    return make_app("http://appliance.test", "t0ken", transport=transport(missing, held),
                     clock=clock, refresh_seconds=3600, **kw)
 
 

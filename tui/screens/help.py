@@ -27,7 +27,7 @@ own; nothing is lost.
 
 | tab | shows |
 | --- | --- |
-| `1` Data | files received (a refused one: why, what to do); feature sets joined; the schema |
+| `1` Data | files received (refused: why; held: its suspect labels); feature sets; schema |
 | `2` Models | every version on the same newest rows and on its own, the gate's verdict, lineage |
 | `3` Drift | each feature's drift score (PSI) against its threshold, and drift over time |
 | `4` Traffic | latency percentiles and throughput over time |
@@ -42,6 +42,8 @@ own; nothing is lost.
 | `1`–`5` | switch tabs on a pipeline's screen |
 | `p` | promote the highlighted model version (to roll back, promote an older one) |
 | `r` | retrain the pipeline now |
+| `l` | Data tab: release the highlighted held data set (suspect labels): it trains |
+| `x` | Data tab: discard the highlighted held data set: it never trains (its files are kept) |
 | `/` | filter the table that has focus; `escape` clears the filter |
 | `tab` | move between tables |
 | `ctrl+r` | refresh now |
@@ -49,9 +51,9 @@ own; nothing is lost.
 | `?` | this help |
 | `q` | quit (the daemon keeps running) |
 
-Promoting and retraining change what is served, so each asks first, and each needs the
-admin token (from the state directory, `--token` or `APPLIANCE_TOKEN`); without it the
-console is read-only.
+Promoting, retraining, releasing and discarding change what is served or trained, so each
+asks first, and each needs the admin token (from the state directory, `--token` or
+`APPLIANCE_TOKEN`); without it the console is read-only.
 """
 
 

@@ -30,6 +30,7 @@ from appliance.api_types import (
 from tui import format as fmt
 from tui.client import ApiError, DaemonUnavailable, NotAvailable, gather
 from tui.messages import PipelineSnapshot
+from tui.screens import held
 from tui.screens.base import FilterBar, LiveScreen, guarded
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.models_tab import ModelsTab
@@ -71,6 +72,9 @@ def confirm_retrain(app: App[Any], name: str, detail: PipelineDetail | None = No
     else:
         extra = ("It trains on every data set received so far; the first model that beats "
                  "the trivial baseline becomes production.")
+    if detail is not None and detail.held:
+        extra += (f" Held data sets ({', '.join(f'v{v}' for v in detail.held)}: suspect "
+                  "labels) are left out until released.")
 
     def answered(yes: bool | None) -> None:
         if yes:
@@ -104,6 +108,8 @@ class PipelineScreen(ModelsTab, LiveScreen):
         Binding("escape", "back", "Back"),
         Binding("p", "promote", "Promote / roll back"),
         Binding("r", "retrain", "Retrain"),
+        Binding("l", "release", "Release held"),
+        Binding("x", "discard", "Discard held"),
         *[Binding(str(i + 1), f"tab('{tab}')", tab.title(), show=False)
           for i, tab in enumerate(TABS)],
     ]
@@ -259,6 +265,8 @@ class PipelineScreen(ModelsTab, LiveScreen):
                     f"{sum(d.ingestions.values())} files")
         if refused:
             text.append(f" ({refused} refused)", style="yellow")
+        if d.held:
+            text.append(f" · {len(d.held)} held (suspect labels)", style="bold yellow")
         if s is not None:
             text.append(f" · {fmt.rate(s.requests_per_s)} req/s · p99 {fmt.ms(s.p99_ms)} · "
                         "drift ")
@@ -284,7 +292,8 @@ class PipelineScreen(ModelsTab, LiveScreen):
         table.set_rows([
             (str(i.id), [
                 Text(fmt.clock(i.received_at, now), style="dim"),
-                Text(STATUS_WORD.get(i.status, i.status), style=STATUS_STYLE.get(i.status, "")),
+                held.status_cell(i, STATUS_WORD.get(i.status, i.status),
+                                 STATUS_STYLE.get(i.status, "")),
                 Text(fmt.count(i.rows), justify="right"),
                 Text(fmt.count(i.columns), justify="right"),
                 f"v{i.dataset_version}" if i.dataset_version is not None else fmt.NONE,
@@ -294,13 +303,21 @@ class PipelineScreen(ModelsTab, LiveScreen):
             ])
             for i in items
         ])
+        held_count = sum(i.dataset_status == "held" for i in items)
         table.title = (f"files received ({len(items)}, "
-                        f"{sum(i.status == 'rejected' for i in items)} refused)")
+                        f"{sum(i.status == 'rejected' for i in items)} refused"
+                        + (f", {held_count} held" if held_count else "") + ")")
         self._show_ingestion_detail(table.highlighted_key)
+        self.refresh_bindings()
 
     @on(DataTable.RowHighlighted, "#ingestions")
     def _ingestion_highlighted(self, event: DataTable.RowHighlighted) -> None:
         self._show_ingestion_detail(event.row_key.value)
+        self.refresh_bindings()
+
+    def _ingestion(self) -> IngestionInfo | None:
+        key = self.query_one("#ingestions", FilterTable).highlighted_key
+        return next((i for i in self.ingestions if str(i.id) == key), None)
 
     def _show_ingestion_detail(self, key: str | None) -> None:
         item = next((i for i in self.ingestions if str(i.id) == key), None)
@@ -308,6 +325,10 @@ class PipelineScreen(ModelsTab, LiveScreen):
         if item is None:
             panel.update(Text("No file received yet: drop one into "
                               f"<state>/inbox/{self.pipeline}/." if not self.ingestions else ""))
+            return
+        text = held.detail(item)
+        if text is not None:
+            panel.update(text)
             return
         text = Text()
         if item.status == "rejected":
@@ -535,7 +556,22 @@ class PipelineScreen(ModelsTab, LiveScreen):
                 return False
             m = self._model(self.query_one("#models-table", FilterTable).highlighted_key)
             return None if m is None or m.stage == "production" else True
+        if action in ("release", "discard"):
+            if not self.is_mounted or self.active_tab != "data":
+                return False
+            item = self._ingestion()
+            return held.can_release(item) if action == "release" else held.can_discard(item)
         return True
+
+    def action_release(self) -> None:
+        item = self._ingestion()
+        if held.can_release(item):
+            held.confirm_release(self, item)  # type: ignore[arg-type]
+
+    def action_discard(self) -> None:
+        item = self._ingestion()
+        if held.can_discard(item):
+            held.confirm_discard(self, item)  # type: ignore[arg-type]
 
     def action_promote(self) -> None:
         m = self._model(self.query_one("#models-table", FilterTable).highlighted_key)

@@ -1,5 +1,6 @@
 """The HTTP API's routes, one module per resource: health, pipelines, predict, models, data
-(ingestions and jobs), events, monitoring, feature sets.
+(ingestions and jobs), datasets (held ones released or discarded), events, monitoring, feature
+sets.
 
 Each module's ``ROUTES`` lists its handlers, plain functions registered by ``create_app``
 in the order the OpenAPI document lists them. Handlers declare the daemon's parts as a

@@ -1,5 +1,6 @@
-"""A pipeline's data and work: its ingestions (accepted and refused files, with reasons)
-and its jobs (scheduled, and the history of runs)."""
+"""A pipeline's data and work: its ingestions (accepted and refused files, with reasons,
+and the status of the data set each made: held when its labels are suspect) and its jobs
+(scheduled, and the history of runs)."""
 
 from litestar import get
 from litestar.params import FromPath, FromQuery
@@ -8,6 +9,7 @@ from appliance.api_types import IngestionInfo, IngestionList, JobInfo, JobsRespo
 from appliance.serving.context import Context
 from appliance.serving.errors import ERRORS_PIPELINE, ERRORS_QUERY
 from appliance.serving.routes.shared import known_pipeline
+from appliance.store import DatasetRecord
 
 
 @get("/v1/pipelines/{name:str}/ingestions", sync_to_thread=False, tags=["data"],
@@ -17,15 +19,23 @@ def ingestions(name: FromPath[str], context: Context,
     """Accepted and refused files, newest first, with reasons."""
     known_pipeline(context, name)
     records = context.store.ingestions(name, limit=max(1, min(limit, 1000)))
+    sets = {d.version: d for d in context.store.datasets(name)}
     return IngestionList(pipeline=name, ingestions=[
         IngestionInfo(id=r.id, file_name=r.file_name, status=r.status, code=r.code,
                       reason=r.reason, details=r.details, warnings=r.warnings, rows=r.rows,
                       columns=r.columns, size_bytes=r.size_bytes, sha256=r.sha256,
                       dataset_version=r.dataset_version, received_at=r.received_at,
                       finished_at=r.finished_at, duration_ms=r.duration_ms,
-                      dataset_path=r.dataset_path)
+                      dataset_path=r.dataset_path,
+                      **_dataset_status(sets.get(r.dataset_version)))
         for r in records
     ])
+
+
+def _dataset_status(record: DatasetRecord | None) -> dict[str, str | None]:
+    if record is None:
+        return {}
+    return {"dataset_status": record.status, "dataset_status_reason": record.status_reason}
 
 
 @get("/v1/pipelines/{name:str}/jobs", sync_to_thread=False, tags=["jobs"],

@@ -41,6 +41,7 @@ def summary(context: ServingContext, name: str) -> PipelineSummary:
         primary_metric_value=prod.metrics.get(metric_name) if prod and metric_name else None,
         datasets=len(datasets), rows=sum(d.rows for d in datasets),
         last_ingestion=last[0].finished_at if last else None,
+        held=sum(d.status == "held" for d in datasets),
     )
 
 
@@ -75,6 +76,7 @@ def pipeline(name: FromPath[str], context: Context) -> PipelineDetail:
         datasets=len(datasets), rows=sum(d.rows for d in datasets),
         models=len(store.models(name)), ingestions=counts,
         prediction_log=predlog.stats(name) if predlog is not None else None,
+        held=[d.version for d in datasets if d.status == "held"],
     )
 
 
