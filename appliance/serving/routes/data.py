@@ -10,7 +10,7 @@ from appliance.serving.errors import ERRORS_PIPELINE, ERRORS_QUERY
 from appliance.serving.routes.shared import known_pipeline
 
 
-@get("/v1/pipelines/{name:str}/ingestions", sync_to_thread=False, tags=["data"],
+@get("/v1/pipelines/{name:str}/ingestions", sync_to_thread=True, tags=["data"],
      responses={**ERRORS_QUERY, **ERRORS_PIPELINE})
 def ingestions(name: FromPath[str], context: Context,
                limit: FromQuery[int] = 100) -> IngestionList:
@@ -28,7 +28,7 @@ def ingestions(name: FromPath[str], context: Context,
     ])
 
 
-@get("/v1/pipelines/{name:str}/jobs", sync_to_thread=False, tags=["jobs"],
+@get("/v1/pipelines/{name:str}/jobs", sync_to_thread=True, tags=["jobs"],
      responses={**ERRORS_QUERY, **ERRORS_PIPELINE})
 def jobs(name: FromPath[str], context: Context,
          limit: FromQuery[int] = 50) -> JobsResponse:

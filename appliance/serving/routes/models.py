@@ -13,7 +13,7 @@ from appliance.serving.openapi import SECURITY_ADMIN
 from appliance.serving.routes.shared import MAX_INT64, known_pipeline, model_info
 
 
-@get("/v1/pipelines/{name:str}/models", sync_to_thread=False, tags=["models"],
+@get("/v1/pipelines/{name:str}/models", sync_to_thread=True, tags=["models"],
      responses={**ERRORS_HOST, **ERRORS_PIPELINE})
 def models(name: FromPath[str], context: Context) -> ModelList:
     """Versions with metrics, lineage and stage, newest first."""
