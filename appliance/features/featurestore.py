@@ -26,7 +26,7 @@ from typing import Any
 
 import polars as pl
 
-from appliance.core import ApplianceError
+from appliance.core import ApplianceError, preview
 from appliance.core.sqlexpr import compile_expression
 from appliance.features import rowexpr
 from appliance.features.spec import dtype_from_name
@@ -182,6 +182,15 @@ def online_entries(frame: pl.DataFrame, key: str, timestamp: str | None
     return out
 
 
+def _scalar_or_preview(value: Any) -> Any:
+    """A value sent in a request, as an error's details may echo it: a scalar as it is,
+    anything else as a short preview (a nested value could be deep enough to fail the
+    encoding of the error itself)."""
+    if value is None or isinstance(value, (int, float, bool)):
+        return value
+    return value if isinstance(value, str) and len(value) <= 200 else preview(value)
+
+
 def fill_rows(
     rows: list[Any], feature_set: str, key: str, columns: list[str], store: OnlineStore,
     missing_key: str,
@@ -201,10 +210,11 @@ def fill_rows(
             if missing_key == "error":
                 raise ApplianceError(
                     "unknown_entity",
-                    f"row {i}: no stored features for `{key}` = {value!r} in feature set "
+                    f"row {i}: no stored features for `{key}` = {preview(value)} in feature set "
                     f"`{feature_set}`; send {', '.join(absent)} in the row, or ingest the "
                     "entity first",
-                    {"row": i, "field": key, "value": value, "feature_set": feature_set},
+                    {"row": i, "field": key, "value": _scalar_or_preview(value),
+                     "feature_set": feature_set},
                     status=422,
                 )
             for c in absent:
@@ -432,7 +442,7 @@ def _bad_input(rows: list[Any], col: str, dtype_name: str) -> ApplianceError:
         except Exception:
             return ApplianceError(
                 "invalid_row", f"row {i}: field `{col}` expected {dtype_name} (a derived "
-                f"feature is computed from it), got {value!r}",
+                f"feature is computed from it), got {preview(value)}",
                 {"row": i, "field": col, "expected": dtype_name}, status=422,
             )
     return ApplianceError("invalid_row", f"field `{col}` expected {dtype_name}",

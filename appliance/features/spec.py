@@ -25,7 +25,7 @@ import msgspec
 import numpy as np
 import polars as pl
 
-from appliance.core import ApplianceError, PipelineSettings
+from appliance.core import ApplianceError, PipelineSettings, preview
 
 MAX_CATEGORIES = 1000
 MULTICLASS_MAX_CLASSES = 50
@@ -267,9 +267,7 @@ def encode_target(y: pl.Series, spec: FeatureSpec) -> np.ndarray:
 
 class RowError(ApplianceError):
     def __init__(self, row: int, field: str, expected: str, got: Any) -> None:
-        shown = repr(got)
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
+        shown = preview(got)  # bounded: a value may be huge or deeply nested
         super().__init__(
             "invalid_row",
             f"row {row}: field `{field}` expected {expected}, got {shown}",

@@ -16,7 +16,7 @@ from litestar.di import Provide
 
 from appliance.serving.auth import predict_tokens
 from appliance.serving.context import CONTEXT_KEY, ServingContext, provide_context
-from appliance.serving.errors import EXCEPTION_HANDLERS
+from appliance.serving.errors import EXCEPTION_HANDLERS, ApplianceRequest
 from appliance.serving.fast_path import PredictFastPath
 from appliance.serving.host import HostCheckMiddleware, HostPolicy
 from appliance.serving.openapi import openapi_config, refine_openapi
@@ -43,6 +43,7 @@ def create_app(context: ServingContext) -> Litestar:
         }),
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
+        request_class=ApplianceRequest,
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=openapi_config(),
         logging_config=None,
