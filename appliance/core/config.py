@@ -62,9 +62,19 @@ class ServerSettings(_Section):
         int, _doc("predictions waiting to be logged before new ones are dropped (counted)"),
         msgspec.Meta(ge=1),
     ] = 100_000
+    log_queue_max_mb: Annotated[
+        int, _doc("megabytes of predictions (with their sampled inputs) waiting to be logged "
+                  "before new ones are dropped (counted)"),
+        msgspec.Meta(ge=1),
+    ] = 64
     log_flush_seconds: Annotated[
         float, _doc("the prediction log is written at least this often"), msgspec.Meta(gt=0),
     ] = 0.1
+    max_string_chars: Annotated[
+        int, _doc("longest text value a predict row may send for a categorical feature that "
+                  "was not seen in training; a longer one is refused (422 naming the field)"),
+        msgspec.Meta(ge=1),
+    ] = 1024
     predict_fast_path: Annotated[
         bool, _doc("well-formed predict calls are answered ahead of the web framework's "
                    "per-request work (same answers, about twice the throughput); refusals "

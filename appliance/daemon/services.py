@@ -42,7 +42,7 @@ class Services:
         store = Store.open(state.db)
         events = Events(store)
         registry = Registry(state, store)
-        live = LiveModels()
+        live = LiveModels(max_string_chars=settings.server.max_string_chars)
         trainer = Trainer(state, store, registry, events, settings, live)
         monitor = Monitor(store, settings, events, live, state.root,
                           training_busy=trainer.busy)
@@ -76,6 +76,7 @@ class Services:
         server = settings.server
         predlog = PredictionLog(store, sample_rate=server.log_sample_rate,
                                 max_pending=server.log_queue_max,
+                                max_pending_bytes=server.log_queue_max_mb << 20,
                                 flush_seconds=server.log_flush_seconds)
         predict_token = state.ensure_predict_token() if server.predict_token_required else None
         return cls(settings=settings, state=state, store=store, events=events,

@@ -142,6 +142,9 @@ REFUSALS = [
     # Deep, but not past the decoder: the row's check refuses it, shown short.
     ("a value nested 800 levels", _rows(_literal(ROWS[0], "site", "[" * 800 + "]" * 800)),
      422, "invalid_row", ["`site`", "[[[...]]]"], {"field": "site"}),
+    ("an over-long category", {"json": {"rows": [_row(site="s" * 5000)]}}, 422, "invalid_row",
+     ["row 0", "`site`", "5000 characters", "server.max_string_chars"],
+     {"row": 0, "field": "site", "limit": 1024}),
 ]
 
 
