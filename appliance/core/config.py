@@ -54,6 +54,11 @@ class ServerSettings(_Section):
     allow_open_predict: Annotated[
         bool, _doc("allow a non-loopback host without predict_token_required (logged)"),
     ] = False
+    read_token_required: Annotated[
+        bool, _doc("reads (every route but /health, /ready and /schema) need "
+                   "`Authorization: Bearer` with <state>/read_token (or the predict or admin "
+                   "token) on loopback too; off loopback they always do"),
+    ] = False
     log_sample_rate: Annotated[
         float, _doc("share of predictions whose inputs are kept in the prediction log"),
         msgspec.Meta(ge=0, le=1),

@@ -203,7 +203,11 @@ def check_startup(settings: Settings, state: StateDir) -> None:
                 "`Authorization: Bearer <state>/predict_token`), or allow_open_predict = "
                 "true to accept that anyone who reaches the address can predict"
             )
-    for path in (state.token_file, state.predict_token_file):
+    if not is_loopback(server.host):
+        log.info("reads_need_token host=%s: every route but /health, /ready and /schema needs "
+                 "Authorization: Bearer with %s (or the predict or admin token)", server.host,
+                 state.read_token_file)
+    for path in (state.token_file, state.predict_token_file, state.read_token_file):
         if not path.exists():
             continue
         mode = path.stat().st_mode & 0o777

@@ -11,6 +11,7 @@ from appliance.ingest import Ingester
 from appliance.jobs import JobScheduler, Trainer
 from appliance.models import LiveModels, Registry
 from appliance.monitoring import Monitor, PredictionIds, PredictionLog, drift
+from appliance.serving import reads_need_token
 from appliance.store import Events, IngestionRecord, Store
 
 
@@ -35,6 +36,8 @@ class Services:
     predlog: PredictionLog | None = None
     prediction_ids: PredictionIds = field(default_factory=PredictionIds)
     predict_token: str | None = None
+    # The read token, when reads need one (the API listens beyond loopback).
+    read_token: str | None = None
 
     @classmethod
     def build(cls, settings: Settings, state: StateDir) -> Services:
@@ -79,11 +82,12 @@ class Services:
                                 max_pending_bytes=server.log_queue_max_mb << 20,
                                 flush_seconds=server.log_flush_seconds)
         predict_token = state.ensure_predict_token() if server.predict_token_required else None
+        read_token = state.ensure_read_token() if reads_need_token(server) else None
         return cls(settings=settings, state=state, store=store, events=events,
                    registry=registry, live=live, trainer=trainer, ingester=ingester,
                    scheduler=JobScheduler(trainer, settings), token=state.ensure_token(),
                    monitor=monitor, features=features, predlog=predlog,
-                   predict_token=predict_token)
+                   predict_token=predict_token, read_token=read_token)
 
     def load_production_models(self) -> None:
         """Load every pipeline's production model; one that fails is reported, not served."""
