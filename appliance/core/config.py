@@ -338,6 +338,18 @@ class FeatureSetSettings(_Section):
     ] = None
 
 
+class OnlineStoreSettings(_Section):
+    max_keys: Annotated[
+        int, _doc("entity keys of the online feature store held in memory (those requests "
+                  "asked for last); the others are read from SQLite when asked for"),
+        msgspec.Meta(ge=1),
+    ] = 100_000
+    max_mb: Annotated[
+        int, _doc("megabytes of online feature values held in memory, at most"),
+        msgspec.Meta(ge=1),
+    ] = 64
+
+
 class Settings(_Section):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     ingest: IngestSettings = msgspec.field(default_factory=IngestSettings)
@@ -346,6 +358,7 @@ class Settings(_Section):
     log: LogSettings = msgspec.field(default_factory=LogSettings)
     monitor: MonitorSettings = msgspec.field(default_factory=MonitorSettings)
     drift: DriftSettings = msgspec.field(default_factory=DriftSettings)
+    online_store: OnlineStoreSettings = msgspec.field(default_factory=OnlineStoreSettings)
     pipelines: dict[str, PipelineSettings] = msgspec.field(default_factory=dict)
     feature_sets: dict[str, FeatureSetSettings] = msgspec.field(default_factory=dict)
 
@@ -567,7 +580,7 @@ def reference() -> list[tuple[str, Any, str]]:
 
     for section in ("server", "ingest", "train", "jobs", "log"):
         walk(f"{section}.", type(getattr(Settings(), section)))
-    for section in ("monitor", "drift"):
+    for section in ("monitor", "drift", "online_store"):
         walk(f"{section}.", type(getattr(Settings(), section)))
     walk("pipelines.NAME.", PipelineSettings)
     walk("feature_sets.NAME.", FeatureSetSettings)
