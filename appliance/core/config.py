@@ -80,6 +80,21 @@ class ServerSettings(_Section):
                   "was not seen in training; a longer one is refused (422 naming the field)"),
         msgspec.Meta(ge=1),
     ] = 1024
+    max_connections: Annotated[
+        int, _doc("most connections open at once; a new one beyond it gets a 503 and is "
+                  "closed (kept under the process's open-files limit, with room to spare)"),
+        msgspec.Meta(ge=1),
+    ] = 1000
+    idle_timeout_seconds: Annotated[
+        float, _doc("a connection that sends no request this long is closed (new, or kept "
+                    "alive after a response)"),
+        msgspec.Meta(gt=0),
+    ] = 5.0
+    request_timeout_seconds: Annotated[
+        float, _doc("a request must arrive whole (headers and body) this soon after its "
+                    "first byte, else its connection is closed (408)"),
+        msgspec.Meta(gt=0),
+    ] = 30.0
     predict_fast_path: Annotated[
         bool, _doc("well-formed predict calls are answered ahead of the web framework's "
                    "per-request work (same answers, about twice the throughput); refusals "
