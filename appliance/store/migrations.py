@@ -212,7 +212,9 @@ def _m0010(db: sqlite_utils.Database) -> None:
         )""")
 
 
-@migrations(name="0011_ingestions_status_index")
-def _m_ingestions_status_index(db: sqlite_utils.Database) -> None:
-    # A pipeline's files counted by status (GET /v1/pipelines/{name}) from the index alone.
+@migrations(name="0011_count_indexes")
+def _m_count_indexes(db: sqlite_utils.Database) -> None:
+    # What the console asks every 1.5 s, counted from indexes alone: a pipeline's files by
+    # status, and its data set versions with their rows (GET /v1/pipelines[/{name}]).
     db.execute("CREATE INDEX ingestions_status ON ingestions (pipeline, status)")
+    db.execute("CREATE INDEX datasets_rows ON datasets (pipeline, rows)")
