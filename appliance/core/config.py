@@ -67,34 +67,24 @@ class ServerSettings(_Section):
         int, _doc("predictions waiting to be logged before new ones are dropped (counted)"),
         msgspec.Meta(ge=1),
     ] = 100_000
-    log_queue_max_mb: Annotated[
-        int, _doc("megabytes of predictions (with their sampled inputs) waiting to be logged "
-                  "before new ones are dropped (counted)"),
-        msgspec.Meta(ge=1),
-    ] = 64
+    log_queue_max_mb: Annotated[int, msgspec.Meta(ge=1), _doc(
+        "megabytes of predictions (with their sampled inputs) waiting to be logged before new "
+        "ones are dropped (counted)")] = 64
     log_flush_seconds: Annotated[
         float, _doc("the prediction log is written at least this often"), msgspec.Meta(gt=0),
     ] = 0.1
-    max_string_chars: Annotated[
-        int, _doc("longest text value a predict row may send for a categorical feature that "
-                  "was not seen in training; a longer one is refused (422 naming the field)"),
-        msgspec.Meta(ge=1),
-    ] = 1024
-    max_connections: Annotated[
-        int, _doc("most connections open at once; a new one beyond it gets a 503 and is "
-                  "closed (kept under the process's open-files limit, with room to spare)"),
-        msgspec.Meta(ge=1),
-    ] = 1000
-    idle_timeout_seconds: Annotated[
-        float, _doc("a connection that sends no request this long is closed (new, or kept "
-                    "alive after a response)"),
-        msgspec.Meta(gt=0),
-    ] = 5.0
-    request_timeout_seconds: Annotated[
-        float, _doc("a request must arrive whole (headers and body) this soon after its "
-                    "first byte, else its connection is closed (408)"),
-        msgspec.Meta(gt=0),
-    ] = 30.0
+    max_string_chars: Annotated[int, msgspec.Meta(ge=1), _doc(
+        "longest text value a predict row may send for a categorical feature that was not "
+        "seen in training; a longer one is refused (422 naming the field)")] = 1024
+    max_connections: Annotated[int, msgspec.Meta(ge=1), _doc(
+        "most connections open at once; a new one beyond it gets a 503 and is closed (kept "
+        "under the process's open-files limit, with room to spare)")] = 1000
+    idle_timeout_seconds: Annotated[float, msgspec.Meta(gt=0), _doc(
+        "a connection that sends no request this long is closed (new, or kept alive after a "
+        "response)")] = 5.0
+    request_timeout_seconds: Annotated[float, msgspec.Meta(gt=0), _doc(
+        "a request must arrive whole (headers and body) this soon after its first byte, else "
+        "its connection is closed (408)")] = 30.0
     predict_fast_path: Annotated[
         bool, _doc("well-formed predict calls are answered ahead of the web framework's "
                    "per-request work (same answers, about twice the throughput); refusals "
@@ -354,15 +344,11 @@ class FeatureSetSettings(_Section):
 
 
 class OnlineStoreSettings(_Section):
-    max_keys: Annotated[
-        int, _doc("entity keys of the online feature store held in memory (those requests "
-                  "asked for last); the others are read from SQLite when asked for"),
-        msgspec.Meta(ge=1),
-    ] = 100_000
-    max_mb: Annotated[
-        int, _doc("megabytes of online feature values held in memory, at most"),
-        msgspec.Meta(ge=1),
-    ] = 64
+    max_keys: Annotated[int, msgspec.Meta(ge=1), _doc(
+        "entity keys of the online feature store held in memory (those requests asked for "
+        "last); the others are read from SQLite when asked for")] = 100_000
+    max_mb: Annotated[int, msgspec.Meta(ge=1), _doc(
+        "megabytes of online feature values held in memory, at most")] = 64
 
 
 class Settings(_Section):
