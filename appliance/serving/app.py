@@ -17,7 +17,7 @@ from litestar.types import ASGIApp
 
 from appliance.serving.auth import ReadGateMiddleware, predict_tokens, read_tokens
 from appliance.serving.context import CONTEXT_KEY, ServingContext, provide_context
-from appliance.serving.errors import EXCEPTION_HANDLERS, ApplianceRequest
+from appliance.serving.errors import EXCEPTION_HANDLERS
 from appliance.serving.fast_path import PredictFastPath
 from appliance.serving.host import HostCheckMiddleware, HostPolicy
 from appliance.serving.openapi import openapi_config, refine_openapi
@@ -44,7 +44,6 @@ def create_app(context: ServingContext) -> Litestar:
         }),
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
-        request_class=ApplianceRequest,
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=openapi_config(),
         logging_config=None,

@@ -17,6 +17,7 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
+from litestar.types import Empty
 from litestar.utils.scope.state import ScopeState
 
 from appliance.api_types import ErrorBody
@@ -65,23 +66,6 @@ def _non_finite_number(body: bytes) -> tuple[int, str, str] | None:
 
 _ROW_KEY = re.compile(r"^rows\[(\d+)\]$")
 _GOT = re.compile(r"got `([^`]+)`")
-
-
-class ApplianceRequest(Request[Any, Any, Any]):
-    """Litestar's request, but a body nested too deeply to decode is the client's error.
-
-    JSON decoders recurse once per level of arrays and objects; a small body can nest tens
-    of thousands of levels (20,000 in 40 KB), and msgspec then raises RecursionError, which
-    Litestar does not take for a decoding failure (a 500, with a traceback in the log, on
-    every such request). Here it is a 400 like any other body that is not usable JSON, on
-    every route that reads a JSON body (predict, whose fast path hands such a body to the
-    route, and retrain)."""
-
-    async def json(self) -> Any:
-        try:
-            return await super().json()
-        except RecursionError:
-            raise HTTPException(status_code=400, detail=NESTED_TOO_DEEP) from None
 
 
 NESTED_TOO_DEEP = "arrays or objects are nested too deeply to decode"
@@ -167,6 +151,23 @@ def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
                     status_code=status, headers=exc.headers)
 
 
+def on_recursion(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
+    """A body nested too deeply to decode is the client's error, not the appliance's.
+
+    JSON decoders recurse once per level of arrays and objects; a small body can nest tens
+    of thousands of levels (20,000 in 40 KB), and msgspec then raises RecursionError, which
+    Litestar does not take for a decoding failure (a 500, with a traceback in the log, on
+    every such request). When the error comes from decoding the body (it has one, and
+    Litestar holds no decoded JSON for it) the answer is the 400 of any body that is not
+    usable JSON, on every route that reads a JSON body (predict, whose fast path hands
+    such a body to the route, and retrain). Caught here rather than around the decoding:
+    the requests that succeed pay nothing for it."""
+    state = ScopeState.from_scope(request.scope)
+    if isinstance(state.body, bytes) and state.body and state.json is Empty:
+        return on_http_error(request, HTTPException(status_code=400, detail=NESTED_TOO_DEEP))
+    return on_crash(request, exc)
+
+
 def on_crash(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.error("request_failed path=%s error=%r", request.url.path, exc, exc_info=exc)
     return Response(ErrorBody(code="internal_error",
@@ -178,5 +179,6 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     ApplianceError: on_appliance_error,
     ValidationException: on_validation_error,
     HTTPException: on_http_error,
+    RecursionError: on_recursion,
     Exception: on_crash,
 }
