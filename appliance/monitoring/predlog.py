@@ -143,7 +143,7 @@ class PredictionLog:
             if (rate >= 1.0 or rnd() < rate) and isinstance(row, dict):
                 try:
                     text = _encode({k: row.get(k) for k in features})
-                except (TypeError, ValueError):  # a value JSON can't hold: not sampled
+                except Exception:  # a value JSON can't hold: not sampled (never a failure)
                     continue
                 if out is None:
                     out = [None] * len(rows)
