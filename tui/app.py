@@ -164,16 +164,20 @@ def make_app(url: str, token: str | None = None, *,
              transport: httpx.AsyncBaseTransport | None = None,
              discover: Callable[[], str | None] | None = None,
              refresh_seconds: float = 1.5, clock: Callable[[], datetime] | None = None,
-             open_pipeline: str | None = None, welcome: str | None = None) -> ApplianceApp:
-    """The console on one daemon; the CLI, the demo and the tests all build it here."""
-    client = ApplianceClient(url, token, transport=transport, discover=discover)
+             open_pipeline: str | None = None, welcome: str | None = None,
+             read_token: str | None = None) -> ApplianceApp:
+    """The console on one daemon; the CLI, the demo and the tests all build it here.
+    ``token`` is the admin token (actions), ``read_token`` the one reads send when the
+    daemon listens beyond loopback (else the admin token is sent)."""
+    client = ApplianceClient(url, token, transport=transport, discover=discover,
+                             read_token=read_token)
     return ApplianceApp(client, refresh_seconds=refresh_seconds, clock=clock,
                         open_pipeline=open_pipeline, welcome=welcome)
 
 
 def run(url: str, token: str | None = None, *, discover: Callable[[], str | None] | None = None,
         refresh_seconds: float = 1.5, open_pipeline: str | None = None,
-        welcome: str | None = None) -> int:
+        welcome: str | None = None, read_token: str | None = None) -> int:
     make_app(url, token, discover=discover, refresh_seconds=refresh_seconds,
-             open_pipeline=open_pipeline, welcome=welcome).run()
+             open_pipeline=open_pipeline, welcome=welcome, read_token=read_token).run()
     return 0

@@ -107,9 +107,13 @@ class ApplianceClient:
 
     def __init__(self, url: str, token: str | None = None, *, timeout: float = 5.0,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 discover: Callable[[], str | None] | None = None) -> None:
+                 discover: Callable[[], str | None] | None = None,
+                 read_token: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.token = token or None
+        # Reads need a token when the daemon listens beyond loopback: the read token when
+        # there is one (it can do nothing else), else the admin token.
+        self.read_token = read_token or None
         self.timeout = timeout
         self._discover = discover
         self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, transport=transport,
@@ -148,6 +152,8 @@ class ApplianceClient:
                                "APPLIANCE_TOKEN, or run it where <state>/token is readable")
             await self._check_identity(self.token)
             headers["Authorization"] = f"Bearer {self.token}"
+        elif self.read_token or self.token:
+            headers["Authorization"] = f"Bearer {self.read_token or self.token}"
         try:
             resp = await self._http.request(method, path, headers=headers, params=params)
         except httpx.TransportError as exc:

@@ -152,14 +152,25 @@ class Client:
             self.token = os.environ.get("APPLIANCE_TOKEN") or state.token_file.read_text().strip()
         except OSError:
             self.token = None
+        # What reads send when the daemon listens beyond loopback and the admin token is
+        # not at hand: the read token, else the predict token (both read).
+        self.read_token = os.environ.get("APPLIANCE_READ_TOKEN") or None
+        for path in (state.read_token_file, state.predict_token_file):
+            if self.read_token:
+                break
+            try:
+                self.read_token = path.read_text().strip() or None
+            except OSError:
+                pass
         self._http = httpx.Client(timeout=30)  # one connection for the proof and the call
         self._trusted = False
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        token = self.token or self.read_token
         headers = {}
-        if self.token:
-            self._check_identity(self.token)
-            headers = {"Authorization": f"Bearer {self.token}"}
+        if token:
+            self._check_identity(token)  # no token goes to a daemon that has not proved it
+            headers = {"Authorization": f"Bearer {token}"}
         timeout = kwargs.pop("timeout", 30)
         try:
             resp = self._http.request(method, self.url + path, headers=headers,
@@ -491,11 +502,14 @@ def runfile_url(state_dir: str | None) -> str | None:
 @_client_options
 @click.option("--token", default=None,
               help="admin token for promote/retrain [env APPLIANCE_TOKEN; default <state>/token]")
+@click.option("--read-token", default=None,
+              help="token for reads when the daemon listens beyond loopback [env "
+                   "APPLIANCE_READ_TOKEN; default <state>/read_token, else the admin token]")
 @click.option("--refresh", type=click.FloatRange(0.2, 60), default=1.5, show_default=True,
               help="seconds between refreshes")
 @click.option("--pipeline", default=None, help="open this pipeline's screen first")
-def tui(url: str | None, state_dir: str | None, token: str | None, refresh: float,
-        pipeline: str | None) -> None:
+def tui(url: str | None, state_dir: str | None, token: str | None, read_token: str | None,
+        refresh: float, pipeline: str | None) -> None:
     """The operator's console: watch and drive a running daemon from the terminal.
 
     It talks to the daemon's HTTP API only, so it works the same over ssh. Without the
@@ -508,7 +522,8 @@ def tui(url: str | None, state_dir: str | None, token: str | None, refresh: floa
     client = Client(url, state_dir)
     discover = None if url else (lambda: runfile_url(state_dir))
     sys.exit(run_tui(client.url, token or client.token, discover=discover,
-                     refresh_seconds=refresh, open_pipeline=pipeline))
+                     refresh_seconds=refresh, open_pipeline=pipeline,
+                     read_token=read_token or client.read_token))
 
 
 @cli.command()

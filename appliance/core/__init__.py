@@ -25,7 +25,7 @@ from appliance.core.config import (
     reference,
     resolve_state_dir,
 )
-from appliance.core.errors import ApplianceError
+from appliance.core.errors import ApplianceError, preview
 from appliance.core.statedir import StateDir
 from appliance.core.threads import lower_thread_priority, lower_to_idle
 
@@ -49,6 +49,7 @@ __all__ = [
     "lower_thread_priority",
     "lower_to_idle",
     "parse",
+    "preview",
     "reference",
     "resolve_state_dir",
 ]

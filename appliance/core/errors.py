@@ -6,6 +6,7 @@ an event, so the three always agree.
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 
@@ -29,3 +30,18 @@ class ApplianceError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+_PREVIEW = reprlib.Repr()
+_PREVIEW.maxlevel = 2
+_PREVIEW.maxstring = 60
+_PREVIEW.maxother = 60
+_PREVIEW.maxlist = _PREVIEW.maxdict = _PREVIEW.maxtuple = _PREVIEW.maxset = 4
+
+
+def preview(value: Any, limit: int = 60) -> str:
+    """A short repr of a value a client sent, for an error message: bounded in length and
+    in depth, so a huge or deeply nested value costs no more to show than a small one (a
+    plain ``repr`` of 20,000 nested lists raises RecursionError)."""
+    shown = _PREVIEW.repr(value)
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."

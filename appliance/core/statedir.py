@@ -72,6 +72,16 @@ class StateDir:
         """Return the predict token, creating it (256 bits, mode 0600) when absent."""
         return _ensure_secret(self.predict_token_file)
 
+    @property
+    def read_token_file(self) -> Path:
+        """The token readers (the console, scripts, Prometheus) send when the API listens
+        beyond loopback (or ``server.read_token_required``)."""
+        return self.root / "read_token"
+
+    def ensure_read_token(self) -> str:
+        """Return the read token, creating it (256 bits, mode 0600) when absent."""
+        return _ensure_secret(self.read_token_file)
+
     def pipeline_dir(self, area: Path, pipeline: str) -> Path:
         path = area / pipeline
         path.mkdir(parents=True, exist_ok=True)

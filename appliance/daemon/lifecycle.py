@@ -53,6 +53,7 @@ from appliance.core import (
 )
 from appliance.core import load as load_config
 from appliance.daemon import sdnotify
+from appliance.daemon.connections import ConnectionLimits
 from appliance.daemon.services import Services
 from appliance.ingest import InboxWatcher
 from appliance.serving import create_app
@@ -75,6 +76,14 @@ STATUS_SECONDS = 5.0  # how often the STATUS= line is refreshed (sent only when 
 
 
 class _Server(uvicorn.Server):
+    # The connection limits whose slow requests the tick sweeps (set by the daemon).
+    limits: ConnectionLimits | None = None
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.limits is not None:
+            self.limits.sweep(self.server_state.connections)
+        return await super().on_tick(counter)
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         # The daemon owns SIGTERM/SIGINT/SIGHUP; uvicorn only stops when told to.
@@ -203,7 +212,11 @@ def check_startup(settings: Settings, state: StateDir) -> None:
                 "`Authorization: Bearer <state>/predict_token`), or allow_open_predict = "
                 "true to accept that anyone who reaches the address can predict"
             )
-    for path in (state.token_file, state.predict_token_file):
+    if not is_loopback(server.host):
+        log.info("reads_need_token host=%s: every route but /health, /ready and /schema needs "
+                 "Authorization: Bearer with %s (or the predict or admin token)", server.host,
+                 state.read_token_file)
+    for path in (state.token_file, state.predict_token_file, state.read_token_file):
         if not path.exists():
             continue
         mode = path.stat().st_mode & 0o777
@@ -412,9 +425,15 @@ class Daemon:
         # milliseconds. Swapped-out models are still freed (by reference counting).
         gc.collect()
         gc.freeze()
+        # Connections: a cap (under the open-files limit), idle and slow ones closed.
+        limits = ConnectionLimits(self.settings.server)
+        limits.fit_open_files()
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=5, server_header=False)
+                                timeout_graceful_shutdown=5, server_header=False,
+                                http=limits.protocol(),
+                                timeout_keep_alive=self.settings.server.idle_timeout_seconds)
         self.server = _Server(config)
+        self.server.limits = limits
         serving: asyncio.Task[None] | None = None
         if self._stop_deadline is None:  # no signal came while the models loaded
             self.watcher.start()

@@ -11,6 +11,7 @@ from appliance.ingest import Ingester
 from appliance.jobs import Housekeeping, JobScheduler, SuspectBatches, Trainer
 from appliance.models import Backtests, LiveModels, Registry
 from appliance.monitoring import Monitor, PredictionIds, PredictionLog, drift
+from appliance.serving import reads_need_token
 from appliance.store import Events, IngestionRecord, Store
 
 
@@ -39,6 +40,8 @@ class Services:
     predict_token: str | None = None
     # Every kept model version scored on the same newest held-out rows (cached).
     backtests: Backtests | None = None
+    # The read token, when reads need one (the API listens beyond loopback).
+    read_token: str | None = None
 
     @classmethod
     def build(cls, settings: Settings, state: StateDir) -> Services:
@@ -46,7 +49,7 @@ class Services:
         store = Store.open(state.db)
         events = Events(store)
         registry = Registry(state, store)
-        live = LiveModels()
+        live = LiveModels(max_string_chars=settings.server.max_string_chars)
         trainer = Trainer(state, store, registry, events, settings, live)
         monitor = Monitor(store, settings, events, live, state.root,
                           training_busy=trainer.busy)
@@ -88,16 +91,18 @@ class Services:
         server = settings.server
         predlog = PredictionLog(store, sample_rate=server.log_sample_rate,
                                 max_pending=server.log_queue_max,
+                                max_pending_bytes=server.log_queue_max_mb << 20,
                                 flush_seconds=server.log_flush_seconds)
         predict_token = state.ensure_predict_token() if server.predict_token_required else None
         housekeeping = Housekeeping(state, store, events, settings, trainer, live,
                                     ingester.lock)
+        read_token = state.ensure_read_token() if reads_need_token(server) else None
         return cls(settings=settings, state=state, store=store, events=events,
                    registry=registry, live=live, trainer=trainer, ingester=ingester,
                    scheduler=JobScheduler(trainer, settings), token=state.ensure_token(),
                    monitor=monitor, features=features, housekeeping=housekeeping,
                    suspects=suspects, predlog=predlog, predict_token=predict_token,
-                   backtests=Backtests(state, store, registry))
+                   read_token=read_token, backtests=Backtests(state, store, registry))
 
     def load_production_models(self) -> None:
         """Load every pipeline's production model; one that fails is reported, not served."""

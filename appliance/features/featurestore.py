@@ -12,24 +12,28 @@ for serving.
 - **Offline joins** give each training row the feature values as they were at that row's
   time (an as-of join, never a later value); without times, the latest values per key.
 - **The online store** keeps the latest values per key of every feature set (SQLite, with
-  an in-memory copy for the request path), so a prediction may send only the entity key.
+  a bounded cache of the keys requests ask for in front of it, ``online.py``), so a
+  prediction may send only the entity key.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from appliance.core import ApplianceError
+from appliance.core import ApplianceError, preview
 from appliance.core.sqlexpr import compile_expression
 from appliance.features import rowexpr
+from appliance.features.online import OnlineStore
 from appliance.features.spec import dtype_from_name
+
+__all__ = ["DerivedFeatures", "FeatureStore", "OnlineStore", "RowDerivation", "fill_rows",
+           "join_feature_set", "online_entries"]
 
 log = logging.getLogger("appliance.featurestore")
 
@@ -140,34 +144,6 @@ def join_feature_set(
 # --- online: the latest values per key ----------------------------------------------------
 
 
-class OnlineStore:
-    """The latest feature values per entity key, for the request path.
-
-    SQLite is the record (``Store.upsert_online_features``); this in-memory copy is what
-    requests read, refreshed from each newly ingested feature set version.
-    """
-
-    def __init__(self) -> None:
-        self._tables: dict[str, dict[str, dict[str, Any]]] = {}
-        self._lock = threading.Lock()
-
-    def load(self, feature_set: str, entries: dict[str, dict[str, Any]]) -> None:
-        with self._lock:
-            self._tables = {**self._tables, feature_set: dict(entries)}
-
-    def update(self, feature_set: str, entries: dict[str, dict[str, Any]]) -> None:
-        with self._lock:
-            table = dict(self._tables.get(feature_set, {}))
-            table.update(entries)
-            self._tables = {**self._tables, feature_set: table}
-
-    def get(self, feature_set: str, key: Any) -> dict[str, Any] | None:
-        return self._tables.get(feature_set, {}).get(str(key))
-
-    def size(self, feature_set: str) -> int:
-        return len(self._tables.get(feature_set, {}))
-
-
 def online_entries(frame: pl.DataFrame, key: str, timestamp: str | None
                    ) -> dict[str, dict[str, Any]]:
     """The newest values per key of a feature set frame, as JSON-able dicts by key."""
@@ -182,13 +158,30 @@ def online_entries(frame: pl.DataFrame, key: str, timestamp: str | None
     return out
 
 
+def _scalar_or_preview(value: Any) -> Any:
+    """A value sent in a request, as an error's details may echo it: a scalar as it is,
+    anything else as a short preview (a nested value could be deep enough to fail the
+    encoding of the error itself)."""
+    if value is None or isinstance(value, (int, float, bool)):
+        return value
+    return value if isinstance(value, str) and len(value) <= 200 else preview(value)
+
+
 def fill_rows(
     rows: list[Any], feature_set: str, key: str, columns: list[str], store: OnlineStore,
     missing_key: str,
 ) -> None:
     """Fill the feature set's columns of each request row from the online store, in place.
     Values sent in the request win; a key with no stored values is missing (null) or an
-    error naming the key, by the pipeline's ``missing_key`` policy."""
+    error naming the key, by the pipeline's ``missing_key`` policy. The keys the store
+    does not hold in memory are read from SQLite in one query."""
+    wanted = [row.get(key) for row in rows if isinstance(row, dict)
+              and row.get(key) is not None and any(c not in row for c in columns)]
+    if len(wanted) == 1:
+        found = store.get(feature_set, wanted[0])
+        known = {str(wanted[0]): found} if found is not None else {}
+    else:
+        known = store.get_many(feature_set, wanted) if wanted else {}
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             continue
@@ -196,15 +189,16 @@ def fill_rows(
         if not absent:
             continue
         value = row.get(key)
-        stored = store.get(feature_set, value) if value is not None else None
+        stored = known.get(str(value)) if value is not None else None
         if stored is None:
             if missing_key == "error":
                 raise ApplianceError(
                     "unknown_entity",
-                    f"row {i}: no stored features for `{key}` = {value!r} in feature set "
+                    f"row {i}: no stored features for `{key}` = {preview(value)} in feature set "
                     f"`{feature_set}`; send {', '.join(absent)} in the row, or ingest the "
                     "entity first",
-                    {"row": i, "field": key, "value": value, "feature_set": feature_set},
+                    {"row": i, "field": key, "value": _scalar_or_preview(value),
+                     "feature_set": feature_set},
                     status=422,
                 )
             for c in absent:
@@ -224,15 +218,22 @@ class FeatureStore:
         self.settings = settings
         self.store = store
         self.root = root
-        self.online = OnlineStore()
+        bounds = settings.online_store
+        # Requests read what the cache does not hold on a connection of their own.
+        self._reader = store.online_reader()
+        self.online = OnlineStore(self._reader.values, max_keys=bounds.max_keys,
+                                  max_bytes=bounds.max_mb << 20)
 
     def names(self) -> list[str]:
         return sorted(self.settings.feature_sets)
 
     def load(self) -> None:
-        """Fill the in-memory online store from SQLite (at start)."""
-        for name in self.names():
-            self.online.load(name, self.store.online_features(name))
+        """Warm the online store's memory at start: the keys updated last, up to its
+        bound, shared between the feature sets (the rest is read when asked for)."""
+        names = self.names()
+        for name in names:
+            share = max(1, self.online.max_keys // max(1, len(names)))
+            self.online.load(name, self.store.online_recent(name, share))
 
     def on_ingested(self, name: str, dataset_path: str, dataset_version: int) -> int:
         """A new version of a feature set: update the online store with its newest values
@@ -242,8 +243,9 @@ class FeatureStore:
         entries = online_entries(frame, fs.key, fs.timestamp)
         written = self.store.upsert_online_features(name, entries, dataset_version,
                                                     fs.timestamp)
-        # Re-read what SQLite kept: a late, older row must not win in memory either.
-        self.online.load(name, self.store.online_features(name))
+        # Only the written keys held in memory are read again, from what SQLite kept (a
+        # late, older row must not win in memory either).
+        self.online.refresh(name, entries)
         return written
 
     def frame(self, name: str) -> pl.DataFrame:
@@ -432,7 +434,7 @@ def _bad_input(rows: list[Any], col: str, dtype_name: str) -> ApplianceError:
         except Exception:
             return ApplianceError(
                 "invalid_row", f"row {i}: field `{col}` expected {dtype_name} (a derived "
-                f"feature is computed from it), got {value!r}",
+                f"feature is computed from it), got {preview(value)}",
                 {"row": i, "field": col, "expected": dtype_name}, status=422,
             )
     return ApplianceError("invalid_row", f"field `{col}` expected {dtype_name}",

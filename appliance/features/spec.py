@@ -31,7 +31,7 @@ import msgspec
 import numpy as np
 import polars as pl
 
-from appliance.core import ApplianceError, PipelineSettings
+from appliance.core import ApplianceError, PipelineSettings, preview
 
 MAX_CATEGORIES = 1000
 MULTICLASS_MAX_CLASSES = 50
@@ -305,9 +305,7 @@ def encode_target(y: pl.Series, spec: FeatureSpec) -> np.ndarray:
 
 class RowError(ApplianceError):
     def __init__(self, row: int, field: str, expected: str, got: Any) -> None:
-        shown = repr(got)
-        if len(shown) > 60:
-            shown = shown[:57] + "..."
+        shown = preview(got)  # bounded: a value may be huge or deeply nested
         super().__init__(
             "invalid_row",
             f"row {row}: field `{field}` expected {expected}, got {shown}",
@@ -353,6 +351,10 @@ class RowEncoder:
     steps, floats appended to a list, no NumPy element writes.
     """
 
+    # The longest text a request may send for a category unseen in training (a seen one
+    # is as long as training made it): server.max_string_chars, set as the model is served.
+    max_string_chars = 1024
+
     def __init__(self, spec: FeatureSpec) -> None:
         self.spec = spec
         self.width = len(spec.columns)
@@ -365,6 +367,17 @@ class RowEncoder:
         self._steps = tuple(
             (f.name, kinds.get(f.kind, _TIME), self._codes.get(f.name), f)
             for f in spec.features
+        )
+
+    def _too_long(self, row: int, name: str, value: str) -> ApplianceError:
+        limit = self.max_string_chars
+        return ApplianceError(
+            "invalid_row",
+            f"row {row}: field `{name}` is {len(value)} characters long; a category is at most "
+            f"{limit} (server.max_string_chars)",
+            {"row": row, "field": name, "expected": f"a string of at most {limit} characters",
+             "length": len(value), "limit": limit},
+            status=422,
         )
 
     def encode(self, rows: list[Any]) -> np.ndarray:
@@ -409,11 +422,17 @@ class RowEncoder:
                     raise RowError(row, name, "a number or null", v)
             elif kind == _CATEGORICAL:
                 if type(v) is str:
-                    append(codes.get(v, _NAN))  # a category unseen in training is missing
+                    code = codes.get(v, _NAN)  # a category unseen in training is missing
+                    if code != code and len(v) > self.max_string_chars:
+                        raise self._too_long(row, name, v)
+                    append(code)
                 elif v is None:
                     append(_NAN)
                 elif isinstance(v, str):
-                    append(codes.get(str(v), _NAN))
+                    code = codes.get(str(v), _NAN)
+                    if code != code and len(v) > self.max_string_chars:
+                        raise self._too_long(row, name, v)
+                    append(code)
                 else:
                     raise RowError(row, name, "a string or null", v)
             elif kind == _BOOLEAN:

@@ -181,14 +181,19 @@ class LoadedModel:
 class LiveModels:
     """The models being served, by pipeline."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_string_chars: int | None = None) -> None:
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
+        # The longest unseen category a request may send (server.max_string_chars), given
+        # to each model as it is swapped in; None: the encoder's default.
+        self.max_string_chars = max_string_chars
 
     def get(self, pipeline: str) -> LoadedModel | None:
         return self._models.get(pipeline)
 
     def swap(self, model: LoadedModel) -> LoadedModel | None:
+        if self.max_string_chars is not None:
+            model.encoder.max_string_chars = self.max_string_chars
         with self._lock:
             old = self._models.get(model.pipeline)
             self._models = {**self._models, model.pipeline: model}

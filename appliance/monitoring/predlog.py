@@ -3,9 +3,12 @@ of the inputs (for drift), written to SQLite off the request path.
 
 A request only appends one entry to a bounded in-memory queue (a lock and an append);
 one writer thread turns entries into rows and writes them in batches through
-``Store.insert_predictions``. When the queue holds ``max_pending`` predictions, new ones
-are dropped and counted, never waited for: serving is worth more than its log. The counts
-are in ``GET /v1/pipelines/{name}`` and drops are logged. ``close()`` writes what is left.
+``Store.insert_predictions``. An entry keeps the ids and outputs, and of the rows sampled
+for their inputs only the model's inputs, encoded as JSON when the request is answered: the
+request's own objects (fields the model ignores, rows not sampled) are never kept. When the
+queue holds ``max_pending`` predictions or ``max_pending_bytes`` bytes, new ones are dropped
+and counted, never waited for: serving is worth more than its log. The counts are in
+``GET /v1/pipelines/{name}`` and drops are logged. ``close()`` writes what is left.
 """
 
 from __future__ import annotations
@@ -31,10 +34,19 @@ from appliance.store import Store
 
 log = logging.getLogger("appliance.predlog")
 
+_encode = msgspec.json.Encoder().encode
+
 # Rows per write transaction: short, so the store's lock is never held long.
 WRITE_BATCH_ROWS = 1000
 # Seconds between two "dropped" warnings in the log.
 DROP_WARNING_EVERY = 10.0
+# What a queued prediction holds besides its sampled inputs (its id, its output, its share of
+# the entry), in bytes, on the high side, and per class of a multiclass output (the class's
+# probability in a dict): the queue's byte bound counts these and the inputs' exact length.
+PREDICTION_BYTES = 160
+CLASS_BYTES = 120
+# A Python bytes object's own size beside its content.
+BYTES_OVERHEAD = 33
 
 
 class PredictionIds:
@@ -61,18 +73,22 @@ class _Counts:
     failed: int = 0
 
 
-_Entry = tuple[str, int, float, Sequence[str], Sequence[Any], Sequence[Any], Sequence[str]]
+# (pipeline, model version, time, ids, outputs, sampled inputs as JSON by row (None: none
+# sampled), bytes counted for it)
+_Entry = tuple[str, int, float, Sequence[str], Sequence[Any], list[bytes | None] | None, int]
 
 
 class PredictionLog:
     def __init__(self, store: Store, *, sample_rate: float, max_pending: int,
-                 flush_seconds: float) -> None:
+                 flush_seconds: float, max_pending_bytes: int = 64 << 20) -> None:
         self.store = store
         self.sample_rate = sample_rate
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
         self.flush_seconds = flush_seconds
         self._entries: deque[_Entry] = deque()
         self._pending = 0
+        self._pending_bytes = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._arrived = threading.Event()  # the queue went from empty to not empty
@@ -87,21 +103,52 @@ class PredictionLog:
 
     def record(self, pipeline: str, version: int, ids: Sequence[str], outputs: Sequence[Any],
                rows: Sequence[Any], features: Sequence[str]) -> bool:
-        """Queue one request's predictions; False when they were dropped (queue full)."""
+        """Queue one request's predictions; False when they were dropped (queue full).
+
+        Of ``rows`` only the sampled rows' ``features`` are kept, encoded here; nothing
+        else of the request outlives the call."""
         n = len(ids)
+        if self._pending + n > self.max_pending or self._stop:  # full: no sampling work
+            with self._lock:
+                self._counts.setdefault(pipeline, _Counts()).dropped += n
+            return False
+        size = n * PREDICTION_BYTES
+        if n and type(outputs[0]) is dict:  # multiclass: a probability per class
+            size += n * CLASS_BYTES * len(outputs[0].get("probabilities") or ())
+        inputs = self._sample(rows, features) if self.sample_rate > 0.0 else None
+        if inputs is not None:
+            size += sum(len(t) + BYTES_OVERHEAD for t in inputs if t is not None)
         with self._lock:
             counts = self._counts.get(pipeline)
             if counts is None:
                 counts = self._counts[pipeline] = _Counts()
-            if self._pending + n > self.max_pending or self._stop:
+            if (self._pending + n > self.max_pending or self._stop
+                    or self._pending_bytes + size > self.max_pending_bytes):
                 counts.dropped += n
                 return False
             self._pending += n
+            self._pending_bytes += size
             first = not self._entries
-            self._entries.append((pipeline, version, time.time(), ids, outputs, rows, features))
+            self._entries.append((pipeline, version, time.time(), ids, outputs, inputs, size))
         if first:
             self._arrived.set()  # wakes the idle writer (once per batch, not per request)
         return True
+
+    def _sample(self, rows: Sequence[Any], features: Sequence[str]) -> list[bytes | None] | None:
+        """The model's inputs of the rows drawn for the log, as JSON; None if none was."""
+        rate = self.sample_rate
+        rnd = self._random.random
+        out: list[bytes | None] | None = None
+        for i, row in enumerate(rows):
+            if (rate >= 1.0 or rnd() < rate) and isinstance(row, dict):
+                try:
+                    text = _encode({k: row.get(k) for k in features})
+                except Exception:  # a value JSON can't hold: not sampled (never a failure)
+                    continue
+                if out is None:
+                    out = [None] * len(rows)
+                out[i] = text
+        return out
 
     # --- the writer ----------------------------------------------------------------------
 
@@ -178,7 +225,7 @@ class PredictionLog:
         else:
             ok = True
         with self._lock:
-            for pipeline, _v, _ts, ids, *_ in entries:
+            for pipeline, _v, _ts, ids, _out, _in, size in entries:
                 n = len(ids)
                 counts = self._counts[pipeline]
                 if ok:
@@ -186,17 +233,15 @@ class PredictionLog:
                 else:
                     counts.failed += n
                 self._pending -= n
+                self._pending_bytes -= size
 
     def _rows(self, entries: list[_Entry]) -> list[tuple[str, str, float, int, str, str | None]]:
-        rate = self.sample_rate
-        rnd = self._random.random
-        encode = msgspec.json.encode
+        encode = _encode
         rows: list[tuple[str, str, float, int, str, str | None]] = []
-        for pipeline, version, ts, ids, outputs, inputs, features in entries:
-            for pid, output, row in zip(ids, outputs, inputs, strict=True):
-                row_json = None
-                if (rate >= 1.0 or (rate > 0.0 and rnd() < rate)) and isinstance(row, dict):
-                    row_json = encode({k: row.get(k) for k in features}).decode()
+        for pipeline, version, ts, ids, outputs, inputs, _size in entries:
+            for i, (pid, output) in enumerate(zip(ids, outputs, strict=True)):
+                sampled = inputs[i] if inputs is not None else None
+                row_json = sampled.decode() if sampled is not None else None
                 # A model's float output is finite, and its repr is its JSON (and cheaper).
                 text = repr(output) if type(output) is float else encode(output).decode()
                 rows.append((pid, pipeline, ts, version, text, row_json))
@@ -213,7 +258,9 @@ class PredictionLog:
             log_event(log, logging.WARNING, "prediction_log_dropped",
                       dropped=dropped - self._warned_dropped, total=dropped,
                       by_pipeline=per_pipeline, max_pending=self.max_pending,
-                      hint="raise server.log_queue_max, or the disk is too slow")
+                      max_pending_bytes=self.max_pending_bytes,
+                      hint="raise server.log_queue_max or server.log_queue_max_mb, or the "
+                           "disk is too slow")
             self._warned_dropped = dropped
             self._warned_at = now
 

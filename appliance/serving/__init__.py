@@ -5,6 +5,7 @@ What it needs from the daemon is :class:`ServingContext` (a Protocol the daemon'
 ``Services`` satisfies); serving never imports the daemon."""
 
 from appliance.serving.app import create_app
+from appliance.serving.auth import reads_need_token
 from appliance.serving.context import ServingContext
 from appliance.serving.fast_path import PredictFastPath
 from appliance.serving.host import HostPolicy
@@ -14,4 +15,5 @@ __all__ = [
     "PredictFastPath",
     "ServingContext",
     "create_app",
+    "reads_need_token",
 ]

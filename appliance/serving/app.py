@@ -13,8 +13,9 @@ request metrics, the Host check (``host.py``), and the fast path of predict
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.types import ASGIApp
 
-from appliance.serving.auth import predict_tokens
+from appliance.serving.auth import ReadGateMiddleware, predict_tokens, read_tokens
 from appliance.serving.context import CONTEXT_KEY, ServingContext, provide_context
 from appliance.serving.errors import EXCEPTION_HANDLERS
 from appliance.serving.fast_path import PredictFastPath
@@ -58,14 +59,17 @@ def create_app(context: ServingContext) -> Litestar:
         logging_config=None,
         debug=False,
     )
-    refine_openapi(app)
+    readers = read_tokens(context)
+    refine_openapi(app, reads_need_token=readers is not None)
     # Around Litestar's own layers, outermost first: request metrics (they see every
     # answer, errors of the framework included), the Host check (every request, unknown
-    # paths too), then the fast path of predict. Plain ASGI: cheaper than Litestar
-    # middleware, which runs inside routing.
-    fast = PredictFastPath(app.asgi_handler, tokens=tokens,
-                           max_body=settings.server.max_body_bytes,
-                           answer=predictions.fast_predict, server=settings.server)
+    # paths too), the read gate (off loopback), then the fast path of predict. Plain ASGI:
+    # cheaper than Litestar middleware, which runs inside routing.
+    fast: ASGIApp = PredictFastPath(app.asgi_handler, tokens=tokens,
+                                    max_body=settings.server.max_body_bytes,
+                                    answer=predictions.fast_predict, server=settings.server)
+    if readers is not None:
+        fast = ReadGateMiddleware(fast, readers)
     host_checked = HostCheckMiddleware(fast, HostPolicy(settings.server.host,
                                                         settings.server.allowed_hosts))
     app.asgi_handler = monitor.instrument(host_checked)

@@ -1,5 +1,6 @@
-"""Who may call what: the admin token's guard, and the gate in front of predict (the
-predict token when ``server.predict_token_required``, and a body declared as JSON).
+"""Who may call what: the admin token's guard, the gate in front of predict (the
+predict token when ``server.predict_token_required``, and a body declared as JSON), and
+the gate in front of every read when the API listens beyond loopback (a read token).
 
 Tokens are compared in constant time; an empty token never matches.
 """
@@ -13,8 +14,11 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from appliance.api_types import ErrorBody
+from appliance.core import ServerSettings
+from appliance.monitoring import PREDICT_PREFIX, PREDICT_SUFFIX
 from appliance.serving.asgi import header, send_error
 from appliance.serving.context import ServingContext, context_of
+from appliance.serving.host import HostPolicy
 
 
 def _bearer(connection: ASGIConnection) -> bytes:
@@ -123,3 +127,62 @@ def gate_refusal(tokens: tuple[str, ...] | None, content_type: bytes | None,
                          "got": media},
             ), []
     return None
+
+
+# --- reads -----------------------------------------------------------------------------
+
+# What stays open to anyone who reaches the API: liveness and readiness (what a load
+# balancer or systemd's helpers ask), and the API's own description (no data).
+OPEN_PATHS = frozenset({"/health", "/ready", "/v1/identity"})  # identity: before a token
+OPEN_PREFIX = "/schema"
+
+
+def reads_need_token(server: ServerSettings) -> bool:
+    """Reads need a token whenever the API listens beyond loopback (any address a name or a
+    network reaches), or when ``server.read_token_required`` asks for it on loopback too."""
+    return server.read_token_required or not HostPolicy(server.host, []).loopback
+
+
+def read_tokens(context: ServingContext) -> tuple[str, ...] | None:
+    """The tokens a read accepts (the read token, the predict token, the admin token) when
+    reads need one, else None (reads are open)."""
+    if not reads_need_token(context.settings.server):
+        return None
+    return tuple(t for t in (context.read_token, context.predict_token, context.token) if t)
+
+
+class ReadGateMiddleware:
+    """Refuses, with 401, any request without an accepted token, but for the open paths
+    and predict (which has its own gate, :class:`PredictGateMiddleware`). Everything else,
+    present and future routes alike, is closed by default: the event log, ingestions with
+    the values they refused, models with their lineage, ``/metrics``, each entity's
+    online features. Admin routes pass with the admin token and are then checked by their
+    own guard (a read token gets their 401).
+
+    Only in the app when reads need a token, so a box on loopback pays nothing for it."""
+
+    def __init__(self, app: ASGIApp, tokens: tuple[str, ...]) -> None:
+        self.app = app
+        self.tokens = tokens
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if not (path in OPEN_PATHS or path.startswith(OPEN_PREFIX) or (
+                    scope["method"] == "POST" and path.endswith(PREDICT_SUFFIX)
+                    and path.startswith(PREDICT_PREFIX))):
+                raw = header(scope, b"authorization") or b""
+                scheme, _, token = raw.partition(b" ")
+                presented = token.strip() if scheme.lower() == b"bearer" else b""
+                if not _token_matches(presented, *self.tokens):
+                    await send_error(send, 401, ErrorBody(
+                        code="unauthorized",
+                        message="reading this API needs a token here (it listens beyond "
+                                "loopback, or server.read_token_required): Authorization: "
+                                "Bearer <token from the state directory's `read_token` "
+                                "file> (the `predict_token` or the admin `token` works too; "
+                                "admin actions need the admin one)",
+                        details={"field": "Authorization", "expected": "Bearer <read_token>"},
+                    ), [(b"www-authenticate", b"Bearer")])
+                    return
+        await self.app(scope, receive, send)

@@ -94,6 +94,9 @@ class ServingContext(Protocol):
     def predict_token(self) -> str | None: ...  # with server.predict_token_required
 
     @property
+    def read_token(self) -> str | None: ...  # when reads need a token (off loopback)
+
+    @property
     def started(self) -> bool: ...  # start-up is done (models loaded)
 
     @property

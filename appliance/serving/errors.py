@@ -17,6 +17,7 @@ from typing import Any
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
+from litestar.types import Empty
 from litestar.utils.scope.state import ScopeState
 
 from appliance.api_types import ErrorBody
@@ -65,6 +66,9 @@ def _non_finite_number(body: bytes) -> tuple[int, str, str] | None:
 
 _ROW_KEY = re.compile(r"^rows\[(\d+)\]$")
 _GOT = re.compile(r"got `([^`]+)`")
+
+
+NESTED_TOO_DEEP = "arrays or objects are nested too deeply to decode"
 
 
 def on_appliance_error(_: Request[Any, Any, Any], exc: ApplianceError) -> Response[Any]:
@@ -126,8 +130,15 @@ def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
         # The body could not be parsed as JSON.
         code = "invalid_json"
         body = ScopeState.from_scope(request.scope).body
-        found = _non_finite_number(body) if isinstance(body, bytes) else None
-        if found is not None:
+        found = (_non_finite_number(body) if isinstance(body, bytes)
+                 and exc.detail != NESTED_TOO_DEEP else None)
+        if exc.detail == NESTED_TOO_DEEP:
+            message = (f"the body is not usable JSON: {NESTED_TOO_DEEP}; a request body "
+                       "nests a few levels at most (predict: "
+                       '{"rows": [{feature: value, ...}]}, each value a number, a string, '
+                       "a boolean or null)")
+            details = {"field": "(body)", "expected": "JSON without deep nesting"}
+        elif found is not None:
             r, key, what = found
             message = (f"row {r}: field `{key}` is {what}; send a finite number, or null "
                        "for a missing value")
@@ -138,6 +149,23 @@ def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
                        " send null for a missing value)")
     return Response(ErrorBody(code=code, message=message, details=details),
                     status_code=status, headers=exc.headers)
+
+
+def on_recursion(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
+    """A body nested too deeply to decode is the client's error, not the appliance's.
+
+    JSON decoders recurse once per level of arrays and objects; a small body can nest tens
+    of thousands of levels (20,000 in 40 KB), and msgspec then raises RecursionError, which
+    Litestar does not take for a decoding failure (a 500, with a traceback in the log, on
+    every such request). When the error comes from decoding the body (it has one, and
+    Litestar holds no decoded JSON for it) the answer is the 400 of any body that is not
+    usable JSON, on every route that reads a JSON body (predict, whose fast path hands
+    such a body to the route, and retrain). Caught here rather than around the decoding:
+    the requests that succeed pay nothing for it."""
+    state = ScopeState.from_scope(request.scope)
+    if isinstance(state.body, bytes) and state.body and state.json is Empty:
+        return on_http_error(request, HTTPException(status_code=400, detail=NESTED_TOO_DEEP))
+    return on_crash(request, exc)
 
 
 def on_crash(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
@@ -151,5 +179,6 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     ApplianceError: on_appliance_error,
     ValidationException: on_validation_error,
     HTTPException: on_http_error,
+    RecursionError: on_recursion,
     Exception: on_crash,
 }

@@ -2,10 +2,13 @@
 the admin and predict tokens), and what Litestar can't infer, written in once the routes
 are registered (:func:`refine_openapi`)."""
 
+import copy
+
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import (
     Components,
+    OpenAPI,
     OpenAPIHeader,
     OpenAPIResponse,
     OpenAPIType,
@@ -25,16 +28,21 @@ def openapi_config() -> OpenAPIConfig:
         components=Components(security_schemes={BEARER: SecurityScheme(
             type="http", scheme="bearer",
             description="the admin token from <state>/token (or, for predict with "
-                        "server.predict_token_required, <state>/predict_token)",
+                        "server.predict_token_required, <state>/predict_token; for reads "
+                        "when the API listens beyond loopback, <state>/read_token)",
         )}),
     )
 
 
-def refine_openapi(app: Litestar) -> None:
+def refine_openapi(app: Litestar, *, reads_need_token: bool = False) -> None:
     """Say in the schema what Litestar can't infer: the predict body takes no other field
-    than ``rows`` (the Struct forbids unknown fields), and a 503 from predict carries
-    ``Retry-After``. Call it after the last route is registered."""
+    than ``rows`` (the Struct forbids unknown fields), a 503 from predict carries
+    ``Retry-After``, and, when reads need a token (the read gate, in front of the routes),
+    every operation it guards answers 401 and takes the bearer token. Call it after the
+    last route is registered."""
     spec = app.openapi_schema
+    if reads_need_token:
+        _declare_read_gate(spec)
     schemas = spec.components.schemas if spec.components else None
     request_schema = (schemas or {}).get("PredictRequest")
     if isinstance(request_schema, Schema):
@@ -47,3 +55,28 @@ def refine_openapi(app: Litestar) -> None:
                 schema=Schema(type=OpenAPIType.INTEGER),
                 description="seconds to wait before asking again", required=True,
             )}
+
+
+def _declare_read_gate(spec: OpenAPI) -> None:
+    """401 and the bearer scheme on every operation behind the read gate (all but
+    /health, /ready and predict, which declares its own)."""
+    from appliance.serving.auth import OPEN_PATHS, OPEN_PREFIX
+
+    for path, item in (spec.paths or {}).items():
+        if path in OPEN_PATHS or path.startswith(OPEN_PREFIX):
+            continue
+        for method in ("get", "post", "put", "patch", "delete"):
+            op = getattr(item, method, None)
+            if op is None or (method == "post" and path.endswith("/predict")):
+                continue
+            responses = op.responses if op.responses is not None else {}
+            if "401" not in responses:
+                template = responses.get("400")
+                unauthorized = copy.deepcopy(template) if isinstance(
+                    template, OpenAPIResponse) else OpenAPIResponse(description="")
+                unauthorized.description = ("missing or wrong bearer token: the API listens "
+                                            "beyond loopback, so reads need <state>/read_token "
+                                            "(or the predict or admin token)")
+                responses["401"] = unauthorized
+                op.responses = responses
+            op.security = op.security or [{BEARER: []}]

@@ -123,6 +123,22 @@ class DatasetQueries:
         )
         return [self._ingestion(r) for r in rows]
 
+    def ingestion_status_counts(self, pipeline: str) -> dict[str, int]:
+        """How many files of the pipeline ended in each status (from an index)."""
+        rows = self._rows(
+            "SELECT status, COUNT(*) AS n FROM ingestions WHERE pipeline = ? GROUP BY status",
+            [pipeline],
+        )
+        return {r["status"]: r["n"] for r in rows}
+
+    def last_ingestion_at(self, pipeline: str) -> str | None:
+        """When the pipeline's newest ingestion finished."""
+        rows = self._rows(
+            "SELECT finished_at FROM ingestions WHERE pipeline = ? ORDER BY id DESC LIMIT 1",
+            [pipeline],
+        )
+        return rows[0]["finished_at"] if rows else None
+
     def ingestion_by_claim(self, pipeline: str, stored_as: str) -> IngestionRecord | None:
         """The record of a claimed file, if it was already recorded (crash recovery)."""
         rows = self._rows(
@@ -151,6 +167,22 @@ class DatasetQueries:
             "SELECT * FROM datasets WHERE pipeline = ? ORDER BY version", [pipeline]
         )
         return [msgspec.convert(r, DatasetRecord) for r in rows]
+
+    def dataset_totals(self, pipeline: str) -> tuple[int, int, int]:
+        """(data set versions, rows in them, versions held) of a pipeline, counted by
+        SQLite."""
+        row = self._rows(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(rows), 0) AS total,"
+            " COALESCE(SUM(status = 'held'), 0) AS held FROM datasets WHERE pipeline = ?",
+            [pipeline],
+        )[0]
+        return row["n"], row["total"], row["held"]
+
+    def held_versions(self, pipeline: str) -> list[int]:
+        """The data set versions held for an operator (suspect labels), oldest first."""
+        rows = self._rows("SELECT version FROM datasets WHERE pipeline = ? AND status = 'held'"
+                          " ORDER BY version", [pipeline])
+        return [r["version"] for r in rows]
 
     def training_datasets(self, pipeline: str) -> list[DatasetRecord]:
         """The data set versions training may use: not held (suspect labels waiting for an

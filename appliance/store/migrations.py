@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-SCHEMA_VERSION = 6  # the number of migrations; a test keeps them in step
+SCHEMA_VERSION = 7  # the number of migrations; a test keeps them in step
 
 migrations = Migrations("appliance")
 
@@ -242,3 +242,11 @@ def _m_dataset_status(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE datasets ADD COLUMN status TEXT NOT NULL DEFAULT 'active'")
     db.execute("ALTER TABLE datasets ADD COLUMN status_reason TEXT")
     db.execute("ALTER TABLE datasets ADD COLUMN status_at TEXT")
+
+
+@migrations(name="0021_count_indexes")
+def _m_count_indexes(db: sqlite_utils.Database) -> None:
+    # What the console asks every 1.5 s, counted from indexes alone: a pipeline's files by
+    # status, and its data set versions with their rows and status (GET /v1/pipelines[/{name}]).
+    db.execute("CREATE INDEX ingestions_status ON ingestions (pipeline, status)")
+    db.execute("CREATE INDEX datasets_rows ON datasets (pipeline, rows, status)")

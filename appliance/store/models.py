@@ -62,6 +62,25 @@ class ModelQueries:
         )
         return self._model(rows[0]) if rows else None
 
+    def production_summary(self, pipeline: str) -> tuple[int, str, dict[str, Any]] | None:
+        """(version, task, metrics) of the production model, without its lineage."""
+        rows = self._rows(
+            "SELECT version, task, metrics_json FROM models WHERE pipeline = ?"
+            " AND stage = 'production'", [pipeline],
+        )
+        if not rows:
+            return None
+        return rows[0]["version"], rows[0]["task"], _loads(rows[0]["metrics_json"], {})
+
+    def production_versions(self) -> dict[str, int]:
+        """The production version of every pipeline that has one."""
+        rows = self._rows("SELECT pipeline, version FROM models WHERE stage = 'production'")
+        return {r["pipeline"]: r["version"] for r in rows}
+
+    def model_count(self, pipeline: str) -> int:
+        return self._rows("SELECT COUNT(*) AS n FROM models WHERE pipeline = ?",
+                          [pipeline])[0]["n"]
+
     def model_versions(self, pipeline: str) -> set[int]:
         rows = self._rows("SELECT version FROM models WHERE pipeline = ?", [pipeline])
         return {r["version"] for r in rows}

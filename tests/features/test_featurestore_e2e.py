@@ -251,3 +251,47 @@ def test_training_and_serving_compute_the_same_features_bit_for_bit(tmp_path, fi
     # So the model's input matrix is the same, and so are its predictions.
     assert np.array_equal(to_matrix(served.with_columns(pl.col("ts").str.to_datetime()), spec),
                           to_matrix(late, spec), equal_nan=True)
+
+
+def test_an_online_store_smaller_than_the_feature_set_serves_every_key(state_root,
+                                                                     start_daemon, files):
+    """Memory for 3 keys of 40: every machine's prediction by key is still the one with
+    its latest values sent, before and after a new version re-rates some machines."""
+    (state_root / "appliance.toml").write_text(
+        CONFIG.replace("{missing_key}", "error") + "\n[online_store]\nmax_keys = 3\n")
+    daemon = start_daemon(state_root)
+    drop(state_root, "machine_info", files["info"])
+    wait_for(lambda: daemon.get("/v1/feature-sets/machine_info").json()["keys"] == 40,
+             timeout=30)
+    drop(state_root, "wear", files["train"])
+    daemon.wait_ready_model("wear", 1, timeout=120)
+
+    def check(latest: pl.DataFrame) -> None:
+        raws, fulls = [], []
+        for m in latest.to_dicts():
+            raw = {"machine_id": m["machine_id"], "ts": "2026-03-01T08:00:00",
+                   "current": 15.0, "temperature": 60.0}
+            raws.append(raw)
+            fulls.append({**raw, "rated_current": m["rated_current"], "vendor": m["vendor"]})
+        singles = [daemon.post("/v1/pipelines/wear/predict", json={"rows": [r]}).json()
+                   ["predictions"][0] for r in raws]
+        by_key = daemon.post("/v1/pipelines/wear/predict", json={"rows": raws}).json()
+        sent = daemon.post("/v1/pipelines/wear/predict", json={"rows": fulls}).json()
+        assert by_key["predictions"] == sent["predictions"] == singles
+
+    info = pl.read_csv(files["info"], try_parse_dates=True)
+    check(info.sort("updated_at").group_by("machine_id", maintain_order=True).last())
+    rerated = pl.DataFrame({"machine_id": ["M1", "M3", "M39"],
+                            "updated_at": [T0 + timedelta(days=60)] * 3,
+                            "rated_current": [30.0, 31.0, 39.0], "vendor": ["new"] * 3})
+    path = files["info"].with_name("machine_info_2.csv")
+    rerated.write_csv(path)
+    daemon.post("/v1/pipelines/wear/predict", json={"rows": [
+        {"machine_id": "M1", "ts": "2026-03-01T08:00:00", "current": 1.0,
+         "temperature": 1.0}]})  # M1 is held in memory when the new version lands
+    drop(state_root, "machine_info", path)
+    wait_for(lambda: daemon.get("/v1/feature-sets/machine_info/M1").json()["values"][
+        "rated_current"] == 30.0, timeout=30, what="the new version")
+    both = pl.concat([info, rerated.with_columns(
+        pl.col("updated_at").cast(info.schema["updated_at"]))], how="vertical_relaxed")
+    check(both.sort("updated_at").group_by("machine_id", maintain_order=True).last())

@@ -83,6 +83,8 @@ def _rows(*rows: dict | str) -> dict:
     return _json('{"rows": [' + ", ".join(texts) + "]}")
 
 
+DEEP = 20_000
+
 REFUSALS = [
     # (case, request, status, code, words in the message, details it must carry)
     ("nan", _rows(ROWS[0], _literal(ROWS[1], "temperature_c", "NaN")),
@@ -132,6 +134,17 @@ REFUSALS = [
      {"field": "machine_type", "expected": "a string or null"}),
     ("object for a category", {"json": {"rows": [_row(site={"a": 1})]}}, 422,
      "invalid_row", ["`site`"], {"field": "site"}),
+    # 20,000 levels in 40 KB: past what a JSON decoder can recurse into.
+    ("nested 20,000 levels", _json('{"rows": [{"rpm": ' + "[" * DEEP + "]" * DEEP + "}]}"),
+     400, "invalid_json", ["nested too deeply"], {"field": "(body)"}),
+    ("a body of 20,000 nested arrays", _json("[" * DEEP + "]" * DEEP), 400, "invalid_json",
+     ["nested too deeply"], {"field": "(body)"}),
+    # Deep, but not past the decoder: the row's check refuses it, shown short.
+    ("a value nested 800 levels", _rows(_literal(ROWS[0], "site", "[" * 800 + "]" * 800)),
+     422, "invalid_row", ["`site`", "[[[...]]]"], {"field": "site"}),
+    ("an over-long category", {"json": {"rows": [_row(site="s" * 5000)]}}, 422, "invalid_row",
+     ["row 0", "`site`", "5000 characters", "server.max_string_chars"],
+     {"row": 0, "field": "site", "limit": 1024}),
 ]
 
 
@@ -148,6 +161,20 @@ def test_bad_input_is_refused_with_a_4xx_naming_row_field_and_expectation(
         assert word in body.message, (word, body.message)
     assert details.items() <= body.details.items(), body.details
     assert "Traceback" not in resp.text and 'File "' not in resp.text
+
+
+def test_every_json_body_route_refuses_deep_nesting_with_a_400_and_no_traceback(served):
+    deep = ("[" * DEEP + "]" * DEEP).encode()
+    for path, admin in ((PREDICT, False), ("/v1/pipelines/nope/predict", False),
+                        ("/v1/pipelines/machines/retrain", True)):
+        headers = {"content-type": "application/json"}
+        if admin:
+            headers["Authorization"] = f"Bearer {served.token}"
+        resp = served.http.post(path, content=deep, headers=headers)
+        assert resp.status_code == 400, (path, resp.text)
+        assert resp.json()["code"] == "invalid_json", resp.text
+        assert "nested too deeply" in resp.json()["message"]
+    assert "RecursionError" not in served.log() and "request_failed" not in served.log()
 
 
 def test_unknown_pipeline_404_and_no_model_503_with_retry_after(served):

@@ -12,7 +12,7 @@ from appliance.serving.routes.shared import known_pipeline
 from appliance.store import DatasetRecord
 
 
-@get("/v1/pipelines/{name:str}/ingestions", sync_to_thread=False, tags=["data"],
+@get("/v1/pipelines/{name:str}/ingestions", sync_to_thread=True, tags=["data"],
      responses={**ERRORS_QUERY, **ERRORS_PIPELINE})
 def ingestions(name: FromPath[str], context: Context,
                limit: FromQuery[int] = 100) -> IngestionList:
@@ -38,7 +38,7 @@ def _dataset_status(record: DatasetRecord | None) -> dict[str, str | None]:
     return {"dataset_status": record.status, "dataset_status_reason": record.status_reason}
 
 
-@get("/v1/pipelines/{name:str}/jobs", sync_to_thread=False, tags=["jobs"],
+@get("/v1/pipelines/{name:str}/jobs", sync_to_thread=True, tags=["jobs"],
      responses={**ERRORS_QUERY, **ERRORS_PIPELINE})
 def jobs(name: FromPath[str], context: Context,
          limit: FromQuery[int] = 50) -> JobsResponse:

@@ -11,7 +11,7 @@ from appliance.serving.errors import ERRORS_QUERY
 from appliance.serving.routes.shared import MAX_INT64
 
 
-@get("/v1/events", sync_to_thread=False, tags=["events"], responses=ERRORS_QUERY)
+@get("/v1/events", sync_to_thread=True, tags=["events"], responses=ERRORS_QUERY)
 def events(context: Context, pipeline: FromQuery[str | None] = None,
            after: Annotated[int, Parameter(ge=0, le=MAX_INT64)] = 0,
            limit: FromQuery[int] = 200) -> EventList:

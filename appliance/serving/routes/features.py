@@ -28,27 +28,26 @@ def feature_set_info(context: ServingContext, name: str) -> FeatureSetInfo:
     store, settings = context.store, context.settings
     fs = settings.feature_sets[name]
     record = store.pipeline(name)
-    datasets = store.datasets(name)
-    last = store.ingestions(name, limit=1)
+    datasets, rows, _ = store.dataset_totals(name)
     online = store.online_summary(name)
     return FeatureSetInfo(
         name=name, key=fs.key, timestamp=fs.timestamp,
-        schema=record.schema if record else None, datasets=len(datasets),
-        rows=sum(d.rows for d in datasets), keys=online["keys"],
+        schema=record.schema if record else None, datasets=datasets,
+        rows=rows, keys=online["keys"],
         updated_at=online["updated_at"], newest_event=online["newest_event"],
-        last_ingestion=last[0].finished_at if last else None,
+        last_ingestion=store.last_ingestion_at(name),
         used_by=sorted(p for p, cfg in settings.pipelines.items() if name in cfg.join),
     )
 
 
-@get("/v1/feature-sets", sync_to_thread=False, tags=["features"], responses=HOST)
+@get("/v1/feature-sets", sync_to_thread=True, tags=["features"], responses=HOST)
 def feature_sets(context: Context) -> FeatureSetList:
     """Every declared feature set with its schema, size and freshness."""
     return FeatureSetList(feature_sets=[feature_set_info(context, n)
                                         for n in sorted(context.settings.feature_sets)])
 
 
-@get("/v1/feature-sets/{name:str}", sync_to_thread=False, tags=["features"],
+@get("/v1/feature-sets/{name:str}", sync_to_thread=True, tags=["features"],
      responses=NOT_FOUND)
 def feature_set(name: FromPath[str], context: Context) -> FeatureSetInfo:
     """One feature set: schema, rows, keys in the online store, freshness."""
@@ -56,7 +55,7 @@ def feature_set(name: FromPath[str], context: Context) -> FeatureSetInfo:
     return feature_set_info(context, name)
 
 
-@get("/v1/feature-sets/{name:str}/{key:str}", sync_to_thread=False, tags=["features"],
+@get("/v1/feature-sets/{name:str}/{key:str}", sync_to_thread=True, tags=["features"],
      responses=NOT_FOUND)
 def online_values(name: FromPath[str], key: FromPath[str], context: Context) -> OnlineFeatures:
     """The online store's latest values of one entity."""

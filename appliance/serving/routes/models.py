@@ -3,7 +3,6 @@ retrain)."""
 
 from litestar import get, post
 from litestar.params import FromPath, FromQuery, JSONBody
-from litestar.utils.sync import sync_to_thread
 
 from appliance.api_types import (
     ModelComparison,
@@ -26,22 +25,21 @@ from appliance.serving.openapi import SECURITY_ADMIN
 from appliance.serving.routes.shared import MAX_INT64, known_pipeline, model_info
 
 
-@get("/v1/pipelines/{name:str}/models", tags=["models"],
+@get("/v1/pipelines/{name:str}/models", sync_to_thread=True, tags=["models"],
      responses={**ERRORS_HOST, **ERRORS_PIPELINE, **ERRORS_QUERY})
-async def models(name: FromPath[str], context: Context, compare: FromQuery[bool] = False
-                 ) -> ModelList:
-    """Versions with metrics, lineage and stage, newest first.
+def models(name: FromPath[str], context: Context, compare: FromQuery[bool] = False
+           ) -> ModelList:
+    """Versions with metrics, lineage and stage, newest first (on a worker thread).
 
     Each version's `metrics` are on its own held-out rows. With `compare=true`,
     `comparison` scores every kept version on the same rows, the newest version's
     held-out rows, with each one's gain over production there (the backtest; computed
-    once per new version or production change, on a worker thread)."""
+    once per new version or production change)."""
     known_pipeline(context, name)
     comparison = None
     if compare:
         backtests = context.backtests
-        comparison = (await sync_to_thread(backtests.compare, name)
-                      if backtests is not None else ModelComparison(
+        comparison = (backtests.compare(name) if backtests is not None else ModelComparison(
                           metric=None, rows_from_version=None, rows=0, note="not available"))
     return ModelList(pipeline=name, models=[model_info(r) for r in context.store.models(name)],
                      comparison=comparison)
