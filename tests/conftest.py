@@ -68,11 +68,13 @@ def wait_for(predicate: Callable[[], object], timeout: float = 60.0, every: floa
 
 class DaemonProcess:
     def __init__(self, state_root: Path, args: list[str],
-                 prefix: list[str] | None = None) -> None:
+                 prefix: list[str] | None = None, log_dir: Path | None = None) -> None:
+        """``log_dir``: where the daemon's output goes (beside the state directory unless
+        told; a test that fills the state's disk keeps it elsewhere, as journald would)."""
         self.state_root = state_root
         runfile = state_root / "daemon.json"
         runfile.unlink(missing_ok=True)
-        self.log_path = state_root.parent / f"daemon-{time.time_ns()}.log"
+        self.log_path = (log_dir or state_root.parent) / f"daemon-{time.time_ns()}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [*(prefix or []), sys.executable, "-m", "appliance", "run",

@@ -52,7 +52,10 @@ def placed(root: Path) -> dict[str, list[str]]:
 
 
 def stray_tmp(root: Path) -> list[Path]:
-    return [p for area in ("models", "datasets") for p in (root / area).rglob(".tmp-*")]
+    # os.walk, not rglob: a running daemon removes its temp folders while they are listed.
+    return [Path(d) / n for area in ("models", "datasets")
+            for d, dirs, files in os.walk(root / area)
+            for n in dirs + files if n.startswith(".tmp-")]
 
 
 def models_intact(root: Path) -> list[int]:
@@ -236,12 +239,12 @@ def events_of(daemon: DaemonProcess, kind: str) -> list[dict]:
 
 
 @pytest.mark.timeout(120)
-def test_a_full_disk_stops_ingestion_and_training_but_not_serving(small_disk):
+def test_a_full_disk_stops_ingestion_and_training_but_not_serving(small_disk, tmp_path):
     root = small_disk / "state"
     root.mkdir()
     config = FAST_CONFIG.replace("[ingest]\n", "[ingest]\nmin_free_mb = 8\n")
     (root / "appliance.toml").write_text(config + "\n[jobs]\nretry_attempts = 0\n")
-    daemon = DaemonProcess(root, [])
+    daemon = DaemonProcess(root, [], log_dir=tmp_path)  # the journal is on another disk
     try:
         drop(root, PIPE, SAMPLES / "machines_01.csv")
         daemon.wait_ready_model(PIPE, 1)
@@ -261,7 +264,7 @@ def test_a_full_disk_stops_ingestion_and_training_but_not_serving(small_disk):
 
         # Truly full (the floor set to 0 live): a retrain fails and registers nothing.
         def set_floor(mb: int) -> None:
-            seen = daemon.log().count("config_reloaded")  # the journal: the disk is full
+            seen = daemon.log().count("config_reloaded")
             (root / "appliance.toml").write_text(
                 config.replace("min_free_mb = 8", f"min_free_mb = {mb}")
                 + "\n[jobs]\nretry_attempts = 0\n")

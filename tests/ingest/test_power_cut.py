@@ -29,6 +29,9 @@ from tests.ingest.test_ingest_daemon import configure, finals, put, settled
 
 SYSCALLS = "pwrite64,pwritev,pwritev2,write,fsync,fdatasync,rename,renameat,renameat2"
 LINE = re.compile(r"^(\d+)\s+(?:<\.\.\. )?(\w+)(?: resumed>)?\((.*)")
+# A path argument: a quoted name, after the directory fd it is relative to when there is
+# one (``renameat(5</state/inbox/p>, "a.csv", ...)``, as ``strace -y`` shows it).
+PATH_ARG = re.compile(r'(?:\d+<([^>]*)>,\s*)?"([^"]*)"')
 
 
 def _strace_works(tmp_path: Path) -> bool:
@@ -57,7 +60,7 @@ def unsafe_moves(trace: str) -> tuple[list[str], int]:
         tid, call, args = m.groups()
         first = args.split(",", 1)[0]
         wal = "-wal>" in first
-        paths = re.findall(r'"([^"]*)"', args)
+        paths = [os.path.join(d, name) if d else name for d, name in PATH_ARG.findall(args)]
         if call.startswith(("pwrite", "write")) and wal:
             dirty[tid] = True
         elif call in ("fsync", "fdatasync") and wal:
