@@ -73,6 +73,9 @@ class PipelineSummary(msgspec.Struct, kw_only=True):
     p99_ms: float | None = None
     error_rate: float | None = None
     drift_status: str | None = None  # "ok" | "drift" | None when not checked yet
+    drift_share: float | None = None  # the share of features that drifted
+    drift_importance_share: float | None = None  # the share of gain importance they carry
+    drift_summary: str | None = None  # the latest check's headline in one line
 
 
 class PipelineList(msgspec.Struct, kw_only=True):
@@ -171,18 +174,34 @@ class DriftFeature(msgspec.Struct, kw_only=True):
     js: float | None = None  # categorical: Jensen-Shannon distance
     threshold: float  # the PSI above which the feature drifts
     drifted: bool
+    # Samples of at most drift.test_max_rows rows are tested: the feature's smallest
+    # p-value after Holm's correction for all the tests of the check, and the test that
+    # gave it ("ks", "chi2", "missing"). None when effect sizes decided.
+    p_value: float | None = None
+    test: str | None = None
+    null_share: float | None = None  # the share of missing values in the sample
+    importance: float | None = None  # the share of the model's gain importance it carries
+    severe: bool = False  # PSI above drift.severe_psi, or every value missing
 
 
 class DriftReport(msgspec.Struct, kw_only=True):
     pipeline: str
     model_version: int | None
     computed_at: str
-    source: str  # "predictions" (sampled request inputs) | "ingestion" (a new data set)
+    # "ingestion" (a new data set) | "window" (the newest data sets together, up to
+    # drift.window_rows) | "predictions" (sampled request inputs)
+    source: str
     rows: int
-    drifted: bool  # at least half of the features drifted
+    # The headline: the share of features that drifted or the share of the model's gain
+    # importance they carry passed its threshold, or one feature drifted severely.
+    drifted: bool
     drifted_share: float
     features: list[DriftFeature]
     prediction: DriftFeature | None = None
+    importance_share: float | None = None  # of the production model's gain, on drifted ones
+    severe: list[str] = msgspec.field(default_factory=list)  # features that drifted severely
+    method: str | None = None  # "tests" (p-values, small samples) | "effect_sizes"
+    summary: str | None = None  # the headline in one line
 
 
 class DriftHistoryPoint(msgspec.Struct, kw_only=True):
@@ -192,6 +211,8 @@ class DriftHistoryPoint(msgspec.Struct, kw_only=True):
     drifted: bool
     drifted_share: float
     psi: dict[str, float]  # feature -> PSI
+    importance_share: float | None = None
+    rows: int | None = None
 
 
 class DriftResponse(msgspec.Struct, kw_only=True):
