@@ -189,7 +189,8 @@ class DriftReport(msgspec.Struct, kw_only=True):
     model_version: int | None
     computed_at: str
     # "ingestion" (a new data set) | "window" (the newest data sets together, up to
-    # drift.window_rows) | "predictions" (sampled request inputs)
+    # drift.window_rows) | "newest_data" (the newest data set again, when another model
+    # began serving) | "predictions" (sampled request inputs)
     source: str
     rows: int
     # The headline: the share of features that drifted or the share of the model's gain
@@ -217,8 +218,15 @@ class DriftHistoryPoint(msgspec.Struct, kw_only=True):
 
 class DriftResponse(msgspec.Struct, kw_only=True):
     pipeline: str
-    latest: DriftReport | None
+    latest: DriftReport | None  # of a data set or of sampled inputs
     history: list[DriftHistoryPoint]
+    # The window of the newest data sets, checked after a small one (about the served
+    # model, until the next data set comes).
+    window: DriftReport | None = None
+    # The pipeline's headline, from the latest report or the window when only it drifts:
+    # "ok" | "drift" | None before the served model is checked.
+    status: str | None = None
+    summary: str | None = None
 
 
 class MetricsWindow(msgspec.Struct, kw_only=True):

@@ -142,8 +142,8 @@ class DriftChecks:
             if not datasets:
                 return
             newest = datasets[-1]
-            frame, _ = self.window.frame(model.pipeline, newest.version, newest.rows)
-            self.check_frame(model.pipeline, frame, NEWEST, version=newest.version)
+            self.check_frame(model.pipeline, self.window.read(newest), NEWEST,
+                             version=newest.version)
         except Exception:
             log.exception("drift_check_failed pipeline=%s after v%d began serving",
                           model.pipeline, model.version)

@@ -3,8 +3,8 @@ newest one, newest first, until ``drift.window_rows`` rows, checked as one sampl
 a slow shift spread over many small files is seen.
 
 The window is read from the data sets on disk (``datasets/<pipeline>/vNNNNNN.parquet``),
-so it survives a restart; the frames of the data sets in it are kept in memory, so each
-new file reads only itself."""
+so it survives a restart; the rows of the data sets in it are kept in memory (at most
+``rows`` of each), so each new file reads only itself."""
 
 from __future__ import annotations
 
@@ -43,8 +43,10 @@ class DataWindow:
             frames = []
             for d in reversed(chosen):
                 f = cached.get(d.version)
-                if f is None:
-                    f = pl.read_parquet(self.state_root / d.path)
+                if f is None or f.height < min(rows, d.rows):
+                    # No data set gives the window more than `rows` rows: only those are
+                    # read (the tail of a big one) and kept.
+                    f = pl.scan_parquet(self.state_root / d.path).tail(rows).collect()
                     cached[d.version] = f
                 frames.append(f)
             keep = {d.version for d in chosen}
@@ -55,6 +57,8 @@ class DataWindow:
         window = pl.concat(frames, how="diagonal_relaxed")
         return window.tail(rows), len(frames)
 
-    def forget(self, pipeline: str) -> None:
-        with self._lock:
-            self._frames.pop(pipeline, None)
+    def read(self, dataset: DatasetRecord) -> pl.DataFrame:
+        """One data set, whole (not kept)."""
+        if self.state_root is None:
+            return pl.DataFrame()
+        return pl.read_parquet(self.state_root / dataset.path)
