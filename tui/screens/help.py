@@ -30,7 +30,7 @@ own; nothing is lost.
 | --- | --- |
 | `1` Data | files received (a refused one: why, what to do); feature sets joined; the schema |
 | `2` Models | every version with metrics, stage, the gate's decision and its data lineage |
-| `3` Drift | the headline; each feature's PSI against its threshold, its verdict, its share of the model's gain and, for a small sample, its p-value; drift over time |
+| `3` Drift | the headline; per feature PSI, verdict, share of gain, p-value; drift over time |
 | `4` Traffic | latency percentiles and throughput over time |
 | `5` Jobs | scheduled jobs with their next run, and the history of job runs |
 
