@@ -134,9 +134,16 @@ class DriftChecks:
         and the window ending with it, with the reference of the model now served, so that
         the pipeline's drift status is about that model from the start (a model trained
         mostly on the data before a shift still sees it as drift). Not when the daemon
-        starts: the stored reports stand."""
+        starts: the stored reports stand. On a thread of its own, so that the promotion
+        (and its lock) never waits for it."""
         if old is None or old.version == model.version or not model.meta.get("reference"):
             return
+        threading.Thread(target=self._recheck, args=(model,), daemon=True,
+                         name=f"drift-recheck-{model.pipeline}").start()
+
+    def _recheck(self, model: LoadedModel) -> None:
+        if self.live.get(model.pipeline) is not model:
+            return  # yet another version serves already; its own re-check follows
         try:
             datasets = self.store.datasets(model.pipeline)
             if not datasets:
