@@ -121,6 +121,9 @@ class PipelineSummary(msgspec.Struct, kw_only=True):
     error_rate: float | None = None
     drift_status: str | None = None  # "ok" | "drift" | None when not checked yet
     held: int = 0  # data set versions held (suspect labels), waiting for an operator
+    drift_share: float | None = None  # the share of features that drifted
+    drift_importance_share: float | None = None  # the share of gain importance they carry
+    drift_summary: str | None = None  # the latest check's headline in one line
 
 
 class PipelineList(msgspec.Struct, kw_only=True):
@@ -273,18 +276,35 @@ class DriftFeature(msgspec.Struct, kw_only=True):
     js: float | None = None  # categorical: Jensen-Shannon distance
     threshold: float  # the PSI above which the feature drifts
     drifted: bool
+    # Samples of at most drift.test_max_rows rows are tested: the feature's smallest
+    # p-value after Holm's correction for all the tests of the check, and the test that
+    # gave it ("ks", "chi2", "missing"). None when effect sizes decided.
+    p_value: float | None = None
+    test: str | None = None
+    null_share: float | None = None  # the share of missing values in the sample
+    importance: float | None = None  # the share of the model's gain importance it carries
+    severe: bool = False  # PSI above drift.severe_psi, or every value missing
 
 
 class DriftReport(msgspec.Struct, kw_only=True):
     pipeline: str
     model_version: int | None
     computed_at: str
-    source: str  # "predictions" (sampled request inputs) | "ingestion" (a new data set)
+    # "ingestion" (a new data set) | "window" (the newest data sets together, up to
+    # drift.window_rows) | "newest_data" (the newest data set again, when another model
+    # began serving) | "predictions" (sampled request inputs)
+    source: str
     rows: int
-    drifted: bool  # at least half of the features drifted
+    # The headline: the share of features that drifted or the share of the model's gain
+    # importance they carry passed its threshold, or one feature drifted severely.
+    drifted: bool
     drifted_share: float
     features: list[DriftFeature]
     prediction: DriftFeature | None = None
+    importance_share: float | None = None  # of the production model's gain, on drifted ones
+    severe: list[str] = msgspec.field(default_factory=list)  # features that drifted severely
+    method: str | None = None  # "tests" (p-values, small samples) | "effect_sizes"
+    summary: str | None = None  # the headline in one line
 
 
 class DriftHistoryPoint(msgspec.Struct, kw_only=True):
@@ -294,12 +314,21 @@ class DriftHistoryPoint(msgspec.Struct, kw_only=True):
     drifted: bool
     drifted_share: float
     psi: dict[str, float]  # feature -> PSI
+    importance_share: float | None = None
+    rows: int | None = None
 
 
 class DriftResponse(msgspec.Struct, kw_only=True):
     pipeline: str
-    latest: DriftReport | None
+    latest: DriftReport | None  # of a data set or of sampled inputs
     history: list[DriftHistoryPoint]
+    # The window of the newest data sets, checked after a small one (about the served
+    # model, until the next data set comes).
+    window: DriftReport | None = None
+    # The pipeline's headline, from the latest report or the window when only it drifts:
+    # "ok" | "drift" | None before the served model is checked.
+    status: str | None = None
+    summary: str | None = None
 
 
 class MetricsWindow(msgspec.Struct, kw_only=True):

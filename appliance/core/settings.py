@@ -252,9 +252,28 @@ class DriftSettings(_Section):
         msgspec.Meta(ge=1),
     ] = 3600.0
     min_rows: Annotated[
-        int, _doc("fewer sampled inputs (or rows in a new data set) than this are not checked"),
-        msgspec.Meta(ge=10),
-    ] = 500
+        int, _doc("a data set or window of sampled inputs with fewer rows than this is not "
+                  "checked on its own (a data set still joins the rolling window); 1: every "
+                  "one is, with statistics chosen by its size"),
+        msgspec.Meta(ge=1),
+    ] = 1
+    test_max_rows: Annotated[
+        int, _doc("a sample of at most this many rows is judged by tests with a p-value "
+                  "(Kolmogorov-Smirnov, chi-square, Fisher's exact for missing values) "
+                  "corrected for testing every feature at once (Holm); a larger one by the "
+                  "effect-size thresholds below"),
+        msgspec.Meta(ge=0),
+    ] = 1000
+    alpha: Annotated[
+        float, _doc("with no drift, the chance that a tested sample flags any feature at all"),
+        msgspec.Meta(gt=0, lt=0.5),
+    ] = 0.01
+    window_rows: Annotated[
+        int, _doc("a data set of fewer rows is also checked together with the data sets "
+                  "before it, the newest this many rows as one sample, so a slow shift "
+                  "spread over small files is seen; 0: no window"),
+        msgspec.Meta(ge=0),
+    ] = 1000
     psi_threshold: Annotated[
         float, _doc("a feature drifts when its PSI is above this (0.2: a significant shift)"),
         msgspec.Meta(gt=0),
@@ -273,6 +292,16 @@ class DriftSettings(_Section):
         float, _doc("the data set drifts when at least this share of its features drift"),
         msgspec.Meta(gt=0, le=1),
     ] = 0.5
+    importance_share: Annotated[
+        float, _doc("the data set drifts when its drifted features carry at least this share "
+                    "of the production model's gain importance"),
+        msgspec.Meta(gt=0, le=1),
+    ] = 0.3
+    severe_psi: Annotated[
+        float, _doc("the data set drifts when one feature drifts with a PSI above this, or "
+                    "with every value missing (a column gone empty)"),
+        msgspec.Meta(gt=0),
+    ] = 1.0
 
 
 class RetentionSettings(_Section):

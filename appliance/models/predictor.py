@@ -16,8 +16,10 @@ Two prediction paths, both LightGBM's own code and tested to give the same numbe
 from __future__ import annotations
 
 import ctypes
+import logging
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +29,8 @@ from lightgbm.basic import _LIB, LightGBMError
 
 from appliance.core import ApplianceError
 from appliance.features import FeatureSpec, RowDerivation, RowEncoder
+
+log = logging.getLogger("appliance.models")
 
 # LightGBM's C API constants (c_api.h).
 _PREDICT_NORMAL = 0
@@ -187,9 +191,15 @@ class LiveModels:
         # The longest unseen category a request may send (server.max_string_chars), given
         # to each model as it is swapped in; None: the encoder's default.
         self.max_string_chars = max_string_chars
+        self._listeners: list[Callable[[LoadedModel, LoadedModel | None], None]] = []
 
     def get(self, pipeline: str) -> LoadedModel | None:
         return self._models.get(pipeline)
+
+    def on_swap(self, listener: Callable[[LoadedModel, LoadedModel | None], None]) -> None:
+        """Call ``listener(new, old)`` after each swap (on the swapping thread; what it
+        raises is logged, never passed on to the swap)."""
+        self._listeners.append(listener)
 
     def swap(self, model: LoadedModel) -> LoadedModel | None:
         if self.max_string_chars is not None:
@@ -197,7 +207,12 @@ class LiveModels:
         with self._lock:
             old = self._models.get(model.pipeline)
             self._models = {**self._models, model.pipeline: model}
-            return old
+        for listener in list(self._listeners):
+            try:
+                listener(model, old)
+            except Exception:
+                log.exception("swap_listener_failed pipeline=%s", model.pipeline)
+        return old
 
     def remove(self, pipeline: str) -> LoadedModel | None:
         """Stop serving a pipeline (it is being deleted); returns what served."""

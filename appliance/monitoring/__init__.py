@@ -1,7 +1,7 @@
 """Monitoring: request windows, the box's resources, drift of new data and of request
 inputs, live performance from feedback, the prediction log, and Prometheus' view of them.
 
-``appliance.monitoring.drift`` is a public module too."""
+``appliance.monitoring.drift`` (and its statistics, ``drift_stats``) are public modules too."""
 
 from appliance.monitoring.drift_checks import rows_frame
 from appliance.monitoring.monitor import Monitor

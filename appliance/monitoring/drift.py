@@ -1,216 +1,220 @@
-"""Data drift: how far new data is from the profile of a model's training data.
+"""Data drift: how far new data is from the profile of a model's training data, and
+whether the pipeline's data drifted.
 
 Pure functions over NumPy and Polars; no I/O, no store. The profile
 (:func:`appliance.features.profile.reference_stats`) summarises the training split when a
 model is trained (it is saved in ``model.json`` under ``"reference"``); ``evaluate``
 compares a current sample with it and returns a :class:`~appliance.api_types.DriftReport`.
+The per-feature statistics are :mod:`appliance.monitoring.drift_stats`.
 
-Per numeric (and boolean) feature: the Population Stability Index over the reference's
-decile bins, and the two-sample Kolmogorov-Smirnov statistic evaluated on the reference's
-percentile grid (the largest gap between the two distribution functions at the 101
-reference percentiles, exact at those points). Per categorical feature: PSI over the
-categories and the Jensen-Shannon distance (natural log, as SciPy computes it). Missing
-values are a bin of their own, so a sensor that starts sending nulls is drift too.
+Statistics chosen by sample size (as Evidently does, switching after 1,000 rows):
 
-Thresholds are those the established tools use: PSI above 0.2 is a significant shift
-(the credit-scoring rule of thumb: < 0.1 stable, 0.1-0.2 moderate, > 0.2 significant);
-a KS statistic above 0.2 (Deepchecks' default drift-score bound for numeric features); a
-Jensen-Shannon distance above 0.1 (Evidently's default). A feature drifts when any of its
-scores passes its threshold; the data set drifts when at least half of its features drift.
+- a sample of at most ``drift.test_max_rows`` rows is *tested*: per numeric feature the
+  two-sample Kolmogorov-Smirnov test and a chi-square test over bins of equal reference
+  mass, per categorical feature a chi-square test over its categories, and per feature
+  Fisher's exact test of the share of missing values. All the p-values of a check (the
+  predictions' too) are corrected together by Holm's method, so that with no drift the
+  chance that the check flags anything at all stays under ``drift.alpha``. A test of the
+  missing share counts only when the share moved by at least ``MIN_NULL_CHANGE``;
+- a larger sample is judged by *effect sizes*, with the thresholds the established tools
+  use: PSI above 0.2 is a significant shift (the credit-scoring rule of thumb); a KS
+  statistic above 0.2 (Deepchecks' default); a Jensen-Shannon distance above 0.1
+  (Evidently's default). With many rows every test rejects a difference too small to
+  matter; an effect size says whether it matters.
 
-Small samples: PSI and JS grow with pure sampling noise, about (bins - 1) * (1/n + 1/N)
-for PSI with n current and N reference values. So that noise alone stays far below the
-thresholds, the number of bins is capped by the two sample sizes (``NOISE_BUDGET``):
-adjacent deciles are merged, and rare categories join ``__other__``. With a few thousand
-rows on each side every decile and the common categories are kept.
+The headline: the data set drifts when at least ``drift.share`` of its features drift, or
+the drifted ones carry at least ``drift.importance_share`` of the production model's gain
+importance, or one feature drifts severely: its PSI above ``drift.severe_psi`` (1.0), or
+every value missing in a sample of at least ``MIN_EMPTY_ROWS`` (a column gone empty).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from appliance.api_types import DriftFeature, DriftReport
-from appliance.features.profile import OTHER, as_float, category_counts, sorted_valid
+from appliance.monitoring.drift_stats import (
+    EPS,
+    MIN_EXPECTED,
+    NOISE_BUDGET,
+    Measure,
+    holm,
+    js,
+    ks,
+    max_bins,
+    measure_categorical,
+    measure_numeric,
+    psi,
+)
 
-EPS = 1e-4  # floor of a bin's share in PSI, so an empty bin costs a finite amount
-NOISE_BUDGET = 0.01  # the largest expected PSI from sampling noise alone
-MIN_EXPECTED = 5  # a category gets its own bin when expected this often in both samples
+__all__ = [
+    "EPS", "MIN_EXPECTED", "NOISE_BUDGET", "alarm", "compare", "compare_categorical",
+    "compare_numeric", "evaluate", "headline", "js", "ks", "max_bins", "psi",
+]
 
-
-# --- the scores -------------------------------------------------------------------------
-
-
-def psi(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray) -> float:
-    """Population Stability Index of two distributions over the same bins (shares that
-    each sum to 1): sum((a - e) * ln(a / e)), with empty bins floored at ``EPS``."""
-    e = np.maximum(np.asarray(expected, dtype=np.float64), EPS)
-    a = np.maximum(np.asarray(actual, dtype=np.float64), EPS)
-    return float(np.sum((a - e) * np.log(a / e)))
-
-
-def js(p: Sequence[float] | np.ndarray, q: Sequence[float] | np.ndarray) -> float:
-    """Jensen-Shannon distance (natural log): the square root of the JS divergence."""
-    p = np.asarray(p, dtype=np.float64)
-    q = np.asarray(q, dtype=np.float64)
-    p = p / p.sum() if p.sum() > 0 else p
-    q = q / q.sum() if q.sum() > 0 else q
-    m = (p + q) / 2
-
-    def kl(x: np.ndarray) -> float:
-        nz = x > 0
-        return float(np.sum(x[nz] * np.log(x[nz] / m[nz])))
-
-    return float(math.sqrt(max(0.0, (kl(p) + kl(q)) / 2)))
+MIN_NULL_CHANGE = 0.05  # a tested change of the missing share counts from 5 points
+MIN_EMPTY_ROWS = 30  # a column all missing is severe drift from this many rows
 
 
-def ks(ref_cdf: Sequence[float] | np.ndarray, cur_cdf: Sequence[float] | np.ndarray) -> float:
-    """Kolmogorov-Smirnov statistic: the largest gap between two distribution functions
-    evaluated at the same points."""
-    a = np.asarray(ref_cdf, dtype=np.float64)
-    b = np.asarray(cur_cdf, dtype=np.float64)
-    return float(np.max(np.abs(a - b))) if len(a) else 0.0
-
-
-def max_bins(n_current: int, n_reference: int) -> int:
-    """How many value bins two samples of these sizes support within ``NOISE_BUDGET``."""
-    if n_current <= 0 or n_reference <= 0:
-        return 1
-    return max(2, int(1 + NOISE_BUDGET / (1 / n_current + 1 / n_reference)))
-
-
-# --- comparing --------------------------------------------------------------------------
-
-
-def _with_nulls(value_shares: np.ndarray, null_share: float) -> np.ndarray:
-    return np.concatenate((value_shares * (1.0 - null_share), [null_share]))
-
-
-def compare_numeric(
-    ref: dict[str, Any], values: pl.Series | np.ndarray | Sequence[Any]
-) -> tuple[float, float | None, int]:
+def compare_numeric(ref: dict[str, Any], values: Any) -> tuple[float, float | None, int]:
     """(PSI, KS, rows) of current ``values`` against a numeric reference."""
-    s, total = sorted_valid(as_float(values))
-    n = len(s)
-    if total == 0:
-        return 0.0, None, 0
-    ref_null = float(ref.get("null_fraction", 0.0))
-    cur_null = (total - n) / total
-    edges = np.asarray(ref.get("bin_edges", []), dtype=np.float64)
-    ref_shares = np.asarray(ref.get("bin_fractions", [1.0]), dtype=np.float64)
-    n_ref = round(ref.get("count", 0) * (1.0 - ref_null))
-    if n == 0 or n_ref == 0 or len(edges) == 0:
-        # Nothing to bin on one side: compare only how much is missing.
-        shares_r = np.array([1.0 - ref_null, ref_null])
-        shares_c = np.array([1.0 - cur_null, cur_null])
-        return psi(shares_r, shares_c), None, total
-    keep = len(edges) + 1
-    limit = max_bins(n, n_ref)
-    ref_cum = np.cumsum(ref_shares)[:-1]  # the reference share at or below each edge
-    if keep > limit:
-        # Keep the edges nearest to equal reference mass between them.
-        m = len(edges)
-        idx = np.unique([round((j + 1) * (m + 1) / limit) - 1 for j in range(limit - 1)])
-        edges, ref_cum = edges[idx], ref_cum[idx]
-    cur_le = np.searchsorted(s, edges, side="right")
-    cur_shares = np.diff(np.concatenate(([0], cur_le, [n]))) / n
-    ref_merged = np.diff(np.concatenate(([0.0], ref_cum, [1.0])))
-    score = psi(_with_nulls(ref_merged, ref_null), _with_nulls(cur_shares, cur_null))
-    grid = np.asarray(ref.get("quantiles", []), dtype=np.float64)
-    ks_score = None
-    if len(grid):
-        cur_cdf = np.searchsorted(s, grid, side="right") / n
-        below = np.searchsorted(s, grid[0], side="left") / n  # F just below the reference min
-        ks_score = max(ks(ref["cdf"], cur_cdf), float(below))
-    return score, ks_score, total
+    m = measure_numeric(ref, values)
+    return m.psi, m.ks, m.rows
 
 
-def compare_categorical(ref: dict[str, Any],
-                        values: pl.Series | Sequence[Any]) -> tuple[float, float, int]:
+def compare_categorical(ref: dict[str, Any], values: Any) -> tuple[float, float, int]:
     """(PSI, JS distance, rows) of current ``values`` against a categorical reference."""
-    s = values if isinstance(values, pl.Series) else pl.Series(list(values), strict=False)
-    s = s.cast(pl.String, strict=False)
-    total = len(s)
-    if total == 0:
-        return 0.0, 0.0, 0
-    nulls = s.null_count()
-    n = total - nulls
-    ref_null = float(ref.get("null_fraction", 0.0))
-    cur_null = nulls / total
-    fractions: dict[str, float] = ref.get("fractions", {})
-    n_ref = round(ref.get("count", 0) * (1.0 - ref_null))
-    counts: dict[str, int] = {}
-    if n:
-        counts = dict(zip(*category_counts(s), strict=True))
-    # The most frequent categories, as many as the sample sizes support, each expected at
-    # least MIN_EXPECTED times in both samples; the rest are one bin. Ranked by the pooled
-    # count of both samples, which does not favour either side when nothing changed.
-    smallest = MIN_EXPECTED / max(1, min(n, n_ref))
-    named = sorted(((f * n_ref + counts.get(c, 0), c) for c, f in fractions.items()
-                    if c != OTHER and f >= smallest), reverse=True)
-    limit = max_bins(n, n_ref)
-    kept = [c for _, c in named[: max(1, limit - 1)]]
-    ref_kept = np.array([fractions[c] for c in kept])
-    cur_kept = np.array([counts.get(c, 0) for c in kept], dtype=np.float64)
-    ref_shares = np.append(ref_kept, max(0.0, 1.0 - ref_kept.sum()))
-    cur_shares = np.append(cur_kept, n - cur_kept.sum()) / n if n else np.zeros(len(kept) + 1)
-    r = _with_nulls(ref_shares, ref_null)
-    c = _with_nulls(cur_shares, cur_null)
-    return psi(r, c), js(r, c), total
+    m = measure_categorical(ref, values)
+    return m.psi, m.js or 0.0, m.rows
 
 
 def _round(x: float | None) -> float | None:
     return None if x is None else round(float(x), 6)
 
 
+def _measure(ref: dict[str, Any], values: Any, tests: bool) -> Measure:
+    if ref.get("kind") == "categorical":
+        return measure_categorical(ref, values, tests)
+    return measure_numeric(ref, values, tests)
+
+
+def _by_effect_size(ref: dict[str, Any], m: Measure, settings: Any) -> bool:
+    if ref.get("kind") == "categorical":
+        return m.psi > settings.psi_threshold or (m.js or 0.0) > settings.js_threshold
+    return m.psi > settings.psi_threshold or (m.ks is not None
+                                               and m.ks > settings.ks_threshold)
+
+
+def _feature(name: str, kind: str, m: Measure, drifted: bool, settings: Any,
+             p_value: float | None = None, test: str | None = None) -> DriftFeature:
+    severe = drifted and (m.psi > settings.severe_psi or (
+        m.valid == 0 and m.rows >= MIN_EMPTY_ROWS and m.ref_null_share < 1.0))
+    return DriftFeature(
+        feature=name, kind=kind, psi=_round(m.psi), ks=_round(m.ks), js=_round(m.js),
+        threshold=settings.psi_threshold, drifted=drifted, p_value=_round(p_value),
+        test=test, null_share=_round(m.null_share), severe=severe,
+    )
+
+
 def compare(name: str, ref: dict[str, Any], values: Any, settings: Any,
             kind: str | None = None) -> DriftFeature:
-    """One feature's scores and verdict. ``settings`` has ``psi_threshold``,
-    ``ks_threshold`` and ``js_threshold`` (:class:`appliance.config.DriftSettings`)."""
-    if ref.get("kind") == "categorical":
-        p, j, _ = compare_categorical(ref, values)
-        drifted = p > settings.psi_threshold or j > settings.js_threshold
-        return DriftFeature(feature=name, kind=kind or "categorical", psi=_round(p),
-                            js=_round(j), threshold=settings.psi_threshold, drifted=drifted)
-    p, k, _ = compare_numeric(ref, values)
-    drifted = p > settings.psi_threshold or (k is not None and k > settings.ks_threshold)
-    return DriftFeature(feature=name, kind=kind or "numeric", psi=_round(p), ks=_round(k),
-                        threshold=settings.psi_threshold, drifted=drifted)
+    """One feature's scores and its verdict by effect size. ``settings`` has
+    ``psi_threshold``, ``ks_threshold``, ``js_threshold`` and ``severe_psi``
+    (:class:`appliance.core.DriftSettings`)."""
+    m = _measure(ref, values, tests=False)
+    default = "categorical" if ref.get("kind") == "categorical" else "numeric"
+    return _feature(name, kind or default, m, _by_effect_size(ref, m, settings), settings)
+
+
+def _tested(measured: list[tuple[str, str, dict[str, Any], Measure]],
+            settings: Any) -> list[DriftFeature]:
+    """The verdicts of a tested sample: every p-value of every feature, Holm-corrected
+    together, compared with ``settings.alpha``."""
+    flat = [(i, test, p) for i, (_, _, _, m) in enumerate(measured) for test, p in m.tests]
+    adjusted = holm([p for _, _, p in flat])
+    best: dict[int, tuple[float, str]] = {}
+    for (i, test, _), adj in zip(flat, adjusted, strict=True):
+        m = measured[i][3]
+        if test == "missing" and abs(m.null_share - m.ref_null_share) < MIN_NULL_CHANGE:
+            continue  # a change too small to matter, however sure
+        if i not in best or adj < best[i][0]:
+            best[i] = (adj, test)
+    out = []
+    for i, (name, kind, _, m) in enumerate(measured):
+        p, test = best.get(i, (1.0, None))
+        out.append(_feature(name, kind, m, p <= settings.alpha, settings, p, test))
+    return out
 
 
 def evaluate(reference: dict[str, Any], current: pl.DataFrame, settings: Any, *,
              pipeline: str, model_version: int | None, source: str,
-             predictions: Any = None, computed_at: str | None = None) -> DriftReport:
+             predictions: Any = None, computed_at: str | None = None,
+             importance: Mapping[str, float] | None = None) -> DriftReport:
     """Compare ``current`` (one column per feature, raw values as served or ingested) and
     the model's ``predictions`` on it (see :func:`prediction_values`) with ``reference``.
 
-    The data set drifts when at least ``settings.share`` of its features drift."""
-    features = []
+    ``importance`` is the production model's gain importance per feature (raw column
+    name; features not compared count in the total). Small samples are tested, large
+    ones judged by effect sizes (see the module's docstring)."""
+    tests = current.height <= settings.test_max_rows
+    measured: list[tuple[str, str, dict[str, Any], Measure]] = []
     for name, ref in reference.get("features", {}).items():
         if name in current.columns:
-            features.append(compare(name, ref, current.get_column(name), settings))
-    prediction = None
+            kind = "categorical" if ref.get("kind") == "categorical" else "numeric"
+            measured.append((name, kind, ref, _measure(ref, current.get_column(name), tests)))
     ref_pred = reference.get("prediction")
-    if ref_pred and predictions is not None and len(predictions):
-        prediction = compare("prediction", ref_pred, predictions, settings, kind="prediction")
+    with_prediction = bool(ref_pred and predictions is not None and len(predictions))
+    if with_prediction:
+        measured.append(("prediction", "prediction", ref_pred,
+                         _measure(ref_pred, predictions, tests)))
+    if tests:
+        verdicts = _tested(measured, settings)
+    else:
+        verdicts = [_feature(name, kind, m, _by_effect_size(ref, m, settings), settings)
+                    for name, kind, ref, m in measured]
+    prediction = verdicts.pop() if with_prediction else None
+    features = verdicts
+    total_gain = sum(max(0.0, float(g)) for g in (importance or {}).values())
+    importance_share = None
+    if total_gain > 0:
+        for f in features:
+            f.importance = _round(max(0.0, float(importance.get(f.feature, 0.0)))  # type: ignore[union-attr]
+                                  / total_gain)
+        importance_share = round(sum(f.importance or 0.0 for f in features if f.drifted), 6)
     n_drifted = sum(f.drifted for f in features)
     share = n_drifted / len(features) if features else 0.0
-    return DriftReport(
+    severe = [f.feature for f in features if f.severe]
+    drifted = bool(features) and (
+        share >= settings.share or bool(severe)
+        or (importance_share is not None and importance_share >= settings.importance_share))
+    report = DriftReport(
         pipeline=pipeline, model_version=model_version,
         computed_at=computed_at or datetime.now(UTC).isoformat(timespec="milliseconds")
         .replace("+00:00", "Z"),
-        source=source, rows=current.height,
-        drifted=bool(features) and share >= settings.share,
+        source=source, rows=current.height, drifted=drifted,
         drifted_share=round(share, 6), features=features, prediction=prediction,
+        importance_share=importance_share, severe=severe,
+        method="tests" if tests else "effect_sizes",
     )
+    report.summary = headline(report)
+    return report
 
 
 def alarm(report: DriftReport) -> bool:
-    """Whether a report calls for the operator: the data set drifted, or the model's
-    predictions did."""
+    """Whether a report calls for the operator: the data set drifted (the headline), or
+    the model's predictions did. True means the data set drifted."""
     return report.drifted or bool(report.prediction and report.prediction.drifted)
+
+
+def _why(f: DriftFeature) -> str:
+    if f.severe and f.null_share is not None and f.null_share >= 1.0:
+        return f"{f.feature} (severe: every value missing)"
+    if f.severe:
+        return f"{f.feature} (severe: PSI {f.psi:.2f})"
+    return f.feature
+
+
+def headline(report: DriftReport) -> str:
+    """The report in one line, e.g. ``drift: 3 of 9 features (33%), carrying 41% of the
+    model's gain: temperature_c (severe: PSI 1.52), humidity_pct, vibration_mm_s · 1,500
+    rows, effect sizes``."""
+    n = len(report.features)
+    drifted = [f for f in report.features if f.drifted]
+    parts = [f"{len(drifted)} of {n} features ({report.drifted_share * 100:.0f}%)"]
+    if report.importance_share is not None:
+        parts.append(f"carrying {report.importance_share * 100:.0f}% of the model's gain")
+    line = ("drift: " if report.drifted else "no drift: ") + ", ".join(parts)
+    if drifted:
+        named = [_why(f) for f in sorted(drifted, key=lambda f: (not f.severe,
+                                                                 -(f.importance or 0.0)))]
+        line += ": " + ", ".join(named[:6])
+        line += ", ..." if len(named) > 6 else ""
+    if report.prediction is not None and report.prediction.drifted:
+        line += "; the predictions drifted"
+    how = {"tests": "tests", "effect_sizes": "effect sizes"}.get(report.method or "", "")
+    line += f" · {report.rows:,} rows" + (f", {how}" if how else "")
+    return line

@@ -99,7 +99,9 @@ class Monitor:
                                                 self.state_root, self._now)
         self.refresh_known()
         self.drift_checks = DriftChecks(self.store, self.settings, self.events, self.live,
-                                        self._now, self._drifted, self._known)
+                                        self._now, self._drifted, self._known,
+                                        state_root=self.state_root)
+        self.live.on_swap(self.drift_checks.served_changed)
         self.performance_checks = PerformanceChecks(self.store, self.settings, self.events,
                                                     self.live, self.state_root, self._now)
 
@@ -177,14 +179,16 @@ class Monitor:
 
     def on_ingested(self, pipeline: str, record: IngestionRecord) -> DriftReport | None:
         """The hook after a file is accepted: drift of the new data set against the
-        production model (the report, or None when not checked), then live performance
+        production model (the report, or None when not checked), and of the window of the
+        newest data sets when this one is small, then live performance
         (the file may have been feedback). Never raises: monitoring must not fail an
         ingestion."""
         report = None
         try:
             if record.dataset_path:
                 frame = pl.read_parquet(self.state_root / record.dataset_path)
-                report = self.drift_check_frame(pipeline, frame, source="ingestion")
+                report = self.drift_checks.check_frame(pipeline, frame, "ingestion",
+                                                       version=record.dataset_version)
         except Exception:
             log.exception("drift_check_failed pipeline=%s ingestion=%s", pipeline, record.id)
         try:
@@ -271,9 +275,12 @@ class Monitor:
             summary.p99_ms = round(p99 * 1000, 3) if p99 is not None else None
             summary.error_rate = round((counts.errors_4xx + counts.errors_5xx)
                                        / counts.requests, 6)
-        report = self.current_drift(summary.name)
+        report = self.drift_checks.headline(summary.name)
         if report is not None:
             summary.drift_status = "drift" if drift.alarm(report) else "ok"
+            summary.drift_share = report.drifted_share
+            summary.drift_importance_share = report.importance_share
+            summary.drift_summary = report.summary or drift.headline(report)
         return summary
 
     def collector(self, extra: Callable[[], Iterable[Metric]] | None = None) -> MonitorCollector:

@@ -129,6 +129,10 @@ class MonitorCollector(Collector):
                                "numeric feature in the latest drift check", labels=labels)
         js = GaugeMetricFamily("appliance_drift_js", "Jensen-Shannon distance of each "
                                "categorical feature in the latest drift check", labels=labels)
+        pvalue = GaugeMetricFamily("appliance_drift_p_value",
+                                   "a tested feature's smallest p-value in the latest check "
+                                   "(Holm-corrected; samples up to drift.test_max_rows rows)",
+                                   labels=labels)
         flagged = GaugeMetricFamily("appliance_feature_drifted",
                                     "1 when the feature drifted in the latest check",
                                     labels=labels)
@@ -138,11 +142,22 @@ class MonitorCollector(Collector):
         share = GaugeMetricFamily("appliance_drift_share_ratio",
                                   "share of features that drifted in the latest check",
                                   labels=["pipeline"])
+        weighted = GaugeMetricFamily("appliance_drift_importance_share_ratio",
+                                     "share of the production model's gain importance "
+                                     "carried by the features that drifted in the latest "
+                                     "check", labels=["pipeline"])
+        severe = GaugeMetricFamily("appliance_drift_severe_features",
+                                   "features that drifted severely (PSI above "
+                                   "drift.severe_psi, or every value missing) in the latest "
+                                   "check", labels=["pipeline"])
         names = mon.drift_checks.pipelines_reported()
-        reports = [(n, r) for n in names if (r := mon.drift_checks.current(n)) is not None]
+        reports = [(n, r) for n in names if (r := mon.drift_checks.headline(n)) is not None]
         for name, r in reports:
             detected.add_metric([name], 1.0 if drift.alarm(r) else 0.0)
             share.add_metric([name], r.drifted_share)
+            severe.add_metric([name], float(len(r.severe)))
+            if r.importance_share is not None:
+                weighted.add_metric([name], r.importance_share)
             for f in [*r.features, *([r.prediction] if r.prediction else [])]:
                 if f.psi is not None:
                     psi.add_metric([name, f.feature], f.psi)
@@ -150,8 +165,10 @@ class MonitorCollector(Collector):
                     ks.add_metric([name, f.feature], f.ks)
                 if f.js is not None:
                     js.add_metric([name, f.feature], f.js)
+                if f.p_value is not None:
+                    pvalue.add_metric([name, f.feature], f.p_value)
                 flagged.add_metric([name, f.feature], 1.0 if f.drifted else 0.0)
-        yield from (psi, ks, js, flagged, detected, share)
+        yield from (psi, ks, js, pvalue, flagged, detected, share, weighted, severe)
 
     @staticmethod
     def _store_counts(mon: MonitorView) -> Iterator[Metric]:

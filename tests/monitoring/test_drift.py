@@ -92,7 +92,12 @@ def test_a_feature_scaled_x3_is_flagged_and_no_other(reference, feature):
                                              for f in report.features])
         shifted = next(f for f in report.features if f.feature == feature)
         assert shifted.psi > SETTINGS.psi_threshold and shifted.ks > SETTINGS.ks_threshold
-        assert not report.drifted and report.drifted_share == pytest.approx(1 / 10)
+        assert report.drifted_share == pytest.approx(1 / 10)
+        # One feature of ten, with no importance given: the headline drifts only when
+        # that feature moved severely (a PSI above drift.severe_psi).
+        assert shifted.severe == (shifted.psi > SETTINGS.severe_psi)
+        assert report.drifted == shifted.severe and report.severe == (
+            [feature] if shifted.severe else [])
 
 
 def test_unshifted_batches_flag_nothing_across_seeds(reference):
@@ -132,10 +137,17 @@ def test_half_the_features_drifting_is_data_set_drift(reference):
     assert drift.alarm(report)
 
 
-def test_a_sensor_that_goes_silent_drifts(reference):
-    df = frame(1000, 60).with_columns(pl.lit(None, dtype=pl.Float64).alias("x1"))
+@pytest.mark.parametrize("n", [30, 150, 1000, 5000])
+def test_a_sensor_that_goes_silent_drifts(reference, n):
+    df = frame(n, 60).with_columns(pl.lit(None, dtype=pl.Float64).alias("x1"))
     report = evaluate(reference, df)
     assert [f.feature for f in report.features if f.drifted] == ["x1"]
+    # A column gone empty is severe: the pipeline drifts on that feature alone.
+    assert report.severe == ["x1"] and report.drifted and drift.alarm(report)
+    x1 = next(f for f in report.features if f.feature == "x1")
+    assert x1.null_share == 1.0 and "x1 (severe: every value missing)" in report.summary
+    if n <= SETTINGS.test_max_rows:
+        assert report.method == "tests" and x1.test == "missing" and x1.p_value < 1e-6
 
 
 def test_prediction_drift_numeric_and_multiclass(reference):

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from appliance.api_types import PipelineSummary
 from appliance.core import StateDir, config
 from appliance.daemon import Services
 from appliance.models import LiveModels
@@ -245,11 +246,17 @@ def test_sampled_inputs_drift_against_the_production_reference(machines):
     monitor.clock = clock
     assert "reference" in services.live.get("machines").meta
 
-    log_sample(services, "machines_02.csv", clock.now - 600, n=300)
-    assert monitor.drift_check("machines") is None  # fewer than drift.min_rows
-    log_sample(services, "machines_02.csv", clock.now - 300)
+    assert monitor.drift_check("machines") is None  # nothing sampled yet
+    # A few sampled inputs are checked too, by tests with a p-value.
+    log_sample(services, "machines_02.csv", clock.now - 600, n=40)
+    few = monitor.drift_check("machines")
+    assert few is not None and few.rows == 40 and few.method == "tests"
+    assert not few.drifted and not [f for f in few.features if f.drifted]
+    assert all(f.p_value is not None for f in few.features)
+    log_sample(services, "machines_02.csv", clock.now - 300, n=1160)
     calm = monitor.drift_check("machines")
-    assert calm is not None and calm.source == "predictions" and calm.rows == 1000
+    assert calm is not None and calm.source == "predictions" and calm.rows == 1200
+    assert calm.method == "effect_sizes"
     assert not calm.drifted and not [f for f in calm.features if f.drifted]
     assert not calm.prediction.drifted
     assert monitor.drift_check("machines") is None  # nothing new since
@@ -268,7 +275,8 @@ def test_sampled_inputs_drift_against_the_production_reference(machines):
     response = monitor.drift_response("machines")
     assert response.latest == again
     assert [h.drifted_share for h in response.history] == [
-        0.0, pytest.approx(1 / 3), pytest.approx(1 / 3)]
+        0.0, 0.0, pytest.approx(1 / 3), pytest.approx(1 / 3)]
+    assert report.drifted and report.severe  # PSI above 1: drift, though under half
     assert response.history[-1].psi["temperature_c"] > 0.2
 
 
@@ -358,3 +366,55 @@ def test_prometheus_exposition_parses_with_the_values(machines):
                       "appliance_system_memory_used_ratio") <= 1
     for name in families:
         assert name.startswith("appliance_")
+
+
+# --- small data sets and the rolling window ------------------------------------------------
+
+
+def ingest(services: Services, frame: pl.DataFrame, name: str) -> None:
+    claimed = services.state.pipeline_dir(services.state.processing, "machines") / name
+    frame.write_csv(claimed)
+    services.ingester.process(claimed, "machines")
+
+
+def test_a_slow_shift_over_small_files_is_seen_in_the_window(machines):
+    services = machines("[pipelines.machines.retrain]\nmin_new_rows = 1000000\n")
+    monitor = services.monitor
+    base = pl.read_csv(SAMPLES / "machines_02.csv")
+    sd = pl.read_csv(SAMPLES / "machines_01.csv").select(
+        pl.col("temperature_c", "vibration_mm_s").std()).row(0, named=True)
+    alone, windowed = [], []
+    for i in range(16):  # 16 files of 60 rows, each shifted by 0.25 SD on two features
+        part = base.slice(60 * i, 60).with_columns(
+            pl.col("temperature_c") + 0.25 * sd["temperature_c"],
+            pl.col("vibration_mm_s") + 0.25 * sd["vibration_mm_s"])
+        ingest(services, part, f"{i}__small.csv")
+        report = monitor.drift_checks.current("machines")
+        assert report.source == "ingestion" and report.rows == 60
+        assert report.method == "tests"
+        window = monitor.drift_checks.current_window("machines")
+        assert window is not None and window.source == "window"
+        assert window.rows == 1000  # the newest rows: this file, those before, v1
+        alone.append(drift_flagged(report))
+        windowed.append(drift_flagged(window))
+    # Each file alone is mostly too small to tell; the window sees the shift once it
+    # holds enough of the new rows (half of it), and from then on; it flags nothing else.
+    assert sum(bool(a) for a in alone) <= 2, alone
+    assert all(w == {"temperature_c", "vibration_mm_s"} for w in windowed[8:]), windowed
+    assert all(not w - {"temperature_c", "vibration_mm_s"} for w in windowed)
+    assert window.drifted and window.importance_share > 0.3
+    # The pipeline's summary (the overview's drift column) takes the window's headline.
+    filled = monitor.fill_summary(PipelineSummary(
+        name="machines", status="serving", task="binary", production_version=1,
+        serving_version=1, primary_metric=None, primary_metric_value=None, datasets=17,
+        rows=0, last_ingestion=None))
+    assert filled.drift_status == "drift" and filled.drift_summary == window.summary
+    detected = [e for e in events_of(services, "drift_detected")
+                if e.details.get("source") == "window"]
+    assert len(detected) == 1  # once, when the window started drifting
+    history = monitor.drift_response("machines").history
+    assert [h.source for h in history].count("window") == 16  # one after each file
+
+
+def drift_flagged(report) -> set[str]:
+    return {f.feature for f in report.features if f.drifted}

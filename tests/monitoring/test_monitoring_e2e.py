@@ -11,7 +11,7 @@ import httpx
 import polars as pl
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import SAMPLES, drop, wait_for
+from tests.conftest import FAST_CONFIG, SAMPLES, drop, wait_for
 
 TARGET = "failed_within_24h"
 
@@ -97,11 +97,15 @@ def test_windows_are_exact_under_concurrent_requests(machines_state, start_daemo
 
 
 def test_drift_route_after_a_drifted_batch(machines_state, start_daemon):
+    # v1 serves throughout: no retraining on the new files (the reports stay about v1).
+    (machines_state / "appliance.toml").write_text(
+        FAST_CONFIG + "[pipelines.machines.retrain]\nmin_new_rows = 1000000\n")
     daemon = start_daemon(machines_state)
     drop(machines_state, "machines", SAMPLES / "machines_01.csv")
     daemon.wait_ready_model("machines", 1)
     assert daemon.get("/v1/pipelines/machines/drift").json() == {
-        "pipeline": "machines", "latest": None, "history": []}
+        "pipeline": "machines", "latest": None, "history": [], "window": None,
+        "status": None, "summary": None}
 
     def reports(n: int) -> object:
         body = daemon.get("/v1/pipelines/machines/drift").json()
@@ -119,15 +123,35 @@ def test_drift_route_after_a_drifted_batch(machines_state, start_daemon):
     latest = body["latest"]
     flagged = {f["feature"] for f in latest["features"] if f["drifted"]}
     assert flagged == {"temperature_c", "vibration_mm_s", "humidity_pct"}
-    assert abs(latest["drifted_share"] - 3 / 9) < 1e-5 and not latest["drifted"]  # < half
+    # Fewer than half of the features moved, but they moved far (PSI above 1): the
+    # headline says drift, with the share of the model's gain those features carry.
+    assert abs(latest["drifted_share"] - 3 / 9) < 1e-5 and latest["drifted"]
+    assert latest["method"] == "effect_sizes" and latest["severe"]
+    assert set(latest["severe"]) <= flagged
+    assert 0 < latest["importance_share"] < 1
+    gains = [f["importance"] for f in latest["features"]]
+    assert abs(sum(g for f, g in zip(latest["features"], gains, strict=True) if f["drifted"])
+               - latest["importance_share"]) < 1e-5
+    assert latest["summary"].startswith("drift: 3 of 9 features (33%), carrying ")
     assert latest["prediction"]["drifted"]
     temp = next(f for f in latest["features"] if f["feature"] == "temperature_c")
     assert temp["psi"] > 0.2 and temp["ks"] > 0.2 and temp["threshold"] == 0.2
     assert [h["source"] for h in body["history"]] == ["ingestion", "ingestion"]
     assert body["history"][-1]["psi"]["temperature_c"] == temp["psi"]
+    assert body["history"][-1]["importance_share"] == latest["importance_share"]
+
+    assert body["status"] == "drift" and body["summary"] == latest["summary"]
+    assert body["window"] is None  # 1,500 rows: a file this size is its own window
+    # The overview's drift column reads the headline from the pipeline's summary.
+    summary = daemon.get("/v1/pipelines").json()["pipelines"][0]
+    assert summary["drift_status"] == "drift"
+    assert summary["drift_importance_share"] == latest["importance_share"]
+    assert summary["drift_summary"] == latest["summary"]
 
     events = daemon.get("/v1/events?pipeline=machines").json()["events"]
     detected = [e for e in events if e["kind"] == "drift_detected"]
     assert len(detected) == 1 and detected[0]["level"] == "warning"
     assert set(detected[0]["details"]["features"]) == flagged
+    assert detected[0]["details"]["severe"] == latest["severe"]
+    assert detected[0]["message"].startswith(latest["summary"])
     assert daemon.get("/v1/pipelines/ghost/drift").status_code == 404

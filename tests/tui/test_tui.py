@@ -13,7 +13,7 @@ from textual.message import Message
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Static
 
-from tests.conftest import SAMPLES, drop
+from tests.conftest import SAMPLES, drop, wait_for
 from tui.app import ApplianceApp, make_app
 from tui.messages import ConnectionLost, ConnectionRestored
 from tui.screens.confirm import ConfirmScreen
@@ -246,3 +246,48 @@ async def test_the_data_tab_shows_the_feature_sets_a_pipeline_joins(state_root, 
         assert column(sets, "machine_info", "event").endswith("ago")  # its newest updated_at
         assert sets.border_subtitle == ""
         assert sets.display
+
+
+async def test_the_demos_drifted_file_shows_as_drift_in_the_overview(state_root, start_daemon):
+    # The demo's config and files, in its order: each new file retrains, as in the demo.
+    (state_root / "appliance.toml").write_text((SAMPLES / "appliance.toml").read_text())
+    daemon = start_daemon(state_root)
+    drop(state_root, "machine_info", SAMPLES / "machine_info.csv")
+
+    def trainings_done(n: int) -> bool:
+        jobs = daemon.get("/v1/pipelines/machines/jobs").json()["history"]
+        return len(jobs) >= n and all(j["status"] != "running" for j in jobs) and \
+            daemon.get("/v1/pipelines/machines").json()["status"] != "training"
+
+    for n, name in enumerate(["machines_01.csv", "machines_02.csv",
+                              "machines_03_drifted.csv"], start=1):
+        drop(state_root, "machines", SAMPLES / name)
+        await asyncio.to_thread(wait_for, lambda n=n: trainings_done(n), 120, 0.2,
+                                f"training on {name}")
+    # About the model served now: when a retrained version was promoted, the newest data
+    # set is checked again against its reference.
+    served = daemon.get("/v1/pipelines/machines").json()["production"]["version"]
+
+    def checked() -> dict | None:
+        body = daemon.get("/v1/pipelines/machines/drift").json()
+        latest = body["latest"]
+        return body if latest and latest["model_version"] == served else None
+
+    drift = await asyncio.to_thread(wait_for, checked, 60, 0.2, "the served model's check")
+    assert drift["status"] == "drift", drift["summary"]
+    assert drift["latest"]["source"] == ("ingestion" if served < 3 else "newest_data")
+
+    app = make_app(daemon.url, daemon.token, refresh_seconds=0.3)
+    async with app.run_test(size=SIZE) as pilot:
+        table = app.screen.query_one("#pipelines", DataTable)
+        await until(pilot, lambda: "machines" in rows(table), what="the pipeline row")
+        # The served model (retrained on the drifted file or not) is checked against the
+        # newest data: fewer than half of the features moved, but they moved far.
+        cell = column(table, "machines", "drift")
+        assert cell.startswith("drift ") and cell.endswith("%"), cell
+        await pilot.press("enter", "3")
+        await until(pilot, lambda: isinstance(app.screen, PipelineScreen), 5, "the screen")
+        note = app.screen.query_one("#drift-note", Static)
+        await until(pilot, lambda: text_of(note).startswith("DRIFT: 3 of 9 features (33%)"),
+                    10, "the Drift tab's headline")
+        assert "(severe: PSI" in text_of(note)

@@ -257,8 +257,8 @@ async def test_features_light_up_when_the_daemon_gains_them():
         await until(pilot, lambda: "Drift is not available" in text_of(drift_note), 5,
                     "the drift placeholder")
         missing.clear()  # the daemon is upgraded
-        await until(pilot, lambda: "3 of 9 features over their threshold" in
-                    text_of(drift_note), 5, "drift to appear")
+        await until(pilot, lambda: "DRIFT: 3 of 9 features (33%), carrying 41% of the "
+                    "model's gain" in text_of(drift_note), 5, "drift to appear")
         assert app.screen.query_one(DriftBars).report is not None
         await pilot.press("escape")
         await until(pilot, lambda: "CPU" in text_of(app.screen.query_one("#box-cpu")), 5,
@@ -273,7 +273,8 @@ async def test_overview_columns_from_monitoring():
         await until(pilot, lambda: table.row_count == 3, 5, "the pipelines")
         assert [column(table, "machines", k) for k in
                 ("model", "metric", "rps", "p50", "p99", "err", "drift", "last")] == [
-            "v3", "auc 0.912", "4.2", "1.8ms", "6.4ms", "0.2%", "ok", "13m ago"]
+            "v3", "auc 0.912", "4.2", "1.8ms", "6.4ms", "0.2%", "drift 41%", "13m ago"]
+        assert column(table, "energy", "drift") == "drift 50%"  # no gains: the feature share
         assert column(table, "vision", "status") == "waiting for data"
         assert column(table, "vision", "rps") == "–"
         assert NOW.tzinfo is UTC

@@ -43,6 +43,7 @@ from appliance.api_types import (
     SystemResponse,
     identity_proof,
 )
+from appliance.monitoring import drift
 
 NOW = datetime(2026, 3, 2, 10, 0, 0, tzinfo=UTC)
 
@@ -141,29 +142,35 @@ INGESTIONS = [
 
 FEATURES = ["temperature_c", "vibration_mm_s", "humidity_pct", "pressure_bar", "rpm",
             "hours_since_service", "machine_type", "site", "machine_id"]
-PSI = [0.412, 0.318, 0.265, 0.081, 0.044, 0.031, 0.012, 0.006, 0.003]
+PSI = [1.412, 0.318, 0.265, 0.081, 0.044, 0.031, 0.012, 0.006, 0.003]
+GAIN = [0.11, 0.25, 0.05, 0.03, 0.03, 0.48, 0.0, 0.01, 0.04]
 
 
 def _drift() -> DriftResponse:
     features = [
         DriftFeature(feature=f, kind="categorical" if f in ("machine_type", "site",
                                                             "machine_id") else "numeric",
-                     psi=p, threshold=0.2, drifted=p > 0.2)
-        for f, p in zip(FEATURES, PSI, strict=True)
+                     psi=p, threshold=0.2, drifted=p > 0.2, importance=g, severe=p > 1)
+        for f, p, g in zip(FEATURES, PSI, GAIN, strict=True)
     ]
     latest = DriftReport(
-        pipeline="machines", model_version=3, computed_at=iso(1), source="predictions",
-        rows=2400, drifted=False, drifted_share=3 / 9, features=features,
+        pipeline="machines", model_version=3, computed_at=iso(1), source="ingestion",
+        rows=1500, drifted=True, drifted_share=3 / 9, features=features,
         prediction=DriftFeature(feature="prediction", kind="prediction", psi=0.15,
-                                threshold=0.2, drifted=False))
+                                threshold=0.2, drifted=False),
+        importance_share=0.41, severe=["temperature_c"], method="effect_sizes")
+    latest.summary = drift.headline(latest)
     history = [
         DriftHistoryPoint(computed_at=iso(60 - 5 * i), source="predictions", model_version=3,
                           drifted=share >= 0.5, drifted_share=share,
-                          psi={"temperature_c": share})
-        for i, share in enumerate([0.0, 0.0, 0.11, 0.11, 0.22, 0.56, 0.67, 0.33, 0.33,
-                                   0.22, 0.33, 0.33])
+                          psi={"temperature_c": share}, importance_share=gain)
+        for i, (share, gain) in enumerate(zip(
+            [0.0, 0.0, 0.11, 0.11, 0.22, 0.56, 0.67, 0.33, 0.33, 0.22, 0.33, 0.33],
+            [0.0, 0.0, 0.05, 0.05, 0.16, 0.52, 0.64, 0.41, 0.41, 0.16, 0.41, 0.41],
+            strict=True))
     ]
-    return DriftResponse(pipeline="machines", latest=latest, history=history)
+    return DriftResponse(pipeline="machines", latest=latest, history=history,
+                         status="drift", summary=latest.summary)
 
 
 def _metrics_windows() -> PipelineMetrics:
@@ -198,11 +205,13 @@ PIPELINES = [
     PipelineSummary(name="machines", status="serving", task="binary", production_version=3,
                     serving_version=3, primary_metric="auc", primary_metric_value=0.9120,
                     datasets=3, rows=6000, last_ingestion=iso(13), requests_per_s=4.2,
-                    p50_ms=1.8, p99_ms=6.4, error_rate=0.002, drift_status="ok"),
+                    p50_ms=1.8, p99_ms=6.4, error_rate=0.002, drift_status="drift",
+                    drift_share=3 / 9, drift_importance_share=0.41),
     PipelineSummary(name="energy", status="training", task="regression", production_version=1,
                     serving_version=1, primary_metric="rmse", primary_metric_value=3.217,
                     datasets=1, rows=800, last_ingestion=iso(0.2), requests_per_s=0.5,
-                    p50_ms=1.1, p99_ms=2.9, error_rate=0.0, drift_status="drift"),
+                    p50_ms=1.1, p99_ms=2.9, error_rate=0.0, drift_status="drift",
+                    drift_share=0.5),
     PipelineSummary(name="vision", status="waiting_for_data", task=None,
                     production_version=None, serving_version=None, primary_metric=None,
                     primary_metric_value=None, datasets=0, rows=0, last_ingestion=None),

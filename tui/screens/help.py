@@ -18,7 +18,8 @@ own; nothing is lost.
 ## Overview
 
 - **Pipelines**: status, production model and its metric, requests/s, p50/p99 latency,
-  error rate, drift, and when data last arrived. `enter` opens a pipeline.
+  error rate, drift (`drift 41%`: the drifted features carry 41% of the model's gain), and
+  when data last arrived. `enter` opens a pipeline.
 - **Box**: CPU, memory and disk of the machine, and what the daemon itself uses.
 - **Events**: what the appliance did, newest first: files taken or refused, training,
   promotions, drift. `enter` on an event opens its pipeline.
@@ -29,7 +30,7 @@ own; nothing is lost.
 | --- | --- |
 | `1` Data | files received (refused: why; held: its suspect labels); feature sets; schema |
 | `2` Models | every version on the same newest rows and on its own, the gate's verdict, lineage |
-| `3` Drift | each feature's drift score (PSI) against its threshold, and drift over time |
+| `3` Drift | the headline; per feature PSI, verdict, share of gain, p-value; drift over time |
 | `4` Traffic | latency percentiles and throughput over time |
 | `5` Jobs | scheduled jobs with their next run, and the history of job runs |
 

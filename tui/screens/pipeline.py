@@ -38,13 +38,15 @@ from tui.widgets.banner import ConnectionBanner
 from tui.widgets.charts import TimeChart
 from tui.widgets.drift_bars import DriftBars
 from tui.widgets.filter_table import FilterTable
-from tui.widgets.pipeline_table import drift_text, status_text
+from tui.widgets.pipeline_table import drift_share, drift_text, status_text
 
 if TYPE_CHECKING:
     from tui.app import ApplianceApp
 
 T = TypeVar("T")
 TABS = ["data", "models", "drift", "traffic", "jobs"]
+SOURCES = {"ingestion": "a new data set", "window": "the newest data sets",
+           "newest_data": "the newest data set", "predictions": "sampled requests"}
 STATUS_WORD = {"rejected": "refused"}  # the API's word, and the one the console uses
 STATUS_STYLE = {"accepted": "green", "rejected": "bold yellow", "duplicate": "dim",
                 "succeeded": "green", "failed": "bold red", "running": "yellow",
@@ -147,8 +149,8 @@ class PipelineScreen(ModelsTab, LiveScreen):
                 yield Static("loading…", id="drift-note", classes="note")
                 with VerticalScroll(id="drift-body"):
                     yield DriftBars(id="drift-bars")
-                yield TimeChart("features over their threshold (%) per check; the pipeline "
-                                "drifts at 50%", id="drift-chart")
+                yield TimeChart("drifted features and their share of the model's gain (%) "
+                                "per check", id="drift-chart")
             with TabPane("4 Traffic", id="traffic"):
                 yield Static("loading…", id="traffic-note", classes="note")
                 yield TimeChart("latency (ms)", id="latency-chart")
@@ -268,9 +270,14 @@ class PipelineScreen(ModelsTab, LiveScreen):
         if d.held:
             text.append(f" · {len(d.held)} held (suspect labels)", style="bold yellow")
         if s is not None:
-            text.append(f" · {fmt.rate(s.requests_per_s)} req/s · p99 {fmt.ms(s.p99_ms)} · "
-                        "drift ")
-            text.append_text(drift_text(s.drift_status))
+            text.append(f" · {fmt.rate(s.requests_per_s)} req/s · p99 {fmt.ms(s.p99_ms)} · ")
+            if s.drift_status == "drift":
+                share = drift_share(s)
+                text.append("DRIFT" + (f" {share * 100:.0f}%" if share else ""),
+                            style="bold red")
+            else:
+                text.append("drift ")
+                text.append_text(drift_text(s.drift_status))
         self.query_one("#summary", Static).update(text)
 
     def _show_schema(self, d: PipelineDetail) -> None:
@@ -421,22 +428,42 @@ class PipelineScreen(ModelsTab, LiveScreen):
             bars.report = None
             return
         summary = Text()
-        drifted = sum(f.drifted for f in latest.features)
-        summary.append("DRIFT" if latest.drifted else "no drift",
-                       style="bold red" if latest.drifted else "bold green")
-        summary.append(f" · {drifted} of {len(latest.features)} features over their threshold "
-                       f"({latest.drifted_share * 100:.0f}%) · checked "
-                       f"{fmt.ago(latest.computed_at, now)} on {latest.rows:,} rows from "
-                       f"{latest.source}")
+        source = SOURCES.get(latest.source, latest.source)
+        if drift.summary is not None:  # the headline, from the daemon
+            on = drift.status == "drift"
+            head, _, rest = drift.summary.partition(": ")
+            summary.append(head.upper() if on else head,
+                           style="bold red" if on else "bold green")
+            summary.append(f": {rest}" if rest else "")
+            summary.append(f"\nchecked {fmt.ago(latest.computed_at, now)} on {source}",
+                           style="dim")
+        else:  # a daemon from before the headline
+            drifted = sum(f.drifted for f in latest.features)
+            summary.append("DRIFT" if latest.drifted else "no drift",
+                           style="bold red" if latest.drifted else "bold green")
+            summary.append(f" · {drifted} of {len(latest.features)} features over their "
+                           f"threshold ({latest.drifted_share * 100:.0f}%) · checked "
+                           f"{fmt.ago(latest.computed_at, now)} on {latest.rows:,} rows "
+                           f"from {source}")
         if latest.model_version is not None:
-            summary.append(f" vs v{latest.model_version}'s training data")
+            summary.append(f" vs v{latest.model_version}'s training data", style="dim")
+        if latest.method == "tests":
+            summary.append(" · a small sample: tests with p-values (Holm)", style="dim")
+        window = drift.window
+        if window is not None:
+            summary.append(f"\nwindow of the newest {window.rows:,} rows (small files "
+                           "together): ", style="dim")
+            summary.append(window.summary or "", style="red" if window.drifted else "dim")
         note.update(summary)
         bars.report = latest
-        points = [(ts.timestamp(), h.drifted_share * 100) for h in drift.history
-                  if (ts := fmt.parse_ts(h.computed_at)) is not None]
-        points.sort()
-        chart.plot([("drifted %", [x for x, _ in points], [y for _, y in points])],
-                   now.timestamp(), hline=50.0, ymin=0.0)
+        points = [(ts.timestamp(), h.drifted_share * 100, h.importance_share)
+                  for h in drift.history if (ts := fmt.parse_ts(h.computed_at)) is not None]
+        points.sort(key=lambda p: p[0])
+        series = [("features %", [x for x, _, _ in points], [y for _, y, _ in points])]
+        weighted = [(x, w * 100) for x, _, w in points if w is not None]
+        if weighted:
+            series.append(("gain %", [x for x, _ in weighted], [y for _, y in weighted]))
+        chart.plot(series, now.timestamp(), ymin=0.0)
 
     # --- traffic -----------------------------------------------------------------------
 

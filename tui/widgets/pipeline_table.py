@@ -23,11 +23,21 @@ def status_text(status: str) -> Text:
     return Text(status.replace("_", " "), style=STATUS_STYLE.get(status, ""))
 
 
-def drift_text(status: str | None) -> Text:
+def drift_text(status: str | None, share: float | None = None) -> Text:
+    """The drift headline: ok or drift, and the share of the model's gain importance (or,
+    without it, of the features) that drifted, when some did."""
     if status is None:
         return Text(fmt.NONE, style="dim")
     style = {"ok": "green", "drift": "bold red"}.get(status, "yellow")
-    return Text(status, style=style)
+    text = Text(status, style=style)
+    if share:
+        text.append(f" {share * 100:.0f}%", style="red" if status == "drift" else "dim")
+    return text
+
+
+def drift_share(p: PipelineSummary) -> float | None:
+    return (p.drift_importance_share if p.drift_importance_share is not None
+            else p.drift_share)
 
 
 class PipelineTable(FilterTable):
@@ -56,5 +66,5 @@ class PipelineTable(FilterTable):
             Text(p.name, style="bold"), status_text(p.status), model, metric,
             Text(fmt.rate(p.requests_per_s), justify="right"),
             Text(fmt.ms(p.p50_ms), justify="right"), Text(fmt.ms(p.p99_ms), justify="right"),
-            err, drift_text(p.drift_status), fmt.ago(p.last_ingestion, now),
+            err, drift_text(p.drift_status, drift_share(p)), fmt.ago(p.last_ingestion, now),
         ]
