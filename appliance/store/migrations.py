@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-SCHEMA_VERSION = 4  # the number of migrations; a test keeps them in step
+SCHEMA_VERSION = 5  # the number of migrations; a test keeps them in step
 
 migrations = Migrations("appliance")
 
@@ -209,4 +209,22 @@ def _m0010(db: sqlite_utils.Database) -> None:
             dataset_version INTEGER NOT NULL,
             updated_at TEXT NOT NULL,
             PRIMARY KEY (feature_set, key)
+        )""")
+
+
+@migrations(name="0011_issue19_ingest_attempts")
+def _m_ingest_attempts(db: sqlite_utils.Database) -> None:
+    # Attempts at a file that did not end: ``started`` counts the starts of a claimed file
+    # (key: its claimed name) that the process did not live to finish; ``no_room`` and
+    # ``no_memory`` count the times a file (key: its sha256) went back to the inbox for want
+    # of disk space or memory. A row goes when its file ends.
+    db.execute("""
+        CREATE TABLE ingest_attempts (
+            pipeline TEXT NOT NULL,
+            kind TEXT NOT NULL,             -- started | no_room | no_memory
+            key TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            details_json TEXT NOT NULL DEFAULT '{}',
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (pipeline, kind, key)
         )""")
