@@ -72,7 +72,6 @@ class InboxWatcher:
     """
 
     POLL_SECONDS = 0.2
-    HOLD_SECONDS = 30.0
 
     def __init__(self, state: StateDir, settings: IngestSettings,
                  submit: Callable[[Path, str], None], events: Events | None = None,
@@ -132,9 +131,10 @@ class InboxWatcher:
                     self.submit(path, pipe_dir.name)
 
     def hold(self, path: Path) -> None:
-        """Leave ``path`` alone for a while (it came back for want of disk space)."""
+        """Leave ``path`` alone until the next rescan is due (``ingest.rescan_seconds``): it
+        came back for want of disk space, file descriptors or memory."""
         with self._lock:
-            self._held[path] = time.monotonic() + self.HOLD_SECONDS
+            self._held[path] = time.monotonic() + self.settings.rescan_seconds
         self.note(path)
 
     def note(self, path: Path, renamed: bool = False) -> None:
