@@ -91,7 +91,8 @@ class IngestSettings(_Section):
         msgspec.Meta(ge=0),
     ] = 2.0
     rescan_seconds: Annotated[
-        float, _doc("full rescan of the inbox, to catch what file events missed"),
+        float, _doc("full rescan of the inbox, to catch what file events missed; a file sent "
+                    "back for want of disk space, file descriptors or memory waits this long"),
         msgspec.Meta(gt=0),
     ] = 30.0
     max_file_mb: Annotated[

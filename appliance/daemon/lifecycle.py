@@ -489,6 +489,7 @@ class Daemon:
             # again, a half-written model is removed and the job marked at the next start),
             # so the process leaves it rather than overrun systemd's stop timeout.
             self.abandoned_jobs = True
+            self.services.ingester.interrupted()  # a stop, not a crash on the file
             self.services.events.emit(
                 "stopped", f"stopped; a job still running after {STOP_BUDGET_SECONDS:.0f} s "
                 "was left to be redone at the next start", level="warning")

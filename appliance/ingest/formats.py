@@ -1,11 +1,12 @@
 """Opening a dropped file with Polars: CSV, CSV.gz and Parquet.
 
 A .csv.gz is first decompressed beside the claimed file, refused once it passes
-``ingest.max_file_mb`` (a gzip bomb stops there). A Parquet file is judged by its footer
-(:mod:`~appliance.ingest.parquet_footer`: row count, declared and decoded sizes) before
-anything is loaded. A CSV's header line is checked (UTF-8, column count, unique names)
-before Polars scans it. What opens is a lazy scan and the columns' names and types; the
-conversion is :mod:`~appliance.ingest.schema`'s.
+``ingest.max_file_mb``, and stopped once it passes half the disk space above
+``ingest.min_free_mb`` (a gzip bomb stops there, before the disk is full). A Parquet file is
+judged by its footer (:mod:`~appliance.ingest.parquet_footer`: row count, declared and
+decoded sizes) before anything is loaded. A CSV's header line is checked (UTF-8, column
+count, unique names) before Polars scans it. What opens is a lazy scan and the columns'
+names and types; the conversion is :mod:`~appliance.ingest.schema`'s.
 
 Every Polars call runs through :func:`polars_call`, so any failure inside the parser, even
 a Rust panic, becomes a :class:`PolarsFailure` that refuses that file and nothing else; a
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import errno
 import gzip
 import io
 import os
@@ -31,17 +31,18 @@ from typing import Any
 import polars as pl
 
 from appliance.core import ApplianceError, IngestSettings
+from appliance.ingest.faults import TRANSIENT, NoRoom, os_error_in
 from appliance.ingest.outcomes import bad_value, not_utf8
 from appliance.ingest.parquet_footer import FooterError, read_footer
 from appliance.ingest.work import CHUNK, Work
 
 _PROBE_BYTES = 4 << 20              # the CSV header must end within this
+_ROOM_CHECK_BYTES = 64 << 20        # how often gunzip looks at the disk's free space again
 _DIAGNOSE_ROWS = 5_000_000          # how far a ragged-line diagnosis reads with Python's csv
 ROW_INDEX = "__appliance_row__"     # the row-number column of a search for a bad value
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
-# --- every Polars call: a failure refuses the file, a full disk waits -------------------
+# --- every Polars call: a failure refuses the file, a fault of the box waits ------------
 
 
 class PolarsFailure(Exception):
@@ -56,19 +57,24 @@ class PolarsFailure(Exception):
 
 def polars_call(fn: Callable[[], Any]) -> Any:
     """Run a Polars call; every failure, a panic included, becomes a ``PolarsFailure``,
-    except a full disk, which stays an ``OSError`` (the file waits, it is not at fault)."""
+    except a fault of the box (a full disk, no file descriptors or memory left), which
+    stays an ``OSError`` or ``MemoryError``: the file waits, it is not at fault."""
     try:
         return fn()
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit, MemoryError):
         raise
     except OSError as exc:
-        if exc.errno in NO_SPACE:
+        if exc.errno in TRANSIENT:
             raise
+        # Polars' own OS errors carry no errno, only text: "Too many open files (os error 24)"
+        box = os_error_in(str(exc)) if exc.errno is None else None
+        if box is not None:
+            raise box from None
         raise PolarsFailure(exc) from None
     except BaseException as exc:  # Polars panics raise PanicException, a BaseException
-        text = str(exc)
-        if "os error 28" in text or "No space left" in text or "os error 122" in text:
-            raise OSError(errno.ENOSPC, "No space left on device") from None
+        box = os_error_in(str(exc))
+        if box is not None:
+            raise box from None
         raise PolarsFailure(exc) from None
 
 
@@ -80,10 +86,15 @@ def scan_csv(path: Path, **options: Any) -> pl.LazyFrame:
     return pl.scan_csv(path, glob=False, **options)
 
 
-def gunzip(work: Work, limits: IngestSettings) -> Path:
-    """Decompress a .csv.gz beside the claimed file (a hidden name, cleaned up after),
-    refusing it once it passes ``ingest.max_file_mb`` (a gzip bomb stops there)."""
+def gunzip(work: Work, limits: IngestSettings, room: Callable[[], int]) -> Path:
+    """Decompress a .csv.gz beside the claimed file (a hidden name, cleaned up after), on a
+    running byte budget: refused once it passes ``ingest.max_file_mb``, and stopped with
+    :class:`NoRoom` once it passes half the disk space above ``ingest.min_free_mb``
+    (``room()`` at the start; the other half is the conversion's) or once the disk falls
+    to that floor meanwhile. A gzip bomb so stops before it fills the disk."""
     limit = limits.max_file_mb * 1024 * 1024
+    room_at_start = room()
+    budget = min(limit, max(room_at_start, 0) // 2)
     out = work.claimed.with_name("." + work.claimed.name + ".csv")
     work.temps.append(out)
     total = 0
@@ -109,6 +120,15 @@ def gunzip(work: Work, limits: IngestSettings) -> Path:
                     "(ingest.max_file_mb)",
                     {"decompressed_bytes_over": total, "limit_mb": limits.max_file_mb},
                 )
+            left = room() if total % _ROOM_CHECK_BYTES < len(chunk) else 1
+            if total > budget or left <= 0:
+                raise NoRoom(
+                    f"`{work.name}` decompresses to more than {total / 1e6:.0f} MB, over "
+                    f"half the {room_at_start / 1e6:.0f} MB the state directory's disk had "
+                    f"free above ingest.min_free_mb ({limits.min_free_mb} MB) when it began",
+                    {"decompressed_bytes_over": total, "budget_bytes": budget,
+                     "room_bytes_at_start": room_at_start, "room_bytes_left": left,
+                     "min_free_mb": limits.min_free_mb})
             f.write(chunk)
     if total == 0:
         raise ApplianceError("empty_file", f"`{work.name}` decompresses to nothing",

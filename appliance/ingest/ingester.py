@@ -21,8 +21,12 @@ The way of one file through :meth:`Ingester.process`, and the module of each ste
 6. the move to ``archive/`` or ``rejected/`` under a free name, with the reason file of a
    refusal (:mod:`~appliance.ingest.outcomes`), and the event that tells about it.
 
-Any refusal along the way is an ``ApplianceError`` that ends in step 6. A full disk is
-not the file's fault: it goes back to the inbox, to wait for room.
+Any refusal along the way is an ``ApplianceError`` that ends in step 6. A fault of the box
+(no disk space, file descriptors or memory left) is not the file's: it goes back to the
+inbox, to be taken again, and is refused only when it may be at fault, the second time it
+runs out of room or memory (:mod:`~appliance.ingest.faults`). Each start of a claimed file
+is counted in SQLite before it is read: a file the process died on twice is refused at the
+next start, unread, so one file can't keep the daemon in a crash loop.
 
 Files stream: a CSV is converted with Polars' lazy engine (``scan_csv`` ... ``sink_parquet``),
 so a file several times larger than memory goes through in bounded memory, with the schema
@@ -49,8 +53,13 @@ import polars as pl
 
 from appliance.core import ApplianceError, Settings, StateDir
 from appliance.features import dtype_from_name
+from appliance.ingest.faults import (
+    CRASHES_TOLERATED,
+    TIMES_SENT_BACK,
+    NoRoom,
+    fault_of,
+)
 from appliance.ingest.formats import (
-    NO_SPACE,
     PolarsFailure,
     gunzip,
     open_csv,
@@ -75,12 +84,13 @@ log = logging.getLogger("appliance.ingest")
 
 FEEDBACK_ID = "prediction_id"
 # Test hook for the crash-recovery tests: the process kills itself (SIGKILL, as `kill -9`)
-# when ingestion reaches the named step. Unset in production.
-_CRASH_AT = os.environ.get("APPLIANCE_TEST_CRASH_AT", "")
+# when ingestion reaches the named step (``step``), or reaches it with the named file
+# (``step:file name``). Unset in production.
+_CRASH_AT, _, _CRASH_FILE = os.environ.get("APPLIANCE_TEST_CRASH_AT", "").partition(":")
 
 
-def _step(name: str) -> None:
-    if name == _CRASH_AT:
+def _step(name: str, file: str = "") -> None:
+    if name == _CRASH_AT and (not _CRASH_FILE or file == _CRASH_FILE):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -88,30 +98,36 @@ class Ingester:
     """Ingests claimed files, one at a time (the daemon runs it on one worker thread)."""
 
     def __init__(self, state: StateDir, store: Store, events: Events, settings: Settings,
-                 on_accepted: Callable[[str, IngestionRecord], None] | None = None) -> None:
+                 on_accepted: Callable[[str, IngestionRecord], None] | None = None,
+                 free_bytes: Callable[[], int] | None = None) -> None:
         self.state = state
         self.store = store
         self.events = events
         self.settings = settings
         self.on_accepted = on_accepted
-        # Told about a file sent back to the inbox for want of disk space (the watcher then
+        self.free_bytes = free_bytes or (lambda: shutil.disk_usage(self.state.root).free)
+        # Told about a file sent back to the inbox for want of a resource (the watcher then
         # holds it for a while instead of taking it again at once).
         self.on_requeued: Callable[[Path], None] | None = None
         # Held while a file is ingested, and by what must not run beside that (deleting a
         # pipeline, forgetting an empty one).
         self.lock = threading.Lock()
+        # Files sent back for want of file descriptors, said once per file (not per retry).
+        self._deferred: set[tuple[str, str]] = set()
+        self._current: Work | None = None
 
     def process(self, claimed: Path, pipeline: str) -> Outcome | None:
         """Ingest one claimed file. It ends in archive/ or rejected/, with its record; or,
-        when the disk filled up meanwhile, back in the inbox (and None is returned). Holds
-        :attr:`lock` throughout: deleting a pipeline waits for the file in hand."""
+        when the box ran short of disk space, file descriptors or memory meanwhile, back in
+        the inbox (and None is returned). Holds :attr:`lock` throughout: deleting a
+        pipeline waits for the file in hand."""
         with self.lock:
             if not os.path.lexists(claimed):  # its pipeline was deleted since the claim
                 log.info("claimed_file_gone file=%s", claimed)
                 return None
-            return self._process(claimed, pipeline)
+            return self._take(claimed, pipeline)
 
-    def _process(self, claimed: Path, pipeline: str) -> Outcome | None:
+    def _take(self, claimed: Path, pipeline: str) -> Outcome | None:
         name = original_name(claimed)
         done = self.store.ingestion_by_claim(pipeline, claimed.name)
         if done is not None:
@@ -119,30 +135,55 @@ class Ingester:
         work = Work(claimed=claimed, pipeline=pipeline, name=name,
                     received=claim_time(claimed), started=time.monotonic())
         # The claim (a rename into processing/) reaches the disk before the file's record
-        # does, so that a power cut can't leave a record of a file still in the inbox.
+        # (or its start's count) does, so that a power cut can't leave a record of a file
+        # still in the inbox.
         _fsync_dir(claimed.parent)
-        _step("claimed")
+        starts = self._count_start(work)
+        self._current = work
+        outcome: Outcome | None = None
+        try:
+            outcome = self._process(work, starts)
+            return outcome
+        finally:
+            self._current = None
+            work.digest()
+            work.cleanup()
+            self._forget(work, ended=outcome is not None)
+
+    def interrupted(self) -> None:
+        """The daemon stops without waiting for the file in hand (it outlived the stop
+        budget): its start is not counted as a crash, as the next start takes it again."""
+        work = self._current
+        if work is not None:
+            self._forget(work, ended=False)
+
+    def _process(self, work: Work, starts: int) -> Outcome | None:
+        pipeline, claimed, name = work.pipeline, work.claimed, work.name
+        _step("claimed", name)
         try:
             try:
+                if starts > CRASHES_TOLERATED:     # each earlier start was a crash
+                    raise self._crashed(work, starts - 1)
                 return self._ingest(work)
             except PolarsFailure as exc:  # any Polars failure not mapped closer to its call
                 raise read_failure(work, exc) from None
         except ApplianceError as err:
             work.digest()
             return self._refuse(work, err)
-        except OSError as exc:
+        except (OSError, MemoryError) as exc:
             if self.store.ingestion_by_claim(pipeline, claimed.name) is not None:
                 raise  # failed after its record: the next start finishes the move
-            if exc.errno in NO_SPACE:
+            fault = fault_of(exc)
+            if fault is not None:
                 work.digest()
                 work.cleanup()
-                return self._send_back(work)
+                return self._set_aside(work, fault, exc)
             log.exception("ingest_os_error file=%s", claimed)
             work.digest()
             return self._refuse(work, ApplianceError(
-                "read_failed", f"`{name}` could not be read or written: {exc.strerror or exc}; "
-                "drop it again once the cause is fixed",
-                {"error": str(exc), "errno": exc.errno}))
+                "read_failed", f"`{name}` could not be read or written: "
+                f"{getattr(exc, 'strerror', None) or exc}; drop it again once the cause is "
+                "fixed", {"error": str(exc), "errno": getattr(exc, "errno", None)}))
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # a bug, or a panic out of Polars: refuse, never strand
@@ -154,9 +195,6 @@ class Ingester:
                 "internal_error", f"`{name}` could not be ingested: {type(exc).__name__}: "
                 f"{str(exc)[:300]}; this is a bug in the appliance, drop the file again after "
                 "an update", {"error": f"{type(exc).__name__}: {str(exc)[:1000]}"}))
-        finally:
-            work.digest()
-            work.cleanup()
 
     # --- the steps -----------------------------------------------------------------------
 
@@ -193,7 +231,7 @@ class Ingester:
         source = work.source = work.claimed
         if fmt == ".csv.gz":
             with work.timed("gunzip"):
-                source = work.source = gunzip(work, limits)
+                source = work.source = gunzip(work, limits, self._room)
         # A feature set's rows are keyed by its entity column, as a pipeline's rows are by
         # their target: the column must be there, and rows without it are dropped.
         feature_set = self.settings.feature_sets.get(work.pipeline)
@@ -216,7 +254,7 @@ class Ingester:
                          "config_key": f"feature_sets.{work.pipeline}.{key}"},
                     )
         elif (set(have) == {FEEDBACK_ID, target} and target != FEEDBACK_ID):
-            dup = self.store.taken_with_hash(work.pipeline, work.digest() or "")
+            dup = self.store.taken_with_hash(work.pipeline, work.content_hash())
             if dup is not None:
                 return self._duplicate(work, dup)
             return self._feedback(work, source, lf, have, target, schema)
@@ -243,10 +281,10 @@ class Ingester:
                 convert_first(work, source, lf, have, tmp)
             else:
                 convert_to_schema(work, source, lf, have, schema, tmp)
-        _step("converted")
+        _step("converted", name)
         # Duplicates are found once the hash is done: a duplicate costs a conversion, but a
         # new file (the usual case) costs no extra read for its hash.
-        dup = self.store.taken_with_hash(work.pipeline, work.digest() or "")
+        dup = self.store.taken_with_hash(work.pipeline, work.content_hash())
         if dup is not None:
             return self._duplicate(work, dup)
         return self._finish_dataset(work, tmp, target, schema is None)
@@ -300,7 +338,7 @@ class Ingester:
             dataset = folder / f"v{version:06d}.parquet"
             os.replace(tmp, dataset)
             _fsync_dir(folder)
-        _step("dataset_written")
+        _step("dataset_written", work.name)
         rel = str(dataset.relative_to(self.state.root))
         record = self.store.record_ingestion(
             pipeline=pipeline, file_name=work.name, status="accepted",
@@ -381,7 +419,7 @@ class Ingester:
                          record: IngestionRecord) -> Outcome:
         """Move a recorded file to its final place and tell about it. Also what recovery
         runs for a file recorded before a crash but not yet moved."""
-        _step("recorded")
+        _step("recorded", name)
         rejected = record.status == "rejected"
         folder = self.state.pipeline_dir(self.state.rejected if rejected else self.state.archive,
                                          pipeline)
@@ -389,9 +427,9 @@ class Ingester:
                  else free_name(folder, name, record.id))
         if rejected and not reason_path(final).exists():
             write_reason(final, record)
-            _step("reason_written")
+            _step("reason_written", name)
         os.replace(claimed, final)
-        _step("moved")
+        _step("moved", name)
         if record.status == "accepted":
             self.events.emit(
                 "ingested", f"{name}: {record.rows} rows as data set v{record.dataset_version}",
@@ -410,20 +448,127 @@ class Ingester:
                              level="warning", code=record.code)
         return Outcome(record, final)
 
-    def _send_back(self, work: Work) -> None:
-        """The disk filled up while the file was ingested: it goes back to the inbox, to be
-        taken again once there is room; it is not at fault, so it is not refused."""
-        inbox = self.state.pipeline_dir(self.state.inbox, work.pipeline)
-        back = free_name(inbox, work.name, work.claimed.name.split("__", 1)[0])
-        shutil.move(work.claimed, back)  # a rename, unless the inbox is another file system
-        self.events.emit(
-            "waiting_for_space",
-            f"{work.name}: the disk of the state directory filled up during ingestion; the "
-            "file is back in the inbox and is taken again once there is room",
-            pipeline=work.pipeline, level="warning", file=work.name)
+    # --- attempts that did not end: a crash, a fault of the box --------------------------
+
+    def _count_start(self, work: Work) -> int:
+        """Count this start of the claimed file, durably before any of it is read: a start
+        the process does not live to finish (out of memory, a native abort) stays counted,
+        and the next start after too many refuses the file (``_crashed``)."""
+        try:
+            starts = self.store.count_attempt(work.pipeline, "started", work.claimed.name)
+        except Exception as exc:  # a full disk: count nothing, ingest as before
+            log.warning("ingest_attempt_not_counted file=%s error=%s", work.claimed, exc)
+            return 1
+        if 1 < starts <= CRASHES_TOLERATED:
+            self.events.emit(
+                "ingest_interrupted",
+                f"{work.name}: the daemon stopped while ingesting it (out of memory, a crash "
+                f"or a kill), {starts - 1} time(s); it is taken again, and refused once that "
+                f"happens {CRASHES_TOLERATED} times", pipeline=work.pipeline, level="warning",
+                file=work.name, crashes=starts - 1)
+        elif starts > 1:
+            log.warning("ingest_restarted file=%s starts=%d", work.claimed, starts)
+        return starts
+
+    def _forget(self, work: Work, ended: bool) -> None:
+        """The start ended in this process: it is no crash. When the file itself ended
+        (archived or refused), the times it went back for want of room or memory go too."""
+        keys = [work.claimed.name]
+        if ended:
+            self._deferred.discard((work.pipeline, work.name))
+            if work.sha:
+                keys.append(work.sha)
+        try:
+            self.store.forget_attempts(work.pipeline, keys)
+        except Exception as exc:
+            log.warning("ingest_attempt_not_forgotten file=%s error=%s", work.claimed, exc)
+
+    def _crashed(self, work: Work, crashes: int) -> ApplianceError:
+        return ApplianceError(
+            "crashed_twice",
+            f"`{work.name}`: the daemon stopped {crashes} times while ingesting it (out of "
+            "memory, a crash in a native library, or a kill); it is refused so that the "
+            "files behind it are taken and the daemon stays up. If it is good data, drop it "
+            "again after checking the daemon's log, split into smaller files if memory ran "
+            "out", {"crashes": crashes})
+
+    def _room(self) -> int:
+        """Bytes free on the state directory's disk above ``ingest.min_free_mb``."""
+        try:
+            free = self.free_bytes()
+        except OSError:
+            return 1 << 62
+        return free - self.settings.ingest.min_free_mb * 1024 * 1024
+
+    def _set_aside(self, work: Work, fault: str, exc: BaseException) -> Outcome | None:
+        """The box ran short of disk space, file descriptors or memory while the file was
+        ingested. Out of file descriptors, it is not the file's fault: the file goes back to
+        the inbox, to be taken again. Out of room or memory, it may be (a gzip bomb, a file
+        too big for the box): back the first time, refused the second."""
+        details = dict(getattr(exc, "details", None) or {})
+        details["error"] = str(exc)[:300] or type(exc).__name__
+        if fault != "no_fds":
+            key = work.sha or f"{work.name}:{work.size}"
+            try:
+                times = self.store.count_attempt(work.pipeline, fault, key, details)
+            except Exception:
+                times = 1  # the database can't count it (the disk is full): send it back
+            if times > TIMES_SENT_BACK:
+                return self._refuse(work, self._short_twice(work, fault, times, details))
+        back = self._send_back(work)
+        pipeline = work.pipeline
+        if fault == "no_room":
+            why = str(exc) if isinstance(exc, NoRoom) else \
+                "the disk of the state directory filled up during ingestion"
+            self.events.emit(
+                "waiting_for_space",
+                f"{work.name}: {why}; the file is back in the inbox and is taken again once "
+                "there is room (refused if it runs out of room again)",
+                pipeline=pipeline, level="warning", file=work.name, **_scalars(details))
+        elif fault == "no_memory" or (pipeline, work.name) not in self._deferred:
+            if fault == "no_fds":
+                self._deferred.add((pipeline, work.name))
+            what = "file descriptors" if fault == "no_fds" else "memory"
+            then = ("" if fault == "no_fds" else
+                    " (refused if it runs out of memory again)")
+            self.events.emit(
+                "ingest_deferred",
+                f"{work.name}: the daemon ran out of {what} while ingesting it "
+                f"({details['error']}); this is the box's fault, not the file's: it is back "
+                f"in the inbox and taken again in {self.settings.ingest.rescan_seconds:g} s"
+                f"{then}", pipeline=pipeline, level="warning", file=work.name, fault=fault,
+                error=details["error"])
+        else:
+            log.warning("ingest_deferred file=%s fault=%s error=%s", back, fault,
+                        details["error"])
         if self.on_requeued is not None:
             self.on_requeued(back)
         return None
+
+    def _short_twice(self, work: Work, fault: str, times: int,
+                     details: dict[str, Any]) -> ApplianceError:
+        if fault == "no_room":
+            return ApplianceError(
+                "no_room",
+                f"`{work.name}` needed more room on the state directory's disk than there was, "
+                f"{times} times ({details['error']}); free space (or split the file) and drop "
+                "it again", {**details, "times": times})
+        return ApplianceError(
+            "out_of_memory",
+            f"`{work.name}` ran the daemon out of memory {times} times "
+            f"({details['error']}); split it into smaller files, or free memory on the box, "
+            "and drop it again", {**details, "times": times})
+
+    def _send_back(self, work: Work) -> Path:
+        """Move the claimed file back to the inbox, under a free name."""
+        inbox = self.state.pipeline_dir(self.state.inbox, work.pipeline)
+        back = free_name(inbox, work.name, work.claimed.name.split("__", 1)[0])
+        shutil.move(work.claimed, back)  # a rename, unless the inbox is another file system
+        return back
+
+
+def _scalars(details: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in details.items() if isinstance(v, int | float | str) and k != "error"}
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -3,8 +3,10 @@
 The ingester uses this to refuse a "decompression bomb" (a small file whose pages expand
 to gigabytes) before Polars allocates anything. The footer is Thrift in its compact
 protocol; this is a small, bounded reader of the few fields needed, written for hostile
-input: every length is checked against the bytes there are, nesting is limited, and any
-inconsistency is a :class:`FooterError`, never a crash.
+input: every length, and every count a list, set or map declares, is checked against the
+bytes left (so every loop step reads at least one byte, and a footer of N bytes is read in
+O(N) steps), nesting is limited, and any inconsistency is a :class:`FooterError`, never a
+crash or a hang.
 """
 
 from __future__ import annotations
@@ -77,15 +79,34 @@ class _Reader:
         self.skip_bytes(n)
         return self.data[start:self.pos]
 
+    def left(self) -> int:
+        return len(self.data) - self.pos
+
+    def count(self, n: int, item_bytes: int, what: str) -> int:
+        """A declared count of items, each taking at least ``item_bytes``, checked against
+        the bytes left: a few bytes can declare 2^63 items, and a loop over them must not
+        run longer than the footer is."""
+        if n * item_bytes > self.left():
+            raise FooterError(f"a {what} in the footer claims more items ({n}) than its "
+                              f"{self.left()} bytes left can hold")
+        return n
+
     def list_header(self) -> tuple[int, int]:
         b = self.byte()
         size, elem = b >> 4, b & 0x0F
         if size == 15:
             size = self.varint()
-        if size > len(self.data) - self.pos + 1 and elem not in (_TRUE, _FALSE):
-            # Every element takes at least one byte (empty structs take their STOP).
-            raise FooterError("a list in the footer claims more items than bytes")
-        return size, elem
+        # Every element takes at least one byte: a bool its own byte, an empty struct its
+        # STOP.
+        return self.count(size, 1, "list"), elem
+
+    def map_header(self) -> tuple[int, int, int]:
+        size = self.varint()
+        if not size:
+            return 0, _STOP, _STOP
+        kv = self.byte()
+        # Every entry takes at least two bytes: its key and its value.
+        return self.count(size, 2, "map"), kv >> 4, kv & 0x0F
 
     def fields(self, depth: int):  # -> Iterator[tuple[int, int]]
         """Yield (field id, type) of a struct; the caller reads or skips each value."""
@@ -118,22 +139,25 @@ class _Reader:
         elif ftype in (_LIST, _SET):
             size, elem = self.list_header()
             for _ in range(size):
-                if elem in (_TRUE, _FALSE):
-                    self.skip_bytes(1)
-                else:
-                    self.skip(elem, depth + 1)
+                self.skip_item(elem, depth + 1)
         elif ftype == _MAP:
-            size = self.varint()
-            if size:
-                kv = self.byte()
-                for _ in range(size):
-                    self.skip(kv >> 4, depth + 1)
-                    self.skip(kv & 0x0F, depth + 1)
+            size, key, value = self.map_header()
+            for _ in range(size):
+                self.skip_item(key, depth + 1)
+                self.skip_item(value, depth + 1)
         elif ftype == _STRUCT:
             for _, t in self.fields(depth + 1):
                 self.skip(t, depth + 1)
         else:
             raise FooterError(f"unknown Thrift type {ftype} in the footer")
+
+    def skip_item(self, elem: int, depth: int) -> None:
+        """Skip an element of a list, set or map. A bool there is a byte of its own (in a
+        struct's field it is in the field's header, and takes none)."""
+        if elem in (_TRUE, _FALSE):
+            self.skip_bytes(1)
+        else:
+            self.skip(elem, depth)
 
     def i64(self, ftype: int) -> int:
         if ftype not in (_I16, _I32, _I64):

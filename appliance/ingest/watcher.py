@@ -30,6 +30,7 @@ from watchdog.observers import Observer
 
 from appliance.core import PIPELINE_NAME, IngestSettings, StateDir
 from appliance.ingest.claim import claim, unshare
+from appliance.ingest.faults import fault_of
 from appliance.ingest.names import is_temporary, safe_name
 from appliance.store import Events
 
@@ -72,7 +73,6 @@ class InboxWatcher:
     """
 
     POLL_SECONDS = 0.2
-    HOLD_SECONDS = 30.0
 
     def __init__(self, state: StateDir, settings: IngestSettings,
                  submit: Callable[[Path, str], None], events: Events | None = None,
@@ -92,6 +92,8 @@ class InboxWatcher:
         self._thread: threading.Thread | None = None
         self._last_rescan = 0.0
         self._refused_names: set[Path] = set()
+        # Files whose claim failed for want of a resource of the box, said once each.
+        self._deferred: set[Path] = set()
 
     def start(self) -> None:
         self.recover()
@@ -133,9 +135,10 @@ class InboxWatcher:
                     self.submit(path, pipe_dir.name)
 
     def hold(self, path: Path) -> None:
-        """Leave ``path`` alone for a while (it came back for want of disk space)."""
+        """Leave ``path`` alone until the next rescan is due (``ingest.rescan_seconds``): it
+        came back for want of disk space, file descriptors or memory."""
         with self._lock:
-            self._held[path] = time.monotonic() + self.HOLD_SECONDS
+            self._held[path] = time.monotonic() + self.settings.rescan_seconds
         self.note(path)
 
     def note(self, path: Path, renamed: bool = False) -> None:
@@ -283,6 +286,10 @@ class InboxWatcher:
         except FileNotFoundError:
             return  # taken by someone else, or deleted by its writer
         except OSError as exc:
+            fault = fault_of(exc)
+            if fault is not None:  # the box's fault, not the file's: it waits in the inbox
+                self._claim_deferred(path, fault, exc)
+                return
             if path not in self._refused_names:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                     log.warning("claim_refused path=%s: the pipeline folder was replaced by "
@@ -291,8 +298,24 @@ class InboxWatcher:
                     log.warning("claim_failed path=%s error=%s", path, exc)
                 self._refused_names.add(path)
             return
+        self._deferred.discard(path)
         with contextlib.suppress(Exception):
             self.submit(dest, pipeline)
+
+    def _claim_deferred(self, path: Path, fault: str, exc: OSError) -> None:
+        if path in self._deferred:
+            return
+        self._deferred.add(path)
+        what = {"no_fds": "file descriptors", "no_memory": "memory"}.get(fault, "disk space")
+        message = (f"{path.name}: the daemon ran out of {what} while claiming it ({exc}); this "
+                   "is the box's fault, not the file's: it stays in the inbox and is taken "
+                   f"again in {self.settings.rescan_seconds:g} s")
+        log.warning("ingest_deferred file=%s fault=%s error=%s", path, fault, exc)
+        if self.events is not None:
+            with contextlib.suppress(Exception):
+                self.events.emit("ingest_deferred", message, pipeline=path.parent.name,
+                                 level="warning", file=path.name, fault=fault,
+                                 error=str(exc)[:300])
 
 
 def _unshare_claimed(path: Path) -> None:

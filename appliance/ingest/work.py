@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.ingest.faults import TRANSIENT
 from appliance.store import monotonic_ms
 
 CHUNK = 1 << 20                     # the read size of the hash, gunzip and CSV diagnosis
@@ -47,6 +48,7 @@ class Work:
     temps: list[Path] = field(default_factory=list)
     hashing: HashJob | None = None
     source: Path | None = None          # what Polars reads: the file, or its decompressed copy
+    hash_error: OSError | None = None
 
     def digest(self) -> str | None:
         """The file's sha256, once its hashing thread is done (None if it failed)."""
@@ -54,8 +56,17 @@ class Work:
             job, self.hashing = self.hashing, None
             job.join()
             self.sha = job.value
+            self.hash_error = job.error
             self.timings["hash"] = job.ms
         return self.sha
+
+    def content_hash(self) -> str:
+        """The sha256 the duplicate check needs; a hash that failed for a fault of the box
+        (no file descriptors, say) raises it, as the file is then not at fault."""
+        sha = self.digest()
+        if sha is None and self.hash_error is not None and self.hash_error.errno in TRANSIENT:
+            raise self.hash_error
+        return sha or ""
 
     @contextlib.contextmanager
     def timed(self, step: str) -> Iterator[None]:
@@ -86,11 +97,14 @@ class HashJob(threading.Thread):
         super().__init__(name="ingest-hash", daemon=True)
         self.path = path
         self.value: str | None = None
+        self.error: OSError | None = None
         self.ms = 0.0
         self.start()
 
     def run(self) -> None:
         t0 = time.monotonic()
-        with contextlib.suppress(OSError):
+        try:
             self.value = _sha256(self.path)
+        except OSError as exc:
+            self.error = exc
         self.ms = monotonic_ms(t0)

@@ -12,6 +12,7 @@ The queries live by area, each a mixin over the shared connection:
 - ``housekeeping.py``: retention of activity and versions, deleting a pipeline;
 - ``predictions.py``: the prediction log and feedback outcomes;
 - ``online_features.py``: the online feature store;
+- ``ingest_attempts.py``: attempts at a file that did not end (crashes, no room);
 - ``monitoring.py``: request windows, resources, drift, live performance, counts, retention.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 from appliance.store.connection import Connection
 from appliance.store.datasets import DatasetQueries
 from appliance.store.housekeeping import HousekeepingQueries
+from appliance.store.ingest_attempts import IngestAttemptQueries
 from appliance.store.jobs_events import EventAndJobQueries
 from appliance.store.models import ModelQueries
 from appliance.store.monitoring import MonitoringQueries
@@ -36,5 +38,6 @@ class Store(
     OnlineFeatureQueries,
     MonitoringQueries,
     HousekeepingQueries,
+    IngestAttemptQueries,
 ):
     """The appliance's SQLite database. Thread-safe; one instance per process."""

@@ -25,6 +25,10 @@ KINDS = {
     "feedback": "a feedback file (prediction_id and the target) was stored as outcomes",
     "waiting_for_space": "files wait in the inbox: the state dir's disk is nearly full",
     "space_available": "disk space is back; files waiting in the inbox are taken",
+    "ingest_deferred": "a file went back to the inbox because the box ran out of file "
+                       "descriptors or memory while ingesting it; it is taken again",
+    "ingest_interrupted": "the daemon stopped while ingesting a file (out of memory, a crash "
+                          "or a kill); the file is taken again, and refused the next time",
     "training_started": "a training job started",
     "trained": "a training job registered a new model version",
     "training_failed": "a training job failed",

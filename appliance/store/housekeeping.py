@@ -19,7 +19,8 @@ CHUNK = 5000
 # of rows and go in chunks after it.
 _CORE_TABLES = (("pipelines", "name"), ("datasets", "pipeline"), ("models", "pipeline"),
                 ("ingestions", "pipeline"), ("jobs", "pipeline"),
-                ("training_requests", "pipeline"), ("online_features", "feature_set"))
+                ("training_requests", "pipeline"), ("ingest_attempts", "pipeline"),
+                ("online_features", "feature_set"))
 _BULK_TABLES = (("predictions", "pipeline"), ("feedback", "pipeline"),
                 ("request_windows", "pipeline"), ("drift_reports", "pipeline"),
                 ("live_performance", "pipeline"), ("events", "pipeline"))

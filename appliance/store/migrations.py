@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-SCHEMA_VERSION = 7  # the number of migrations; a test keeps them in step
+SCHEMA_VERSION = 8  # the number of migrations; a test keeps them in step
 
 migrations = Migrations("appliance")
 
@@ -250,3 +250,21 @@ def _m_count_indexes(db: sqlite_utils.Database) -> None:
     # status, and its data set versions with their rows and status (GET /v1/pipelines[/{name}]).
     db.execute("CREATE INDEX ingestions_status ON ingestions (pipeline, status)")
     db.execute("CREATE INDEX datasets_rows ON datasets (pipeline, rows, status)")
+
+
+@migrations(name="0022_ingest_attempts")
+def _m_ingest_attempts(db: sqlite_utils.Database) -> None:
+    # Attempts at a file that did not end: ``started`` counts the starts of a claimed file
+    # (key: its claimed name) that the process did not live to finish; ``no_room`` and
+    # ``no_memory`` count the times a file (key: its sha256) went back to the inbox for want
+    # of disk space or memory. A row goes when its file ends.
+    db.execute("""
+        CREATE TABLE ingest_attempts (
+            pipeline TEXT NOT NULL,
+            kind TEXT NOT NULL,             -- started | no_room | no_memory
+            key TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            details_json TEXT NOT NULL DEFAULT '{}',
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (pipeline, kind, key)
+        )""")

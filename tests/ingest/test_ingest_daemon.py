@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
@@ -219,17 +220,16 @@ def crash_batch() -> dict[str, tuple[bytes, str]]:
 def check_exactly_once(root: Path, daemon, dropped: dict[str, tuple[bytes, str]]) -> None:
     f = finals(root)
     assert sorted(f["archive"] + f["rejected"]) == sorted(dropped), f
-    for name, (content, status) in dropped.items():
-        area = "rejected" if status == "rejected" else "archive"
-        assert (root / area / "p" / name).read_bytes() == content
     reasons = sorted(p.name for p in (root / "rejected/p").glob("*.reason.json")) \
         if (root / "rejected/p").exists() else []
     assert reasons == sorted(f"{n}.reason.json" for n in f["rejected"])
     records = ingestions(daemon)
     assert sorted(r["file_name"] for r in records) == sorted(dropped), records
     status = {r["file_name"]: r["status"] for r in records}
-    for name, (_, expected) in dropped.items():
+    for name, (content, expected) in dropped.items():
         assert status[name] in expected.split("|"), (name, status)
+        area = "rejected" if status[name] == "rejected" else "archive"
+        assert (root / area / "p" / name).read_bytes() == content
     # Of files with the same content, one is taken and the others are duplicates.
     by_content: dict[bytes, list[str]] = {}
     for name, (content, _) in dropped.items():
@@ -280,15 +280,27 @@ def test_kill_9_at_random_moments(state_root, start_daemon):
             dropped[f"f{i}.csv"] = (good_csv(200 + i, offset=1000 * i), "accepted")
     daemon = start_daemon(state_root)
     names = list(dropped)
+    claimed_at_kills: Counter[str] = Counter()
     for kill in range(3):
         for name in names[kill * 4:(kill + 1) * 4]:
             put(state_root, name, dropped[name][0])
         time.sleep(rng.uniform(0.0, 0.4))
         daemon.stop(signal.SIGKILL)
+        claimed_at_kills.update(p.name.split("__", 1)[1]
+                                for p in (state_root / "processing/p").glob("[!.]*"))
         daemon = start_daemon(state_root)
     wait_for(lambda: settled(state_root, len(dropped)), timeout=40,
              what=f"recovery (seed {seed})")
+    # A file still claimed at two kills may have been in flight at both (the first file
+    # a restarted daemon takes, on a slow machine): the daemon then takes it for a file it
+    # dies on, and refuses it with that reason (issue 19 item 14). Nothing else may differ.
+    twice = {n for n, k in claimed_at_kills.items() if k >= 2 and n.startswith("f")}
+    for name in twice:
+        dropped[name] = (dropped[name][0], "accepted|rejected")
     check_exactly_once(state_root, daemon, dropped)
+    for name in twice & set(finals(state_root)["rejected"]):
+        reason = json.loads((state_root / f"rejected/p/{name}.reason.json").read_text())
+        assert reason["code"] == "crashed_twice", reason
 
 
 # --- hypothesis, through the daemon ------------------------------------------------------
