@@ -214,12 +214,39 @@ class EventList(msgspec.Struct, kw_only=True):
 
 class PredictRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rows: list[dict[str, Any]]
+    # Explain each prediction: the base value and the `explain` largest feature
+    # contributions (exact TreeSHAP, in raw-score units). Unset: no explanation, no cost.
+    explain: Annotated[int, msgspec.Meta(ge=1, le=10_000)] | None = None
 
 
-class PredictResponse(msgspec.Struct, kw_only=True):
+class FeatureContribution(msgspec.Struct, kw_only=True):
+    """One feature's share of a raw score, named as the caller knows it."""
+
+    feature: str  # the column as sent (a date's parts are summed into the date column)
+    contribution: float  # raw-score units (log-odds for binary and multiclass)
+    value: Any = None  # the value the model saw (after joins and derived features)
+    source: str = "input"  # input (sent) | derived (config expression) | joined (feature set)
+    feature_set: str | None = None  # the feature set a joined feature came from
+
+
+class Explanation(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Why one row got its raw score: ``base_value + sum(contributions) + others ==
+    raw_score`` (to rounding). Binary: the log-odds of the positive class; regression: the
+    model's raw output; multiclass: one explanation per class, of that class's score."""
+
+    raw_score: float
+    base_value: float  # the model's expected raw score (TreeSHAP's base value)
+    contributions: list[FeatureContribution]  # the largest |contribution| first
+    others: float  # the sum of the contributions not listed (0.0 when all are)
+    class_: str | None = msgspec.field(default=None, name="class")  # multiclass: the class
+
+
+class PredictResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     model_version: int
     predictions: list[Any]
     prediction_ids: list[str]
+    # With "explain": per row, one explanation (one per class for multiclass).
+    explanations: list[list[Explanation]] | None = None
 
 
 class PromoteResponse(msgspec.Struct, kw_only=True):

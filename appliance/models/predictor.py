@@ -34,6 +34,8 @@ log = logging.getLogger("appliance.models")
 
 # LightGBM's C API constants (c_api.h).
 _PREDICT_NORMAL = 0
+PREDICT_RAW_SCORE = 1
+PREDICT_CONTRIB = 3
 _DTYPE_FLOAT64 = 1
 
 # LightGBM threads for batch predictions: serving shares a small box with training.
@@ -73,7 +75,8 @@ def _free_fast_config(handle: int) -> None:
 
 
 class FastSingleRow:
-    """LightGBM's single-row fast path for one booster.
+    """LightGBM's single-row fast path for one booster (its predictions; or, with
+    ``predict_type``, its raw scores or TreeSHAP contributions, for explanations).
 
     The FastConfig, the input row and the output buffer are made once; a call fills the
     row and makes one C call. A lock keeps two threads from sharing the buffers (the event
@@ -82,11 +85,12 @@ class FastSingleRow:
     model has finished; it keeps the booster alive until then.
     """
 
-    def __init__(self, booster: lgb.Booster, ncol: int, nout: int) -> None:
+    def __init__(self, booster: lgb.Booster, ncol: int, nout: int,
+                 predict_type: int = _PREDICT_NORMAL) -> None:
         global _live_fast_configs
         self._booster = booster  # the FastConfig points into it
         handle = ctypes.c_void_p()
-        if _fast_init(booster._handle, _PREDICT_NORMAL, 0, -1, _DTYPE_FLOAT64, ncol,
+        if _fast_init(booster._handle, predict_type, 0, -1, _DTYPE_FLOAT64, ncol,
                       b"num_threads=1", ctypes.byref(handle)) != 0:
             raise _lgbm_error()
         with _count_lock:
@@ -127,6 +131,8 @@ class LoadedModel:
     # The derived features for request rows, compiled and checked against Polars here,
     # while the model loads off the event loop; None without derived features.
     derivation: RowDerivation | None = field(init=False, repr=False)
+    # Explanations (explain.py), built at the first request that asks for one.
+    _explainer: Any = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         self.encoder = RowEncoder(self.spec)
@@ -180,6 +186,25 @@ class LoadedModel:
         if len(rows) == 1:
             return [self.predict_one(rows[0])]
         return self.shape_outputs(self.predict_matrix(self.encoder.encode(rows)))
+
+    def explainer(self) -> Any:
+        """This model's :class:`~appliance.models.explain.Explainer` (made once)."""
+        explainer = self._explainer
+        if explainer is None:
+            from appliance.models.explain import Explainer  # it builds on this module
+
+            explainer = self._explainer = Explainer(self)
+        return explainer
+
+    def predict_explained(self, rows: list[Any], k: int) -> tuple[list[Any], list[Any]]:
+        """Request rows to answers and their explanations (``k`` contributions each): the
+        answers are :meth:`predict_rows`' own, the rows encoded once for both."""
+        x = self.encoder.encode(rows)
+        if len(rows) == 1:
+            predictions = [self._shape_one(self.fast.predict(x[0].tolist()))]
+        else:
+            predictions = self.shape_outputs(self.predict_matrix(x))
+        return predictions, self.explainer().explain(x, rows, k)
 
 
 class LiveModels:

@@ -40,7 +40,7 @@ class PredictFastPath:
         self.tokens = tokens
         self.server = server  # ServerSettings: predict_fast_path is read per call (SIGHUP)
         self.max_body = max_body
-        self.answer = answer  # (pipeline, rows) -> PredictResponse | None (not here: route)
+        self.answer = answer  # (pipeline, rows, explain) -> PredictResponse | None (None: route)
         self._skip, self._cut = len(PREDICT_PREFIX), -len(PREDICT_SUFFIX)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -82,7 +82,8 @@ class PredictFastPath:
         body = (messages[0].get("body", b"") if len(messages) == 1
                 else b"".join(m.get("body", b"") for m in messages))
         try:
-            response = self.answer(name, _decode_predict(body).rows)
+            request = _decode_predict(body)
+            response = self.answer(name, request.rows, request.explain)
         except Exception:  # the route gives this call its proper answer
             response = None
         if response is None:

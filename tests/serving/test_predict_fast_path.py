@@ -40,7 +40,7 @@ class Recorder:
         await send({"type": "http.response.body", "body": b"route"})
 
 
-def answer(name: str, rows: list[Any]) -> PredictResponse | None:
+def answer(name: str, rows: list[Any], explain: int | None = None) -> PredictResponse | None:
     if name == "nomodel":
         return None
     if rows and rows[0].get("rpm") == "fast":

@@ -44,10 +44,13 @@ class Predictions:
         self.features = context.features
         self.monitor = context.monitor
 
-    def answer_predict(self, name: str, model: Any, rows: list[Any]) -> PredictResponse:
-        """The prediction for a decoded body: the route's work, shared with the fast path.
-        It records the call (request metrics, prediction log) only once it has the answer,
-        so a refused call leaves no trace to double."""
+    def answer_predict(self, name: str, model: Any, rows: list[Any],
+                       explain: int | None = None) -> PredictResponse:
+        """The prediction for a decoded body: the route's work, shared with the fast path
+        (and with any route that predicts: OIP, /invocations). It records the call (request
+        metrics, prediction log) only once it has the answer, so a refused call leaves no
+        trace to double. ``explain``: add per row the base value and the ``explain``
+        largest TreeSHAP contributions (``PredictResponse.explanations``)."""
         n = len(rows)
         if not n:
             raise ApplianceError("empty_batch", "`rows` is empty; send at least one row",
@@ -64,20 +67,27 @@ class Predictions:
             rows = self.features.prepare_rows(spec, rows,
                                               self.settings.pipeline(name).missing_key,
                                               model.derivation)
-        predictions = model.predict_rows(rows)
+        if explain is None:
+            predictions = model.predict_rows(rows)
+            explanations = None
+        else:
+            predictions, explanations = model.predict_explained(rows, explain)
         self.monitor.requests.count_rows(name, n)
         ids = self.new_ids(n)
         predlog = self.predlog
         if predlog is not None:
             predlog.record(name, model.version, ids, predictions, rows, model.encoder.names)
         return PredictResponse(model_version=model.version, predictions=predictions,
-                               prediction_ids=ids)
+                               prediction_ids=ids, explanations=explanations)
 
     def predict(self, name: FromPath[str], data: JSONBody[PredictRequest]) -> PredictResponse:
         """Predict one row or a batch. Features are matched by name; null means missing.
 
         Binary: the probability of the positive class; multiclass: `{"class",
         "probabilities"}`; regression: the value. One id per prediction, for feedback.
+        With `"explain": k`, `explanations` holds per row the base value and the k largest
+        feature contributions (exact TreeSHAP, raw-score units; one per class for
+        multiclass): base_value + the sum of all contributions = raw_score.
         """
         model = self.live.get(name)  # this request finishes on this model, even across a swap
         if model is None:
@@ -86,12 +96,13 @@ class Predictions:
                 "no_model", f"pipeline `{name}` has no model in production yet; retry later",
                 {"pipeline": name}, status=503,
             )
-        return self.answer_predict(name, model, data.rows)
+        return self.answer_predict(name, model, data.rows, data.explain)
 
-    def fast_predict(self, name: str, rows: list[Any]) -> PredictResponse | None:
+    def fast_predict(self, name: str, rows: list[Any],
+                     explain: int | None = None) -> PredictResponse | None:
         """The fast path's answer: None when the pipeline has no model (the route says why)."""
         model = self.live.get(name)
-        return None if model is None else self.answer_predict(name, model, rows)
+        return None if model is None else self.answer_predict(name, model, rows, explain)
 
 
 def predict_route(predictions: Predictions, server: ServerSettings,
