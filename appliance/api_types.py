@@ -249,6 +249,19 @@ class PredictResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     explanations: list[list[Explanation]] | None = None
 
 
+class LatestExplanation(msgspec.Struct, kw_only=True):
+    """``GET /v1/pipelines/{name}/explanations/latest``: the newest prediction of the model
+    serving whose inputs the prediction log sampled, explained by that model."""
+
+    pipeline: str
+    model_version: int | None  # the version serving; None: no model yet
+    prediction_id: str | None = None  # None: no sampled prediction to explain (see message)
+    ts: str | None = None  # when it was made (ISO 8601, UTC)
+    prediction: Any = None  # what was answered then
+    explanations: list[Explanation] = []  # one (one per class for multiclass)
+    message: str = ""  # why there is none
+
+
 class PromoteResponse(msgspec.Struct, kw_only=True):
     pipeline: str
     version: int

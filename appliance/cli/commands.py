@@ -377,9 +377,14 @@ def discard(name: str, version: int, url: str | None, state_dir: str | None) -> 
 @click.option("--json", "rows_json", required=True,
               help='a row or a list of rows, e.g. \'{"temperature_c": 71.5, ...}\'; '
                    "@FILE reads it from a file")
+@click.option("--explain", type=click.IntRange(1, 10_000), is_flag=False, flag_value=5,
+              default=None, metavar="[K]",
+              help="explain each prediction: the base value and the K largest feature "
+                   "contributions (exact TreeSHAP, raw-score units; K defaults to 5)")
 @_client_options
-def predict(name: str, rows_json: str, url: str | None, state_dir: str | None) -> None:
-    """Predict with pipeline NAME's production model."""
+def predict(name: str, rows_json: str, explain: int | None, url: str | None,
+            state_dir: str | None) -> None:
+    """Predict with pipeline NAME's production model (the answer as JSON)."""
     text = Path(rows_json[1:]).read_text() if rows_json.startswith("@") else rows_json
     try:
         rows = json.loads(text)
@@ -387,8 +392,10 @@ def predict(name: str, rows_json: str, url: str | None, state_dir: str | None) -
         _fail(f"--json is not valid JSON: {exc}")
     if isinstance(rows, dict):
         rows = rows["rows"] if "rows" in rows and isinstance(rows["rows"], list) else [rows]
-    body = Client(url, state_dir).call("POST", f"/v1/pipelines/{name}/predict",
-                                       json={"rows": rows})
+    request: dict[str, Any] = {"rows": rows}
+    if explain is not None:
+        request["explain"] = explain
+    body = Client(url, state_dir).call("POST", f"/v1/pipelines/{name}/predict", json=request)
     click.echo(json.dumps(body, indent=2))
 
 

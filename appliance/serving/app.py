@@ -25,6 +25,7 @@ from appliance.serving.routes import (
     data,
     datasets,
     events,
+    explanations,
     features,
     health,
     models,
@@ -45,7 +46,7 @@ def create_app(context: ServingContext) -> Litestar:
         route_handlers=[*health.ROUTES, *pipelines.ROUTES,
                         predict_route(predictions, settings.server, tokens), *models.ROUTES,
                         *data.ROUTES, *datasets.ROUTES, *events.ROUTES, *monitoring.ROUTES,
-                        *features.ROUTES],
+                        *features.ROUTES, *explanations.ROUTES],
         # What handlers are given by dependency injection: the context, to every handler
         # with a `context` parameter, and the Prometheus registry, to /metrics.
         state=State({

@@ -52,6 +52,23 @@ class PredictionQueries:
         return [(r["ts"], r["model_version"], json.loads(r["inputs"]), json.loads(r["output"]))
                 for r in rows]
 
+    def latest_sampled_prediction(
+        self, pipeline: str, version: int, within: int = 10_000
+    ) -> tuple[str, float, Any, dict[str, Any]] | None:
+        """The newest prediction of model ``version`` whose inputs were sampled, among the
+        pipeline's ``within`` newest predictions (a bounded read, whatever the sample rate):
+        (id, ts, output, inputs), or None."""
+        rows = self._rows(
+            "SELECT id, ts, output, inputs FROM (SELECT id, ts, model_version, output, inputs"
+            " FROM predictions WHERE pipeline = ? ORDER BY ts DESC LIMIT ?)"
+            " WHERE inputs IS NOT NULL AND model_version = ? ORDER BY ts DESC LIMIT 1",
+            [pipeline, within, version],
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        return r["id"], r["ts"], json.loads(r["output"]), json.loads(r["inputs"])
+
     def count_predictions(self, pipeline: str) -> int:
         return self._rows(
             "SELECT COUNT(*) AS n FROM predictions WHERE pipeline = ?", [pipeline]

@@ -233,6 +233,9 @@ def test_the_fast_path_answers_exactly_as_the_route(served):
     status, headers and body, but for the new prediction ids."""
     cases = [("one row", {"json": {"rows": ROWS[:1]}}),
              ("a batch", {"json": {"rows": ROWS[:50]}}),
+             ("explained", {"json": {"rows": ROWS[:3], "explain": 3}}),
+             ("one row explained", {"json": {"rows": ROWS[:1], "explain": 100}}),
+             ("bad explain", {"json": {"rows": ROWS[:1], "explain": 0}}),
              ("chunked", {"content": lambda: iter([b'{"rows": ', json.dumps(ROWS[:3]).encode(),
                                                   b"}"]),
                           "headers": {"content-type": "application/json"}}),
