@@ -1,7 +1,8 @@
 """Explanations over real HTTP against the real daemon serving the sample pipeline with its
 feature store (machine metadata joined by key, one derived feature): `"explain": k` on the
-predict route (test_serve.py compares the fast path and the route), its refusals, `appliance predict --explain`, and the
-newest logged prediction explained (what the console shows)."""
+predict route (test_serve.py compares the fast path and the route), its refusals,
+`appliance predict --explain`, and the newest logged prediction explained (what the
+console shows)."""
 
 from __future__ import annotations
 
