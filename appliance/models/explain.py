@@ -11,7 +11,7 @@ expression) or ``joined`` (filled from a feature set's online store, which is na
 
 One row goes through LightGBM's single-row fast C API, like predictions; a batch through
 ``Booster.predict`` on the whole matrix, with one LightGBM thread. The explainer of a model
-is built at its first explained request (two more FastConfigs), never for a model nobody
+is built at its first explained request (one more FastConfig), never for a model nobody
 asks to explain.
 """
 
@@ -24,7 +24,6 @@ import numpy as np
 from appliance.api_types import Explanation, FeatureContribution
 from appliance.models.predictor import (
     PREDICT_CONTRIB,
-    PREDICT_RAW_SCORE,
     PREDICT_THREADS,
     FastSingleRow,
 )
@@ -59,29 +58,28 @@ class Explainer:
             else ("input", None)
             for name in self.names
         ]
-        self.fast_raw = FastSingleRow(booster, width, self.nclass, PREDICT_RAW_SCORE)
         self.fast_contrib = FastSingleRow(booster, width, (width + 1) * self.nclass,
                                           PREDICT_CONTRIB)
 
-    def scores(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw scores ``(n, nclass)`` and contributions ``(n, nclass, width + 1)`` (the base
-        value last) of an encoded matrix."""
+    def contributions(self, x: np.ndarray) -> np.ndarray:
+        """LightGBM's contributions ``(n, nclass, width + 1)`` (the base value last) of an
+        encoded matrix."""
         n, nclass, width = len(x), self.nclass, self.width
         if n == 1:
-            row = x[0].tolist()
-            raw = np.array(self.fast_raw.predict(row)).reshape(1, nclass)
-            contrib = np.array(self.fast_contrib.predict(row)).reshape(1, nclass, width + 1)
-            return raw, contrib
-        raw = np.asarray(self.booster.predict(x, raw_score=True, num_threads=PREDICT_THREADS))
-        contrib = np.asarray(self.booster.predict(x, pred_contrib=True,
-                                                  num_threads=PREDICT_THREADS))
-        return raw.reshape(n, nclass), contrib.reshape(n, nclass, width + 1)
+            out = self.fast_contrib.predict(x[0].tolist())
+        else:
+            out = self.booster.predict(x, pred_contrib=True, num_threads=PREDICT_THREADS)
+        return np.asarray(out).reshape(n, nclass, width + 1)
 
     def explain(self, x: np.ndarray, rows: list[Any], k: int) -> list[list[Explanation]]:
         """Per row of ``x`` (encoded from ``rows``), one explanation per class (one for
         binary and regression): the base value, the ``k`` largest contributions by
         magnitude (ties in feature order), and the sum of the others."""
-        raw, contrib = self.scores(x)
+        contrib = self.contributions(x)
+        # TreeSHAP is exact: the base value and the contributions add up to LightGBM's raw
+        # score (tests/models/test_explain.py checks it against Booster.predict(raw_score)
+        # to 1e-9), so the raw score is their sum rather than a second pass over the trees.
+        raw = contrib.sum(axis=2)
         base = contrib[:, :, -1]
         per_feature = contrib[:, :, :-1]
         if self.grouped:  # a date's parts, summed into the date

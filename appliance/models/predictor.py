@@ -34,7 +34,6 @@ log = logging.getLogger("appliance.models")
 
 # LightGBM's C API constants (c_api.h).
 _PREDICT_NORMAL = 0
-PREDICT_RAW_SCORE = 1
 PREDICT_CONTRIB = 3
 _DTYPE_FLOAT64 = 1
 
@@ -76,7 +75,7 @@ def _free_fast_config(handle: int) -> None:
 
 class FastSingleRow:
     """LightGBM's single-row fast path for one booster (its predictions; or, with
-    ``predict_type``, its raw scores or TreeSHAP contributions, for explanations).
+    ``predict_type``, its TreeSHAP contributions, for explanations).
 
     The FastConfig, the input row and the output buffer are made once; a call fills the
     row and makes one C call. A lock keeps two threads from sharing the buffers (the event
