@@ -32,6 +32,7 @@ from appliance.api_types import (
     Health,
     IngestionList,
     JobsResponse,
+    LatestExplanation,
     ModelList,
     OnlineFeatures,
     PipelineDetail,
@@ -236,6 +237,10 @@ class ApplianceClient:
 
     async def metrics(self, name: str) -> PipelineMetrics:
         return await self._request("GET", f"/v1/pipelines/{name}/metrics", PipelineMetrics)
+
+    async def latest_explanation(self, name: str, k: int = 5) -> LatestExplanation:
+        return await self._request("GET", f"/v1/pipelines/{name}/explanations/latest",
+                                   LatestExplanation, params={"k": k})
 
     async def system(self) -> SystemResponse:
         return await self._request("GET", "/v1/system", SystemResponse)

@@ -16,6 +16,7 @@ from appliance.api_types import (
     FeatureSetList,
     IngestionList,
     JobsResponse,
+    LatestExplanation,
     ModelList,
     PipelineDetail,
     PipelineList,
@@ -65,6 +66,7 @@ class PipelineSnapshot(Message, bubble=False):
     metrics: PipelineMetrics | NotAvailable | None = None
     jobs: JobsResponse | None = None
     feature_sets: FeatureSetList | NotAvailable | None = None
+    explanation: LatestExplanation | NotAvailable | None = None
     tabs: frozenset[str] = field(default_factory=frozenset)
 
     def can_replace(self, message: Message) -> bool:

@@ -19,6 +19,8 @@ from appliance.api_types import (
     ErrorBody,
     EventInfo,
     EventList,
+    Explanation,
+    FeatureContribution,
     FeatureSetInfo,
     FeatureSetList,
     Health,
@@ -27,6 +29,7 @@ from appliance.api_types import (
     IngestionList,
     JobInfo,
     JobsResponse,
+    LatestExplanation,
     MetricsWindow,
     ModelComparison,
     ModelInfo,
@@ -188,6 +191,26 @@ def _metrics_windows() -> PipelineMetrics:
     return PipelineMetrics(pipeline="machines", windows=windows)
 
 
+def _explanation() -> LatestExplanation:
+    """The newest sampled prediction of v3, explained: joined and derived features too."""
+    contributions = [
+        FeatureContribution(feature="vibration_mm_s", contribution=1.912, value=4.81),
+        FeatureContribution(feature="hours_since_service", contribution=0.874, value=1204.5),
+        FeatureContribution(feature="rpm_load", contribution=-0.412, value=0.9312,
+                            source="derived"),
+        FeatureContribution(feature="install_year", contribution=0.233, value=2016,
+                            source="joined", feature_set="machine_info"),
+        FeatureContribution(feature="site", contribution=-0.104, value="south"),
+    ]
+    base, others = -3.696, 0.052
+    raw = base + sum(c.contribution for c in contributions) + others
+    return LatestExplanation(
+        pipeline="machines", model_version=3, prediction_id="5ae4e1aad43000000a1f",
+        ts=iso(0.5), prediction=1 / (1 + math.exp(-raw)),
+        explanations=[Explanation(raw_score=raw, base_value=base,
+                                  contributions=contributions, others=others)])
+
+
 def _system() -> SystemResponse:
     samples = []
     for i in range(120):
@@ -322,6 +345,7 @@ def routes() -> dict[tuple[str, str], Any]:
         ("GET", "/v1/pipelines/machines/jobs"): JOBS,
         ("GET", "/v1/pipelines/machines/drift"): _drift(),
         ("GET", "/v1/pipelines/machines/metrics"): _metrics_windows(),
+        ("GET", "/v1/pipelines/machines/explanations/latest"): _explanation(),
         ("GET", "/v1/system"): _system(),
         ("GET", "/v1/feature-sets"): FEATURE_SETS,
         ("POST", "/v1/pipelines/machines/models/2/promote"): PromoteResponse(

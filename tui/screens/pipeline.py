@@ -37,6 +37,7 @@ from tui.screens.models_tab import ModelsTab
 from tui.widgets.banner import ConnectionBanner
 from tui.widgets.charts import TimeChart
 from tui.widgets.drift_bars import DriftBars
+from tui.widgets.explanation import explanation_text
 from tui.widgets.filter_table import FilterTable
 from tui.widgets.pipeline_table import drift_share, drift_text, status_text
 
@@ -153,6 +154,7 @@ class PipelineScreen(ModelsTab, LiveScreen):
                                 "per check", id="drift-chart")
             with TabPane("4 Traffic", id="traffic"):
                 yield Static("loading…", id="traffic-note", classes="note")
+                yield Static(id="explanation", classes="detail")
                 yield TimeChart("latency (ms)", id="latency-chart")
                 yield TimeChart("throughput (requests/s) and errors (%)",
                                 id="throughput-chart")
@@ -221,6 +223,7 @@ class PipelineScreen(ModelsTab, LiveScreen):
             calls["drift"] = _optional(client.drift(name))
         elif tab == "traffic":
             calls["metrics"] = _optional(client.metrics(name))
+            calls["explanation"] = _optional(client.latest_explanation(name))
         elif tab == "jobs":
             calls["jobs"] = client.jobs(name)
         results = dict(zip(calls, await gather(*calls.values()), strict=True))
@@ -244,6 +247,9 @@ class PipelineScreen(ModelsTab, LiveScreen):
             self._show_drift(snap.drift, now)
         if snap.metrics is not None:
             self._show_traffic(snap.metrics, now)
+        if snap.explanation is not None:
+            self.query_one("#explanation", Static).update(
+                explanation_text(snap.explanation, self.pipeline, now))
         if snap.jobs is not None:
             self._show_jobs(snap.jobs, now)
 

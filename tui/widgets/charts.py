@@ -45,7 +45,9 @@ class TimeChart(PlotextPlot):
         for i, (label, xs, ys) in enumerate(series):
             if not xs:
                 continue
-            minutes = [(x - now) / 60.0 for x in xs]
+            # A window still open ends after now: drawn at now, not past the axis (plotext
+            # drops points outside the limits, and a series left empty crashes its legend).
+            minutes = [min(0.0, (x - now) / 60.0) for x in xs]
             xmin = min(xmin, *minutes)
             if bars:
                 plt.bar(minutes, list(ys), label=label, color=colors[i % len(colors)],
