@@ -21,7 +21,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,8 +215,9 @@ class PredictionLog:
 
     def _write(self, entries: list[_Entry]) -> None:
         try:
-            rows = self._rows(entries)
-            self.store.insert_predictions(rows)
+            # Rows made as they are written, 100 at a time between the statements that
+            # release the GIL (see Store.insert_predictions).
+            self.store.insert_predictions(self._rows(entries))
         except Exception as exc:  # a full disk or a locked file must not stop serving
             log_event(log, logging.ERROR, "prediction_log_write_failed",
                       rows=sum(len(e[3]) for e in entries),
@@ -235,17 +236,16 @@ class PredictionLog:
                 self._pending -= n
                 self._pending_bytes -= size
 
-    def _rows(self, entries: list[_Entry]) -> list[tuple[str, str, float, int, str, str | None]]:
+    @staticmethod
+    def _rows(entries: list[_Entry]) -> Iterator[tuple[str, str, float, int, str, str | None]]:
         encode = _encode
-        rows: list[tuple[str, str, float, int, str, str | None]] = []
         for pipeline, version, ts, ids, outputs, inputs, _size in entries:
             for i, (pid, output) in enumerate(zip(ids, outputs, strict=True)):
                 sampled = inputs[i] if inputs is not None else None
                 row_json = sampled.decode() if sampled is not None else None
                 # A model's float output is finite, and its repr is its JSON (and cheaper).
                 text = repr(output) if type(output) is float else encode(output).decode()
-                rows.append((pid, pipeline, ts, version, text, row_json))
-        return rows
+                yield pid, pipeline, ts, version, text, row_json
 
     def _warn_drops(self) -> None:
         now = time.monotonic()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 import json
 import time
+from collections.abc import Iterable
+from itertools import islice
 from typing import Any
 
 from appliance.store.connection import _dumps
@@ -25,20 +27,25 @@ class PredictionQueries:
     # --- prediction log and feedback ----------------------------------------------------
 
     def insert_predictions(
-        self, rows: list[tuple[str, str, float, int, str, str | None]]
+        self, rows: Iterable[tuple[str, str, float, int, str, str | None]]
     ) -> None:
         """Write a batch of (id, pipeline, ts, model_version, output_json, inputs_json|None)
-        in one transaction."""
-        if not rows:
-            return
+        in one transaction. ``rows`` may be a generator: it is drawn 100 rows at a time."""
         # Many rows per statement: one sqlite3_step, so one release of the GIL, per 100 rows
         # instead of per row; with a row each, the writer thread and the event loop that
-        # serves predictions hand the GIL back and forth thousands of times a second.
+        # serves predictions hand the GIL back and forth thousands of times a second. And
+        # no more than 100 rows are made at a time: a generator's rows are built between two
+        # steps, so the writer never holds the GIL long (a thousand rows made up front held
+        # it for most of a millisecond, which a prediction waited for in its latency tail).
+        it = iter(rows)
+        chunk = list(islice(it, _PREDICTIONS_PER_INSERT))
+        if not chunk:
+            return
         with self._atomic() as db:
-            for start in range(0, len(rows), _PREDICTIONS_PER_INSERT):
-                chunk = rows[start:start + _PREDICTIONS_PER_INSERT]
+            while chunk:
                 db.conn.execute(_insert_predictions_sql(len(chunk)),
                                 [value for row in chunk for value in row])
+                chunk = list(islice(it, _PREDICTIONS_PER_INSERT))
 
     def prediction_inputs(
         self, pipeline: str, since_ts: float, limit: int = 10_000
