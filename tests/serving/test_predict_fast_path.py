@@ -40,7 +40,11 @@ class Recorder:
         await send({"type": "http.response.body", "body": b"route"})
 
 
+ASKED: list[int | None] = []  # the `explain` of each call answered
+
+
 def answer(name: str, rows: list[Any], explain: int | None = None) -> PredictResponse | None:
+    ASKED.append(explain)
     if name == "nomodel":
         return None
     if rows and rows[0].get("rpm") == "fast":
@@ -161,3 +165,15 @@ def test_lifespan_and_other_scopes_pass_through():
     asyncio.run(layer({"type": "lifespan"}, None, None))
     asyncio.run(layer({"type": "websocket", "path": PATH, "headers": []}, None, None))
     assert seen == ["lifespan", "websocket"]
+
+
+def test_explain_reaches_the_answer_and_an_invalid_one_goes_to_the_route():
+    layer, route = make()
+    ASKED.clear()
+    body = json.dumps({"rows": [{"rpm": 1500}], "explain": 3}).encode()
+    _, answered = run(layer, chunks=[body])
+    assert route.calls == [] and answered[0]["status"] == 200 and ASKED == [3]
+    run(layer)  # without it: None
+    assert ASKED == [3, None]
+    _, answered = run(layer, chunks=[json.dumps({"rows": [{}], "explain": 0}).encode()])
+    assert len(route.calls) == 1 and ASKED == [3, None]  # refused by the Struct: the route's
