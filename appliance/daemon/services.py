@@ -74,6 +74,8 @@ class Services:
                     events.emit("features_updated",
                                 f"{keys} keys updated in the online store from v"
                                 f"{record.dataset_version}", pipeline=pipeline, keys=keys)
+                    trainer.on_features_updated(
+                        [p for p, cfg in settings.pipelines.items() if pipeline in cfg.join])
                 return
             # Drift first, against the model that served until this data came; then its
             # labels: a batch with suspect labels and features that did not drift is held.
