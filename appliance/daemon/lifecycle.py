@@ -56,6 +56,7 @@ from appliance.daemon import sdnotify
 from appliance.daemon.connections import ConnectionLimits
 from appliance.daemon.services import Services
 from appliance.ingest import InboxWatcher
+from appliance.jobs import BundleSource
 from appliance.serving import create_app
 
 log = logging.getLogger("appliance.daemon")
@@ -268,6 +269,11 @@ class Daemon:
               settings.drift.interval_seconds)
         every("monitor:performance", "live performance check", monitor.performance_check_all,
               cfg.performance_interval_seconds)
+        if settings.bundles.source and self.services.importer is not None:
+            source = BundleSource(self.services.store, self.services.events, settings,
+                                  self.services.importer, self.services.pipeline_names)
+            every("bundles:source", "poll the bundle source", source.poll,
+                  settings.bundles.poll_seconds, at_start=True)
 
     def _submit_file(self, path: Path, pipeline: str) -> None:
         with self._ingest_lock:
