@@ -140,7 +140,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-bundle-"))
     try:
         model_text, meta = make_model(args.trees)
-        a_state, a_store, a_settings, a_registry, _ = box(tmp / "a")
+        _, a_store, a_settings, a_registry, _ = box(tmp / "a")
         a_store.ensure_pipeline(PIPELINE)
         record = a_registry.register_files(PIPELINE, model_text, meta, {"trained_at": "now"})
         keys = generate_keys(tmp / "keys")
