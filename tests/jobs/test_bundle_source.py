@@ -75,3 +75,36 @@ def test_a_watched_folder_imports_each_new_bundle_once(trained_template, tmp_pat
     imported = [e for e in daemon.get("/v1/events", params={"limit": 200}).json()["events"]
                 if e["kind"] == "bundle_imported"]
     assert len(imported) == 1
+
+
+def test_a_url_source_lists_bundles_in_an_index(trained_template, tmp_path, start_daemon):
+    import functools
+    import http.server
+    import threading
+
+    keys = generate_keys(tmp_path / "keys")
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "machines-v1.bundle").write_bytes(_export(trained_template, keys.private_path))
+    (share / "index.txt").write_text("# bundles\nmachines-v1.bundle\nmissing.bundle\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(share))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        root = tmp_path / "box"
+        root.mkdir()
+        (root / "trusted_keys").mkdir()
+        shutil.copy(keys.public_path, root / "trusted_keys" / "lab.pub")
+        url = f"http://127.0.0.1:{server.server_port}/index.txt"
+        (root / "appliance.toml").write_text(
+            FAST_CONFIG + f'\n[bundles]\nsource = "{url}"\npoll_seconds = 0.3\n')
+        daemon = start_daemon(root)
+        daemon.wait_ready_model("machines", 1)
+        time.sleep(1.0)  # more polls: imported once
+        models = daemon.get("/v1/pipelines/machines/models").json()["models"]
+        assert [m["version"] for m in models] == [1]
+        assert models[0]["lineage"]["source"]["file"] == "machines-v1.bundle"
+    finally:
+        server.shutdown()
+        server.server_close()
