@@ -464,7 +464,8 @@ class BundleSettings(_Section):
     max_bundle_mb: Annotated[int, msgspec.Meta(ge=1), _doc(
         "largest bundle (or bare model file) imported, in MB, as sent")] = 256
     max_member_mb: Annotated[int, msgspec.Meta(ge=1), _doc(
-        "largest file inside a bundle, in MB, once decompressed")] = 512
+        "largest file inside a bundle, in MB, once decompressed (all of them together: "
+        "twice this)")] = 256
 
 
 class Settings(_Section):

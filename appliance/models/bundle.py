@@ -118,7 +118,7 @@ class _Bounded(io.RawIOBase):
         if self.count > self.limit:
             raise _refuse("bundle_too_large",
                           f"the bundle decompresses to more than {self.limit >> 20} MB; "
-                          "refused (bundles.max_member_mb bounds each member)",
+                          "refused (twice bundles.max_member_mb bounds them all)",
                           limit=self.limit)
         b[:len(data)] = data
         return len(data)
@@ -129,7 +129,9 @@ def unpack(data: bytes, max_member_bytes: int) -> Unpacked:
     each at most ``max_member_bytes``."""
     import gzip
 
-    limit = max_member_bytes * len(MEMBERS) + (1 << 20)
+    # All members together: the model and its metadata, twice a member's bound at most (a
+    # bomb of many members at the bound each would otherwise fill the box's memory).
+    limit = 2 * max_member_bytes + (1 << 20)
     files: dict[str, bytes] = {}
     try:
         stream = io.BufferedReader(_Bounded(gzip.GzipFile(fileobj=io.BytesIO(data)), limit))

@@ -265,15 +265,32 @@ class ModelImporter:
     def _check_feeds(self, pipeline: str, spec: FeatureSpec) -> None:
         """This box's pipeline can feed every feature: joined ones from feature sets it
         declares, derived ones from their inputs, the rest from its schema's columns."""
+        record = self.parts.store.pipeline(pipeline)
+        if record is not None and record.task and record.task != spec.task:
+            raise _refuse("bundle_incompatible",
+                          f"the model is {spec.task}; pipeline `{pipeline}` is {record.task}; "
+                          "refused", task=spec.task)
         joined: set[str] = set()
         for join in spec.joins:
             fs = join.get("feature_set")
-            if fs not in self.parts.settings.feature_sets:
+            declared = self.parts.settings.feature_sets.get(str(fs))
+            if declared is None:
                 raise _refuse("bundle_incompatible",
                               f"the model joins feature set `{fs}`, which this box does not "
                               f"declare ([feature_sets.{fs}]); refused", feature_set=fs)
-            joined.update(join.get("columns") or [])
-        record = self.parts.store.pipeline(pipeline)
+            if declared.key != join.get("key"):
+                raise _refuse("bundle_incompatible",
+                              f"the model joins feature set `{fs}` by `{join.get('key')}`; "
+                              f"this box keys it by `{declared.key}`; refused", feature_set=fs)
+            fs_record = self.parts.store.pipeline(str(fs))
+            columns = join.get("columns") or []
+            lacking = [c for c in columns if fs_record is not None and fs_record.schema
+                       and c not in fs_record.schema]
+            if lacking:
+                raise _refuse("bundle_incompatible",
+                              f"the model joins {lacking} from feature set `{fs}`, which this "
+                              "box's version of it does not have; refused", feature_set=fs)
+            joined.update(columns)
         schema = record.schema if record is not None else None
         if not schema:
             return  # no data here yet: nothing to check the columns against

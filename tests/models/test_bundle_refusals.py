@@ -131,6 +131,16 @@ def _crafted(good: bytes, key, stranger) -> dict[str, tuple[bytes, str]]:
     kinds = dict(files, **{"model.json": json.dumps(meta).encode()})
     out["a text column read as a number"] = (_repack(_resign(kinds, key), []),
                                              "bundle_incompatible")
+    meta = json.loads(files["model.json"])
+    meta["spec"]["task"], meta["spec"]["classes"] = "regression", None
+    task = dict(files, **{"model.json": json.dumps(meta).encode()})
+    out["another task"] = (_repack(_resign(task, key), []), "bundle_incompatible")
+    meta = json.loads(files["model.json"])
+    meta["spec"]["joins"] = [{"feature_set": "machine_info", "key": "machine_id",
+                              "columns": ["rated_rpm"]}]
+    join = dict(files, **{"model.json": json.dumps(meta).encode()})
+    out["a feature set not declared here"] = (_repack(_resign(join, key), []),
+                                              "bundle_incompatible")
     future = dict(files, **{"model.txt": files["model.txt"].replace(b"version=v4",
                                                                    b"version=v9", 1)})
     out["model LightGBM can't read"] = (_repack(_resign(future, key), []),
@@ -156,7 +166,7 @@ def test_every_refusal_registers_nothing_and_serving_goes_on(box):
     after = predictions(daemon, "machines", ROWS)
     assert after["predictions"] == before["predictions"] and after["model_version"] == 1
     refused = daemon.get("/v1/events", params={"limit": 200}).json()["events"]
-    assert sum(e["kind"] == "bundle_refused" for e in refused) >= 15
+    assert sum(e["kind"] == "bundle_refused" for e in refused) >= 17
     # The untouched bundle is accepted, and the gate scores it beside production on this
     # box's held-out rows: the same model is no better, so it is rejected, with the numbers.
     resp = send(daemon, "machines", good)
