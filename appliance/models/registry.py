@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,9 @@ class Registry:
     def __init__(self, state: StateDir, store: Store) -> None:
         self.state = state
         self.store = store
+        # A version number is taken, written and recorded under this lock: a training and
+        # an import registering at once never pick the same number.
+        self._lock = threading.RLock()
 
     def pipeline_root(self, pipeline: str) -> Path:
         return self.state.pipeline_dir(self.state.models, pipeline)
@@ -107,6 +111,13 @@ class Registry:
         ``extra`` adds keys to model.json (the gate's verdict, say). The version's held-out
         rows (at most ``holdout_max_rows``) are kept beside it (``holdout.parquet``), with
         their time range in the ``timestamp`` column."""
+        with self._lock:
+            return self._register(pipeline, candidate, lineage, extra, holdout_max_rows,
+                                  timestamp)
+
+    def _register(self, pipeline: str, candidate: Candidate, lineage: dict[str, Any],
+                  extra: dict[str, Any] | None, holdout_max_rows: int,
+                  timestamp: str | None) -> ModelRecord:
         root = self.pipeline_root(pipeline)
         version = self._next_version(pipeline, root)
         model_bytes = (candidate.model_text or candidate.booster.model_to_string()).encode()
@@ -149,11 +160,13 @@ class Registry:
         """Register a model made elsewhere (an imported bundle, a bare LightGBM file) as
         the pipeline's next version, a candidate: ``meta`` is its model.json, given this
         box's pipeline name and version number."""
-        root = self.pipeline_root(pipeline)
-        version = self._next_version(pipeline, root)
-        meta = {**meta, "pipeline": pipeline, "version": version, "lineage": lineage}
-        return self._write_version(pipeline, root, version, model_bytes, meta, {},
-                                   meta["task"], dict(meta.get("metrics") or {}), lineage)
+        with self._lock:
+            root = self.pipeline_root(pipeline)
+            version = self._next_version(pipeline, root)
+            meta = {**meta, "pipeline": pipeline, "version": version, "lineage": lineage}
+            return self._write_version(pipeline, root, version, model_bytes, meta, {},
+                                       meta["task"], dict(meta.get("metrics") or {}),
+                                       lineage)
 
     def _next_version(self, pipeline: str, root: Path) -> int:
         on_disk = [int(p.name) for p in root.iterdir() if p.name.isdigit()]

@@ -129,7 +129,7 @@ def verify(doc: dict[str, object], message: bytes, folder: Path) -> str:
         raise ApplianceError(
             "bundle_bad_signature",
             "the bundle's signature.json is not an Ed25519 signature document "
-            "(algorithm, key_id, signature)", {})
+            "(algorithm, key_id, signature)", {}, status=422)
     keys, _ = trusted_keys(folder)
     key = keys.get(kid)
     if key is None:

@@ -7,7 +7,7 @@ from typing import Any
 from litestar import post
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.spec import RequestBody
-from litestar.params import FromPath
+from litestar.params import FromPath, RawBody
 
 from appliance.api_types import BundleImportResponse
 from appliance.core import ApplianceError, Settings
@@ -38,7 +38,7 @@ def bundle_route(settings: Settings) -> HTTPRouteHandler:
                                           "LightGBM can't read); nothing was registered"),
                      507: error_spec(507, "the state directory's disk is full; nothing was "
                                           "registered")})
-    def import_bundle(name: FromPath[str], body: bytes, context: Context) -> BundleImportResponse:
+    def import_bundle(name: FromPath[str], body: RawBody, context: Context) -> BundleImportResponse:
         """Admin: import a model bundle or a bare LightGBM model file into pipeline `name`.
 
         The body is the file's bytes (`Content-Type: application/octet-stream`). It is
