@@ -131,7 +131,7 @@ def unpack(data: bytes, max_member_bytes: int) -> Unpacked:
 
     # All members together: the model and its metadata, twice a member's bound at most (a
     # bomb of many members at the bound each would otherwise fill the box's memory).
-    limit = 2 * max_member_bytes + (1 << 20)
+    limit = 2 * max_member_bytes + (64 << 10)  # and the headers, the manifest
     files: dict[str, bytes] = {}
     try:
         stream = io.BufferedReader(_Bounded(gzip.GzipFile(fileobj=io.BytesIO(data)), limit))
