@@ -4,6 +4,7 @@ a derived feature, multiclass, regression); keys; the CLI."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -164,3 +165,8 @@ def test_round_trip_between_two_daemons_gives_the_same_predictions(box_a, tmp_pa
         assert source["key_id"] == body["key_id"] and source["pipeline"] == p
         assert source["trained_at"] and source["exported_by"]
         assert model["lineage"]["origin"]["datasets"], "the origin's lineage is kept"
+        # What drift is measured against came along (box B has no data of its own).
+        meta_a = json.loads((box_a / "models" / p / "1" / "model.json").read_text())
+        meta_b = json.loads((box_b / "models" / p / "1" / "model.json").read_text())
+        assert meta_b["reference"] == meta_a["reference"] and meta_b["reference"]
+        assert meta_b["spec"] == meta_a["spec"]
