@@ -228,6 +228,21 @@ class PromoteResponse(msgspec.Struct, kw_only=True):
     previous_version: int | None
 
 
+class BundleImportResponse(msgspec.Struct, kw_only=True):
+    """What an import did: the version it registered, the stage the promotion policy left
+    it in and why, and where it came from (``source``: a bundle's origin box, pipeline,
+    version, when it was trained, the signing key's id; or a bare model file)."""
+
+    pipeline: str
+    version: int
+    stage: str  # production | candidate | rejected
+    policy: str
+    reason: str
+    kind: str  # bundle | model_file
+    key_id: str | None = None
+    source: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
 class RetrainRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Optional body of ``POST /v1/pipelines/{name}/retrain``; a bare POST trains with the
     config's settings."""

@@ -22,6 +22,7 @@ from appliance.serving.fast_path import PredictFastPath
 from appliance.serving.host import HostCheckMiddleware, HostPolicy
 from appliance.serving.openapi import openapi_config, refine_openapi
 from appliance.serving.routes import (
+    bundles,
     data,
     datasets,
     events,
@@ -45,7 +46,7 @@ def create_app(context: ServingContext) -> Litestar:
         route_handlers=[*health.ROUTES, *pipelines.ROUTES,
                         predict_route(predictions, settings.server, tokens), *models.ROUTES,
                         *data.ROUTES, *datasets.ROUTES, *events.ROUTES, *monitoring.ROUTES,
-                        *features.ROUTES],
+                        *features.ROUTES, bundles.bundle_route(settings)],
         # What handlers are given by dependency injection: the context, to every handler
         # with a `context` parameter, and the Prometheus registry, to /metrics.
         state=State({
@@ -61,6 +62,7 @@ def create_app(context: ServingContext) -> Litestar:
     )
     readers = read_tokens(context)
     refine_openapi(app, reads_need_token=readers is not None)
+    bundles.describe_body(app.openapi_schema)
     # Around Litestar's own layers, outermost first: request metrics (they see every
     # answer, errors of the framework included), the Host check (every request, unknown
     # paths too), the read gate (off loopback), then the fast path of predict. Plain ASGI:

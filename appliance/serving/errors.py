@@ -121,7 +121,12 @@ def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
             413: "body_too_large"}.get(status, "http_error")
     message = exc.detail
     details: dict[str, Any] = {}
-    if status == 413:
+    if status == 413 and request.url.path.endswith("/bundles"):
+        max_mb = context_of(request).settings.bundles.max_bundle_mb
+        message = (f"the file is over {max_mb} MB (bundles.max_bundle_mb); nothing was "
+                   "registered")
+        details = {"limit": max_mb << 20}
+    elif status == 413:
         max_body = context_of(request).settings.server.max_body_bytes  # the app's limit
         message = (f"the body is over {max_body} bytes (server.max_body_bytes); send "
                    "fewer rows per call")
