@@ -10,6 +10,8 @@ request metrics, the Host check (``host.py``), and the fast path of predict
 (``fast_path.py``).
 """
 
+from typing import Any
+
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -31,7 +33,9 @@ from appliance.serving.routes import (
     monitoring,
     pipelines,
 )
+from appliance.serving.routes.mlflow import MlflowRoutes, mlflow_routes
 from appliance.serving.routes.monitoring import METRICS_REGISTRY_KEY, metrics_registry
+from appliance.serving.routes.oip import OipRoutes, oip_routes
 from appliance.serving.routes.predict import Predictions, predict_route
 
 
@@ -40,12 +44,14 @@ def create_app(context: ServingContext) -> Litestar:
     monitor = context.monitor
     predictions = Predictions(context)
     tokens = predict_tokens(context)
+    mlflow = MlflowRoutes(context, predictions)
     app = Litestar(
         # In this order in the OpenAPI document.
         route_handlers=[*health.ROUTES, *pipelines.ROUTES,
                         predict_route(predictions, settings.server, tokens), *models.ROUTES,
                         *data.ROUTES, *datasets.ROUTES, *events.ROUTES, *monitoring.ROUTES,
-                        *features.ROUTES],
+                        *features.ROUTES, *oip_routes(OipRoutes(context, predictions), tokens),
+                        *mlflow_routes(mlflow, tokens)],
         # What handlers are given by dependency injection: the context, to every handler
         # with a `context` parameter, and the Prometheus registry, to /metrics.
         state=State({
@@ -72,5 +78,20 @@ def create_app(context: ServingContext) -> Litestar:
         fast = ReadGateMiddleware(fast, readers)
     host_checked = HostCheckMiddleware(fast, HostPolicy(settings.server.host,
                                                         settings.server.allowed_hosts))
-    app.asgi_handler = monitor.instrument(host_checked)
+    app.asgi_handler = monitor.instrument(host_checked, resolve=protocol_pipeline(mlflow))
     return app
+
+
+def protocol_pipeline(mlflow: MlflowRoutes) -> Any:
+    """For the request metrics: the pipeline of a call of the Open Inference Protocol's
+    infer or MLflow's /invocations (counted as that pipeline's predict calls), else None."""
+    prefix, suffix = "/v2/models/", "/infer"
+
+    def resolve(scope: dict[str, Any]) -> str | None:
+        path = scope.get("path", "")
+        if scope.get("method") == "POST" and path.startswith(prefix) and path.endswith(suffix):
+            name = path[len(prefix):-len(suffix)].split("/", 1)[0]
+            return name or None
+        return mlflow.resolve(scope)
+
+    return resolve

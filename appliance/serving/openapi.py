@@ -67,7 +67,8 @@ def _declare_read_gate(spec: OpenAPI) -> None:
             continue
         for method in ("get", "post", "put", "patch", "delete"):
             op = getattr(item, method, None)
-            if op is None or (method == "post" and path.endswith("/predict")):
+            if op is None or (method == "post" and path.endswith(
+                    ("/predict", "/infer", "/invocations"))):
                 continue
             responses = op.responses if op.responses is not None else {}
             if "401" not in responses:
