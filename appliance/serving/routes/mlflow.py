@@ -25,6 +25,7 @@ from urllib.parse import parse_qs
 from litestar import MediaType, Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.middleware import DefineMiddleware
+from litestar.params import FromPath
 
 from appliance import __version__
 from appliance.api_types import MlflowPredictions
@@ -168,7 +169,7 @@ def mlflow_routes(routes: MlflowRoutes, tokens: tuple[str, ...] | None
         return await r.invocations(request)
 
     async def pipeline_invocations(request: Request[Any, Any, Any],
-                                   name: str) -> MlflowPredictions:
+                                   name: FromPath[str]) -> MlflowPredictions:
         return await r.invocations(request)
 
     def ping(request: Request[Any, Any, Any]) -> Response[str]:
@@ -188,8 +189,9 @@ def mlflow_routes(routes: MlflowRoutes, tokens: tuple[str, ...] | None
              security=security, **common)(invocations),
         post("/v1/pipelines/{name:str}/invocations", status_code=200, responses=errors,
              middleware=gate, security=security, **common)(pipeline_invocations),
-        get("/ping", sync_to_thread=True, responses={
+        get("/ping", sync_to_thread=True, media_type=MediaType.TEXT, responses={
             **host, **{k: errors[k] for k in (400, 404, 503)}},
             **common)(ping),
-        get("/version", sync_to_thread=False, responses=host, **common)(version),
+        get("/version", sync_to_thread=False, media_type=MediaType.TEXT, responses=host,
+            **common)(version),
     ]

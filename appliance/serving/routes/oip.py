@@ -19,6 +19,7 @@ from litestar import Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import ResponseSpec
+from litestar.params import FromPath
 
 from appliance import __version__
 from appliance.api_types import (
@@ -204,23 +205,23 @@ def oip_routes(routes: OipRoutes, tokens: tuple[str, ...] | None) -> list[HTTPRo
     }
     r = routes
 
-    def metadata(name: str) -> OipModelMetadata:
+    def metadata(name: FromPath[str]) -> OipModelMetadata:
         return r.metadata(name)
 
-    def version_metadata(name: str, version: str) -> OipModelMetadata:
+    def version_metadata(name: FromPath[str], version: FromPath[str]) -> OipModelMetadata:
         return r.metadata(name, version)
 
-    def ready(name: str) -> Response[OipModelReady]:
+    def ready(name: FromPath[str]) -> Response[OipModelReady]:
         return r.model_ready(name)
 
-    def version_ready(name: str, version: str) -> Response[OipModelReady]:
+    def version_ready(name: FromPath[str], version: FromPath[str]) -> Response[OipModelReady]:
         return r.model_ready(name, version)
 
-    async def infer(request: Request[Any, Any, Any], name: str) -> OipInferResponse:
+    async def infer(request: Request[Any, Any, Any], name: FromPath[str]) -> OipInferResponse:
         return await r.infer(request, name)
 
-    async def version_infer(request: Request[Any, Any, Any], name: str,
-                            version: str) -> OipInferResponse:
+    async def version_infer(request: Request[Any, Any, Any], name: FromPath[str],
+                            version: FromPath[str]) -> OipInferResponse:
         return await r.infer(request, name, version)
 
     for f in (metadata, version_metadata):
