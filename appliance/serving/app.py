@@ -20,7 +20,7 @@ from litestar.types import ASGIApp
 from appliance.serving.auth import ReadGateMiddleware, predict_tokens, read_tokens
 from appliance.serving.context import CONTEXT_KEY, ServingContext, provide_context
 from appliance.serving.errors import EXCEPTION_HANDLERS
-from appliance.serving.fast_path import PredictFastPath
+from appliance.serving.fast_path import PredictFastPath, ProtocolFastPath
 from appliance.serving.host import HostCheckMiddleware, HostPolicy
 from appliance.serving.openapi import openapi_config, refine_openapi
 from appliance.serving.routes import (
@@ -45,12 +45,13 @@ def create_app(context: ServingContext) -> Litestar:
     predictions = Predictions(context)
     tokens = predict_tokens(context)
     mlflow = MlflowRoutes(context, predictions)
+    oip = OipRoutes(context, predictions)
     app = Litestar(
         # In this order in the OpenAPI document.
         route_handlers=[*health.ROUTES, *pipelines.ROUTES,
                         predict_route(predictions, settings.server, tokens), *models.ROUTES,
                         *data.ROUTES, *datasets.ROUTES, *events.ROUTES, *monitoring.ROUTES,
-                        *features.ROUTES, *oip_routes(OipRoutes(context, predictions), tokens),
+                        *features.ROUTES, *oip_routes(oip, tokens),
                         *mlflow_routes(mlflow, tokens)],
         # What handlers are given by dependency injection: the context, to every handler
         # with a `context` parameter, and the Prometheus registry, to /metrics.
@@ -71,7 +72,12 @@ def create_app(context: ServingContext) -> Litestar:
     # answer, errors of the framework included), the Host check (every request, unknown
     # paths too), the read gate (off loopback), then the fast path of predict. Plain ASGI:
     # cheaper than Litestar middleware, which runs inside routing.
-    fast: ASGIApp = PredictFastPath(app.asgi_handler, tokens=tokens,
+    # The protocols' prediction routes have a fast path of their own, behind predict's.
+    protocols: ASGIApp = ProtocolFastPath(app.asgi_handler, tokens=tokens,
+                                          max_body=settings.server.max_body_bytes,
+                                          oip=oip.fast_answer, mlflow=mlflow.answer,
+                                          server=settings.server)
+    fast: ASGIApp = PredictFastPath(protocols, tokens=tokens,
                                     max_body=settings.server.max_body_bytes,
                                     answer=predictions.fast_predict, server=settings.server)
     if readers is not None:

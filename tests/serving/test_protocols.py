@@ -7,6 +7,7 @@ prediction log are the predict route's."""
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 from pathlib import Path
 
@@ -295,3 +296,73 @@ def test_calls_are_counted_and_logged_as_predict_calls(daemon):
                                "AND inputs IS NOT NULL", ids).fetchone()[0]
 
     wait_for(lambda: logged() == len(ids), timeout=20, what="the predictions to be logged")
+
+
+def _reload(d: DaemonProcess, config: str) -> None:
+    """Write the config and SIGHUP the daemon; returns once it has applied it."""
+    def reloads() -> int:
+        events = d.get("/v1/events", params={"limit": 1000}).json()["events"]
+        return sum(e["kind"] == "config_reloaded" for e in events)
+
+    before = reloads()
+    (d.state_root / "appliance.toml").write_text(config)
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: reloads() > before, timeout=15, what="the config to be reloaded")
+
+
+def _binary_body(rows: list[dict]) -> tuple[bytes, str]:
+    """tritonclient's binary tensor extension, by hand: (body, its JSON part's length)."""
+    temp = np.array([np.nan if r["temp"] is None else r["temp"] for r in rows]).tobytes()
+    inputs = [{"name": "temp", "shape": [len(rows)], "datatype": "FP64",
+               "parameters": {"binary_data_size": len(temp)}}]
+    rest = [{"name": c, "shape": [len(rows)], "datatype": t, "data": [r[c] for r in rows]}
+            for c, t in (("count", "INT64"), ("site", "BYTES"), ("ok", "BOOL"),
+                         ("day", "BYTES"))]
+    head = json.dumps({"inputs": inputs + rest}).encode()
+    return head + temp, str(len(head))
+
+
+def test_the_fast_path_answers_exactly_as_the_route(daemon):
+    body, head = _binary_body(ROWS)
+    cases = [
+        ("oip", "/v2/models/multi/infer", {"json": _oip_body(ROWS)}),
+        ("oip version", "/v2/models/reg/versions/1/infer", {"json": _oip_body(ROWS[:1])}),
+        ("oip binary", "/v2/models/bin/infer", {"content": body, "headers": {
+            "inference-header-content-length": head,
+            "content-type": "application/octet-stream"}}),
+        ("oip NaN", "/v2/models/bin/infer", {
+            "content": json.dumps(_oip_body([{**ROWS[0], "temp": 1.5}])).replace("1.5", "NaN"),
+            "headers": {"content-type": "application/json"}}),
+        ("mlflow", "/invocations?pipeline=multi", {"json": {"dataframe_records": ROWS}}),
+        ("mlflow prefix", "/v1/pipelines/bin/invocations", {"json": {"instances": ROWS}}),
+        ("mlflow csv", "/invocations?pipeline=reg", {
+            "content": pd.DataFrame(ROWS).to_csv(index=False).encode(),
+            "headers": {"content-type": "text/csv"}}),
+        ("mlflow ambiguous", "/invocations", {"json": {"instances": ROWS}}),
+        *[(f"oip {c[0]}", "/v2/models/bin/infer", c[2]) for c in _refusals()],
+        *[(f"mlflow {c[0]}", "/invocations?pipeline=bin", c[3]) for c in _refusals()],
+    ]
+
+    def answers() -> dict[str, tuple]:
+        out = {}
+        for case, path, kw in cases:
+            r = daemon.http.post(path, **kw)
+            got = r.json()
+            ids = got.pop("prediction_ids", None) or next(
+                (o.pop("data") for o in got.get("outputs", []) if o["name"] == "prediction_id"),
+                [])
+            assert len(set(ids)) == len(ids)
+            headers = {k: v for k, v in r.headers.items() if k != "date"}
+            out[case] = (r.status_code, headers, got)
+        return out
+
+    fast = answers()
+    assert all(fast[c][0] == 200 for c in ("oip", "oip version", "oip binary", "oip NaN",
+                                           "mlflow", "mlflow prefix", "mlflow csv")), fast
+    _reload(daemon, CONFIG.replace("[server]\n", "[server]\npredict_fast_path = false\n"))
+    try:
+        route = answers()
+    finally:
+        _reload(daemon, CONFIG)
+    for case in fast:
+        assert route[case] == fast[case], case

@@ -113,11 +113,17 @@ class MlflowRoutes:
         return model
 
     async def invocations(self, request: Request[Any, Any, Any]) -> MlflowPredictions:
-        name = self.pipeline_of(request.scope)
-        model = self.model(name)
         body = await request.body()
-        content_type = (header(request.scope, b"content-type") or b"").decode("latin-1")
-        if content_type.split(";", 1)[0].strip().lower() == "text/csv":
+        return self.answer(request.scope, body, header(request.scope, b"content-type"))
+
+    def answer(self, scope: Any, body: bytes, content_type: bytes | None) -> MlflowPredictions:
+        """The answer of /invocations for a body: the route's, and the fast path's (which
+        hands any call this raises for to the route). It records the call only once it
+        has the answer."""
+        name = self.pipeline_of(scope)
+        model = self.model(name)
+        media = (content_type or b"").split(b";", 1)[0].strip().lower()
+        if media == b"text/csv":
             rows, explain = mlflow_csv_rows(body, model.spec), None
         else:
             rows, explain = mlflow_json_rows(body)

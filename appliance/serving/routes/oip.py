@@ -156,10 +156,17 @@ class OipRoutes:
 
     async def infer(self, request: Request[Any, Any, Any], name: str,
                     version: str | None = None) -> OipInferResponse:
-        model = self.model(name, version)
         body = await request.body()
-        req, binary = decode_infer(body, header(request.scope,
-                                                b"inference-header-content-length"))
+        return self.answer(name, version, body,
+                           header(request.scope, b"inference-header-content-length"))
+
+    def answer(self, name: str, version: str | None, body: bytes,
+               header_length: bytes | None) -> OipInferResponse:
+        """The answer of infer for a body: the route's, and the fast path's (which hands
+        any call this raises for to the route). It records the call only once it has the
+        answer."""
+        model = self.model(name, version)
+        req, binary = decode_infer(body, header_length)
         explain = explain_of(req.parameters)
         requested = None
         if req.outputs:
@@ -175,6 +182,16 @@ class OipRoutes:
         answer = answer_rows(self.predictions, name, model, rows, explain)
         return OipInferResponse(model_name=name, model_version=str(answer.model_version),
                                 id=req.id, outputs=infer_outputs(model, answer, requested))
+
+    def fast_answer(self, path: str, body: bytes, header_length: bytes | None
+                    ) -> OipInferResponse | None:
+        """The fast path's answer for ``POST /v2/models/{name}[/versions/{v}]/infer``;
+        None for a path the route must answer (it says why)."""
+        inner = path[len("/v2/models/"):-len("/infer")]
+        name, _, version = inner.partition("/versions/")
+        if not name or "/" in name or "/" in version or (_ and not version):
+            return None
+        return self.answer(name, version or None, body, header_length)
 
 
 _INFER_DOC = """Predict: one named input per column (shape [N] or [N, 1]), in row order; the
