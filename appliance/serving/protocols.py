@@ -247,7 +247,8 @@ def infer_rows(request: OipInferRequest, binary: bytes, max_rows: int) -> list[d
             raise _bad("invalid_input", f"input `{name}` has {n} rows but "
                        f"`{request.inputs[0].name}` has {n_rows}; every column has the "
                        "same rows", field=name)
-        size = (inp.parameters or {}).get("binary_data_size")
+        params = inp.parameters
+        size = None if params is None else params.get("binary_data_size")
         if size is not None:
             if inp.datatype not in _BINARY and inp.datatype != "BYTES":
                 raise _bad("invalid_input", f"input `{name}`: datatype {inp.datatype} "
@@ -257,11 +258,16 @@ def infer_rows(request: OipInferRequest, binary: bytes, max_rows: int) -> list[d
                            "beyond the body's binary part", field=name)
             values = _binary_values(name, inp.datatype, binary[at:at + size], n)
             at += size
-        else:
-            values = _flat(name, inp.data, n)
-        if inp.datatype in _FLOATS:  # NaN is how a float array says "missing"
-            values = [None if type(v) is float and v != v else v for v in values]
+            if inp.datatype in _FLOATS:  # NaN is how a float array says "missing"
+                values = [None if v != v else v for v in values]
+        else:  # JSON: a NaN was read as null already
+            values = inp.data
+            if type(values) is not list or len(values) != n or (
+                    values and type(values[0]) is list):
+                values = _flat(name, values, n)
         columns[name] = values
+    if n_rows == 1:
+        return [{name: values[0] for name, values in columns.items()}]
     names = list(columns)
     return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
 
