@@ -16,9 +16,11 @@ import pandas as pd
 import polars as pl
 import pytest
 import tritonclient.http as triton
+from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from tests.conftest import DaemonProcess, drop, wait_for
+from tests.monitoring.prometheus_conventions import naming_problems
 
 CONFIG = """
 [ingest]
@@ -296,6 +298,11 @@ def test_calls_are_counted_and_logged_as_predict_calls(daemon):
                                "AND inputs IS NOT NULL", ids).fetchone()[0]
 
     wait_for(lambda: logged() == len(ids), timeout=20, what="the predictions to be logged")
+    exposition = daemon.get("/metrics").text
+    assert naming_problems(exposition) == []
+    counted = {s.labels["pipeline"]: s.value for f in text_string_to_metric_families(exposition)
+               if f.name == "appliance_requests" for s in f.samples}
+    assert counted["reg"] >= 2
 
 
 def _reload(d: DaemonProcess, config: str) -> None:
