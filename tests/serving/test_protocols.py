@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import polars as pl
@@ -373,3 +376,94 @@ def test_the_fast_path_answers_exactly_as_the_route(daemon):
         _reload(daemon, CONFIG)
     for case in fast:
         assert route[case] == fast[case], case
+
+
+GATED = CONFIG.replace("[server]\n", "[server]\npredict_token_required = true\n"
+                       "read_token_required = true\n")
+
+
+def test_tokens_probes_and_no_model_as_on_predict(tmp_path, start_daemon):
+    """The predict token gates the protocols' predictions; reads need the read token;
+    the probes stay open; a pipeline without a model is a 503 with Retry-After."""
+    root = tmp_path / "state"
+    root.mkdir()
+    (root / "appliance.toml").write_text(GATED)
+    d = start_daemon(root)
+    token = (root / "predict_token").read_text().strip()
+    calls = [("/v2/models/bin/infer", {"json": _oip_body(ROWS[:1])}),
+             ("/invocations?pipeline=bin", {"json": {"dataframe_records": ROWS[:1]}})]
+    for path, kw in calls:
+        for auth in (None, "Bearer wrong"):
+            headers = {"authorization": auth} if auth else {}
+            r = d.http.post(path, headers=headers, **kw)
+            assert r.status_code == 401, r.text
+            assert "predict_token" in r.json()["error"]
+        r = d.http.post(path, headers={"authorization": f"Bearer {token}"}, **kw)
+        assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
+        assert "no model" in r.json()["error"]
+    for path in ("/v2/health/live", "/ping?pipeline=bin", "/v2/health/ready"):
+        assert d.get(path).status_code in (200, 503), path  # open: never 401
+    for path in ("/v2", "/v2/models/bin", "/version"):
+        assert d.get(path).status_code == 401, path
+    r = d.get("/v2/models/bin/ready", headers={"authorization": f"Bearer {token}"})
+    assert r.status_code == 503 and r.json() == {"name": "bin", "ready": False}
+
+
+def test_hot_swap_under_load_on_both_protocols(daemon):
+    """Promotions back and forth while clients call infer and /invocations: no call fails,
+    and each answer is its version's (no mix of models within a call)."""
+    src = daemon.state_root.parent / "reg2.csv"
+    _frame("reg", n=400, seed=99).write_csv(src)
+    drop(daemon.state_root, "reg", src)
+
+    def second() -> bool:
+        history = daemon.get("/v1/pipelines/reg/jobs").json()["history"]
+        return any(j["model_version"] == 2 and j["status"] == "succeeded" for j in history)
+
+    wait_for(second, timeout=90, what="v2 of reg to be trained")
+    expected = {}
+    for version in (2, 1):
+        assert daemon.post(f"/v1/pipelines/reg/models/{version}/promote",
+                           admin=True).status_code == 200
+        expected[version] = _predict(daemon, "reg", ROWS)["predictions"]
+    assert expected[1] != expected[2]
+    r = daemon.post("/v2/models/reg/versions/2/infer", json=_oip_body(ROWS))
+    assert r.status_code == 409 and "promote 2" in r.json()["error"], r.text
+
+    failures: list[str] = []
+    seen: dict[int, int] = {1: 0, 2: 0}
+    stop = threading.Event()
+
+    def client(oip: bool) -> None:
+        with httpx.Client(base_url=daemon.url, timeout=10) as http:
+            while not stop.is_set():
+                if oip:
+                    r = http.post("/v2/models/reg/infer", json=_oip_body(ROWS))
+                else:
+                    r = http.post("/invocations?pipeline=reg",
+                                  json={"dataframe_records": ROWS})
+                if r.status_code != 200:
+                    failures.append(r.text)
+                    continue
+                body = r.json()
+                version = int(body["model_version"])
+                got = _from_oip("reg", body) if oip else body["predictions"]
+                if got != expected[version]:
+                    failures.append(f"v{version} answered {got}")
+                seen[version] += 1
+
+    threads = [threading.Thread(target=client, args=(i % 2 == 0,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for k in range(10):
+            assert daemon.post(f"/v1/pipelines/reg/models/{2 - k % 2}/promote",
+                               admin=True).status_code == 200
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        daemon.post("/v1/pipelines/reg/models/1/promote", admin=True)
+    assert not failures, failures[:3]
+    assert seen[1] > 5 and seen[2] > 5, seen
