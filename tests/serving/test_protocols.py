@@ -273,6 +273,11 @@ def test_which_pipeline_and_which_version(daemon):
     assert daemon.get("/version").text.strip()
     r = daemon.post("/v2/models/bin/versions/9/infer", json=_oip_body(ROWS[:1]))
     assert r.status_code == 404 and "version `9`" in r.json()["error"]
+    for odd in ("%C2%B2", "v", "99999999999999999999999"):  # a superscript digit, no number
+        r = daemon.post(f"/v2/models/bin/versions/{odd}/infer", json=_oip_body(ROWS[:1]))
+        assert r.status_code == 404, (odd, r.text)
+    assert daemon.post("/v2/models/bin/versions/v1/infer",
+                       json=_oip_body(ROWS[:1])).status_code == 200
     assert daemon.get("/v2/models/nope").status_code == 404
     assert daemon.get("/v2").json()["name"] == "appliance"
     assert daemon.get("/v2/health/ready").json() == {"ready": True}

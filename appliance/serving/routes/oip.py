@@ -99,7 +99,7 @@ class OipRoutes:
 
     def _refuse_version(self, name: str, version: str, serving: int) -> None:
         number = version[1:] if version[:1] in "vV" else version
-        registered = number.isdigit() and int(number) <= 2**63 - 1 and (
+        registered = number.isascii() and number.isdigit() and int(number) <= 2**63 - 1 and (
             self.context.store.model(name, int(number)) is not None)
         if registered and int(number) == serving:
             return  # "v3" for 3
