@@ -6,8 +6,10 @@ Every error a client sees is an :class:`ErrorBody` (``errors.py``); none carries
 trace. The routes live in ``routes/``, one module per resource; they receive the daemon's
 parts (a :class:`ServingContext`) through Litestar's dependency injection from the app's
 state, predict excepted (see ``routes/predict.py``). In front of Litestar, as plain ASGI:
-request metrics, the Host check (``host.py``), and the fast path of predict
-(``fast_path.py``).
+request metrics, the Host check (``host.py``), and the fast paths of predict and of the
+other protocols' prediction routes (``fast_path.py``; the Open Inference Protocol in
+``routes/oip.py``, MLflow's scoring in ``routes/mlflow.py``, both answered by predict's
+machinery).
 """
 
 from typing import Any

@@ -1,4 +1,6 @@
-"""The fast path of predict: a plain ASGI layer that answers a well-formed prediction call
+"""The fast paths of predict and of the protocols' prediction routes (:class:`ProtocolFastPath`).
+
+The fast path of predict: a plain ASGI layer that answers a well-formed prediction call
 with the route's own Struct (:class:`PredictRequest`) and the route's own function
 (``answer_predict``, in ``routes/predict.py``), and hands every other call to Litestar with
 its body replayed as it came."""
