@@ -304,6 +304,7 @@ def infer_outputs(model: Any, answer: PredictResponse,
 # --- MLflow: a scoring request to rows ---------------------------------------------------------
 
 MLFLOW_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+_MLFLOW_KEY_SET = frozenset(MLFLOW_KEYS)
 _MLFLOW_WHAT = ('{"dataframe_split": {"columns": [...], "data": [[...], ...]}} (or '
                 "dataframe_records, instances, inputs), or a text/csv body with a header line")
 
@@ -337,18 +338,21 @@ def mlflow_json_rows(body: bytes) -> tuple[list[Any], int | None]:
     if not isinstance(doc, dict):
         raise _bad("invalid_request", f"the body must be a JSON object; send {_MLFLOW_WHAT}",
                    field="(body)")
-    keys = [k for k in MLFLOW_KEYS if k in doc]
-    unknown = sorted(set(doc) - {*MLFLOW_KEYS, "params"})
-    if len(keys) != 1 or unknown:
-        got = ", ".join(f"`{k}`" for k in [*keys, *unknown]) or "none"
-        raise _bad("invalid_request", f"the body must have exactly one of "
-                   f"{', '.join(MLFLOW_KEYS)} (and optionally params); got {got}",
-                   field="(body)", expected=list(MLFLOW_KEYS))
-    params = doc.get("params")
-    if params is not None and not isinstance(params, dict):
-        raise _bad("invalid_request", "`params` must be an object", field="params")
-    explain = explain_of(params)
-    key = keys[0]
+    if len(doc) == 1 and (key := next(iter(doc))) in _MLFLOW_KEY_SET:
+        explain = None  # the usual body: one key, no params
+    else:
+        keys = [k for k in MLFLOW_KEYS if k in doc]
+        unknown = sorted(set(doc) - {*MLFLOW_KEYS, "params"})
+        if len(keys) != 1 or unknown:
+            got = ", ".join(f"`{k}`" for k in [*keys, *unknown]) or "none"
+            raise _bad("invalid_request", f"the body must have exactly one of "
+                       f"{', '.join(MLFLOW_KEYS)} (and optionally params); got {got}",
+                       field="(body)", expected=list(MLFLOW_KEYS))
+        params = doc.get("params")
+        if params is not None and not isinstance(params, dict):
+            raise _bad("invalid_request", "`params` must be an object", field="params")
+        explain = explain_of(params)
+        key = keys[0]
     value = doc[key]
     if key != "dataframe_split":
         return _records(value, key), explain
@@ -357,14 +361,17 @@ def mlflow_json_rows(body: bytes) -> tuple[list[Any], int | None]:
         raise _bad("invalid_request", "`dataframe_split` must be an object with `columns` "
                    "(names) and `data` (rows of values), as pandas' "
                    'to_json(orient="split") writes', field="dataframe_split")
-    columns = [str(c) for c in value["columns"]]
+    columns = value["columns"]
+    if not all(type(c) is str for c in columns):
+        columns = [str(c) for c in columns]
+    width = len(columns)
     rows = []
     for r, values in enumerate(value["data"]):
-        if not isinstance(values, list) or len(values) != len(columns):
-            raise _bad("invalid_row", f"`dataframe_split` row {r}: expected {len(columns)} "
+        if type(values) is not list or len(values) != width:
+            raise _bad("invalid_row", f"`dataframe_split` row {r}: expected {width} "
                        f"values, one per column", 422, row=r, field="(row)",
-                       expected=f"{len(columns)} values")
-        rows.append(dict(zip(columns, values, strict=True)))
+                       expected=f"{width} values")
+        rows.append(dict(zip(columns, values, strict=False)))  # lengths checked above
     return rows, explain
 
 
