@@ -114,7 +114,15 @@ INVOCATIONS_BODY = _obj(
 
 
 def _declare_protocol_bodies(spec: OpenAPI) -> None:
+    """The protocols' request bodies, and the Retry-After of their 503s."""
     for path, item in (spec.paths or {}).items():
+        if path.startswith("/v2/models/") or path.endswith(("/invocations", "/ping")):
+            for op in (item.get, item.post):
+                unavailable = (op.responses or {}).get("503") if op is not None else None
+                if isinstance(unavailable, OpenAPIResponse):
+                    unavailable.headers = {"Retry-After": OpenAPIHeader(
+                        schema=Schema(type=OpenAPIType.INTEGER),
+                        description="seconds to wait before asking again", required=True)}
         op = item.post
         if op is None:
             continue

@@ -472,3 +472,21 @@ def test_hot_swap_under_load_on_both_protocols(daemon):
         daemon.post("/v1/pipelines/reg/models/1/promote", admin=True)
     assert not failures, failures[:3]
     assert seen[1] > 5 and seen[2] > 5, seen
+
+
+def test_openapi_declares_the_protocols(daemon):
+    spec = daemon.get("/schema/openapi.json").json()
+    paths = spec["paths"]
+    for path in ("/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}",
+                 "/v2/models/{name}/versions/{version}", "/v2/models/{name}/ready",
+                 "/v2/models/{name}/versions/{version}/ready", "/ping", "/version"):
+        assert "400" in paths[path]["get"]["responses"], path
+    for path in ("/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer",
+                 "/invocations", "/v1/pipelines/{name}/invocations"):
+        op = paths[path]["post"]
+        assert {"200", "400", "404", "413", "415", "422", "503"} <= set(op["responses"]), path
+        assert "Retry-After" in op["responses"]["503"]["headers"], path
+        assert op["requestBody"]["required"] is True
+        assert op["responses"]["422"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ProtocolErrorBody"}
+    assert "text/csv" in paths["/invocations"]["post"]["requestBody"]["content"]
