@@ -83,6 +83,10 @@ class ServerSettings(_Section):
                    "per-request work (same answers, about twice the throughput); refusals "
                    "always take the framework's route. Off only to rule it out"),
     ] = True
+    default_pipeline: Annotated[str, _doc(
+        "the pipeline a plain MLflow `POST /invocations` serves when the box has several "
+        "(one pipeline: that one; `?pipeline=NAME` or /v1/pipelines/NAME/invocations "
+        "always picks)")] = ""
 
 
 class IngestSettings(_Section):
