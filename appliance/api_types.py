@@ -268,6 +268,21 @@ class PromoteResponse(msgspec.Struct, kw_only=True):
     previous_version: int | None
 
 
+class BundleImportResponse(msgspec.Struct, kw_only=True):
+    """What an import did: the version it registered, the stage the promotion policy left
+    it in and why, and where it came from (``source``: a bundle's origin box, pipeline,
+    version, when it was trained, the signing key's id; or a bare model file)."""
+
+    pipeline: str
+    version: int
+    stage: str  # production | candidate | rejected
+    policy: str
+    reason: str
+    kind: str  # bundle | model_file
+    key_id: str | None = None
+    source: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
 class RetrainRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Optional body of ``POST /v1/pipelines/{name}/retrain``; a bare POST trains with the
     config's settings."""
@@ -473,3 +488,92 @@ class OnlineFeatures(msgspec.Struct, kw_only=True):
     event_time: str | None
     dataset_version: int
     updated_at: str
+
+
+# --- the Open Inference Protocol V2 (REST) and MLflow's scoring protocol -----------------
+
+
+class ProtocolErrorBody(ErrorBody, kw_only=True, omit_defaults=True):
+    """An error of the Open Inference Protocol's routes and of ``/invocations``: the
+    appliance's own fields plus ``error`` (the protocol's: the message) and, on
+    ``/invocations``, ``error_code`` (MLflow's: BAD_REQUEST, ...)."""
+
+    error: str
+    error_code: str | None = None
+
+
+class OipServerMetadata(msgspec.Struct, kw_only=True):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class OipLive(msgspec.Struct, kw_only=True):
+    live: bool
+
+
+class OipReady(msgspec.Struct, kw_only=True):
+    ready: bool
+
+
+class OipModelReady(msgspec.Struct, kw_only=True):
+    name: str
+    ready: bool
+
+
+class OipTensorMetadata(msgspec.Struct, kw_only=True):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class OipModelMetadata(msgspec.Struct, kw_only=True):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[OipTensorMetadata]
+    outputs: list[OipTensorMetadata]
+
+
+class OipRequestInput(msgspec.Struct, kw_only=True):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: Any = None  # absent only with the binary tensor extension (binary_data_size)
+
+
+class OipRequestOutput(msgspec.Struct, kw_only=True):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class OipInferRequest(msgspec.Struct, kw_only=True):
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[OipRequestInput]
+    outputs: list[OipRequestOutput] | None = None
+
+
+class OipResponseOutput(msgspec.Struct, kw_only=True):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any]
+
+
+class OipInferResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[OipResponseOutput]
+
+
+class MlflowPredictions(msgspec.Struct, kw_only=True):
+    """``POST /invocations``'s answer: MLflow's ``predictions`` (the predict route's
+    numbers, one per row), plus the model version and the prediction ids (for feedback),
+    which MLflow clients ignore."""
+
+    predictions: list[Any]
+    model_version: int
+    prediction_ids: list[str]

@@ -6,7 +6,14 @@
     sample_data/machines_01.csv, with its prediction log on (default settings);
 (b') the same with `server.predict_fast_path = false`: every call through the Litestar
     route (what the fast path saves; `--no-route` leaves it out);
-(c) `mlflow models serve` on the same LightGBM model, when mlflow is installed.
+(c) `mlflow models serve` on the same LightGBM model, when mlflow is installed;
+(d) the appliance's Open Inference Protocol route (`POST /v2/models/machines/infer`, one
+    input per column) and (e) its MLflow route (`POST /invocations`, `dataframe_split`),
+    on the same daemon as (b): target >= 0.8x (b) for single rows;
+(f) MLServer with its LightGBM runtime on the same booster (its one input: the encoded
+    matrix), when `--mlserver PATH` names its `mlserver` executable (installed in a venv of
+    its own: `python -m venv /tmp/mlserver-venv && /tmp/mlserver-venv/bin/pip install mlserver
+    mlserver-lightgbm`).
 
 A closed-loop load generator (raw keep-alive HTTP/1.1 on uvloop, in a separate process)
 drives each at concurrency 1 and 16, with single rows and batches of 100 rows (rows the model
@@ -115,6 +122,7 @@ class _Connection(asyncio.Protocol):
             del self.buf[:self.need]
             self.need = -1
             now = time.perf_counter()
+            self.stats["all"] += 1  # warm-up included: the server's CPU is read around both
             if now >= self.start:
                 self.stats["latencies"].append(now - self.sent_at)
                 if self.status != 200:
@@ -134,7 +142,7 @@ async def _drive(host: str, port: int, request: bytes, concurrency: int, warmup:
     loop = asyncio.get_running_loop()
     start = time.perf_counter() + warmup
     deadline = start + seconds
-    stats: dict[str, Any] = {"latencies": [], "errors": 0}
+    stats: dict[str, Any] = {"latencies": [], "errors": 0, "all": 0}
     waits = []
     for _ in range(concurrency):
         done: asyncio.Future[None] = loop.create_future()
@@ -144,7 +152,7 @@ async def _drive(host: str, port: int, request: bytes, concurrency: int, warmup:
     await asyncio.wait_for(asyncio.gather(*waits), timeout=warmup + seconds + 30)
     lat = sorted(stats["latencies"])
     n = len(lat)
-    return {"requests": n, "errors": stats["errors"], "rps": n / seconds,
+    return {"requests": n, "errors": stats["errors"], "rps": n / seconds, "all": stats["all"],
             "p50_ms": lat[n // 2] * 1e3 if n else float("nan"),
             "p99_ms": lat[min(n - 1, int(n * 0.99))] * 1e3 if n else float("nan")}
 
@@ -166,7 +174,23 @@ def run_loadgen() -> None:
     print(json.dumps(result))
 
 
-def load(url: str, path: str, body: str, concurrency: int, seconds: float) -> dict[str, Any]:
+def load(url: str, path: str, body: str, concurrency: int, seconds: float,
+         pid: int | None = None) -> dict[str, Any]:
+    """One run; with ``pid``, the server's CPU time per request too (``cpu_us``: every
+    thread of the process, its prediction log writer included), which a machine shared
+    with other work disturbs much less than throughput."""
+    import psutil
+
+    cpu = psutil.Process(pid).cpu_times() if pid is not None else None
+    result = _load(url, path, body, concurrency, seconds)
+    if pid is not None and cpu is not None:
+        after = psutil.Process(pid).cpu_times()
+        used = after.user + after.system - cpu.user - cpu.system
+        result["cpu_us"] = used / max(result["all"], 1) * 1e6
+    return result
+
+
+def _load(url: str, path: str, body: str, concurrency: int, seconds: float) -> dict[str, Any]:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     spec = {"host": host, "port": int(port), "path": path, "body": body,
             "concurrency": concurrency, "warmup": 1.0, "seconds": seconds}
@@ -270,6 +294,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per cell (medians)")
     parser.add_argument("--no-route", action="store_true",
                         help="leave out (b'), the appliance without its predict fast path")
+    parser.add_argument("--mlserver", type=Path, default=None,
+                        help="the `mlserver` executable of a venv with mlserver and "
+                             "mlserver-lightgbm: adds (f)")
     args = parser.parse_args()
 
     import polars as pl
@@ -286,7 +313,10 @@ def main() -> None:
         floor, floor_url = start_floor()
         procs.append(floor)
         servers = {"(a) floor": (floor_url, "/predict", bodies),
-                   "(b) appliance": (appliance_url, PREDICT_PATH, bodies)}
+                   "(b) appliance": (appliance_url, PREDICT_PATH, bodies),
+                   "(d) oip infer": (appliance_url, OIP_PATH, _oip_bodies(appliance_url, rows)),
+                   "(e) invocations": (appliance_url, "/invocations",
+                                       _invocations_bodies(rows))}
         if not args.no_route:
             route, route_url, _ = start_appliance(workdir / "route",
                                                   "[server]\npredict_fast_path = false\n")
@@ -298,15 +328,32 @@ def main() -> None:
             servers["(c) mlflow"] = (mlflow[1], "/invocations", _mlflow_bodies(model_txt, rows))
         else:
             print("(c) mlflow: not installed here, skipped (pip install mlflow to include it)")
+        if args.mlserver is not None:
+            mlserver = start_mlserver(args.mlserver, model_txt, workdir)
+            procs.append(mlserver[0])
+            servers["(f) mlserver"] = (mlserver[1], "/v2/models/machines/infer",
+                                       _mlserver_bodies(model_txt, rows))
+        else:
+            print("(f) mlserver: no --mlserver given, skipped")
 
         cells = [(payload, c) for payload in bodies for c in (1, 16)]
         results: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
         print(f"{len(os.sched_getaffinity(0))} cores; {args.repeats} x {args.seconds:g} s per "
               "cell, interleaved; medians shown")
-        for _ in range(args.repeats):
+        names = list(servers)
+        for repeat in range(args.repeats):
             for payload, c in cells:
-                for name, (url, path, server_bodies) in servers.items():
-                    r = load(url, path, server_bodies[payload], c, args.seconds)
+                # The order rotates from one repeat to the next, and a run on the appliance
+                # starts once its prediction log has caught up with the run before: (b),
+                # (d) and (e) share one daemon, whose log writer would otherwise still be
+                # writing the previous run's predictions during the next one.
+                for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+                    url, path, server_bodies = servers[name]
+                    pid = None
+                    if url == appliance_url:
+                        _drain(url)
+                        pid = appliance.pid
+                    r = load(url, path, server_bodies[payload], c, args.seconds, pid)
                     results.setdefault((name, payload, c), []).append(r)
         report(results, servers, cells)
         import httpx
@@ -340,13 +387,109 @@ def _mlflow_bodies(model_txt: Path, rows: list[dict[str, Any]]) -> dict[str, str
     return {"1 row": split(1), "100 rows": split(100)}
 
 
+OIP_PATH = "/v2/models/machines/infer"
+
+
+def _drain(url: str, timeout: float = 120) -> None:
+    """Wait until the daemon's prediction log has written what it queued."""
+    import httpx
+
+    def drained() -> bool:
+        log = httpx.get(f"{url}/v1/pipelines/machines", timeout=10).json()["prediction_log"]
+        return log["pending"] == 0
+
+    _wait(drained, timeout, "the prediction log to catch up")
+
+
+def _oip_bodies(url: str, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """One input per column, with the datatypes the model's metadata declares."""
+    import httpx
+
+    meta = httpx.get(f"{url}/v2/models/machines", timeout=10).json()
+
+    def body(n: int) -> str:
+        return json.dumps({"inputs": [
+            {"name": i["name"], "shape": [n], "datatype": i["datatype"],
+             "data": [r[i["name"]] for r in rows[:n]]} for i in meta["inputs"]]})
+
+    return {"1 row": body(1), "100 rows": body(100)}
+
+
+def _invocations_bodies(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """What pandas' to_json(orient="split") writes, in MLflow's dataframe_split."""
+    cols = list(rows[0])
+
+    def body(n: int) -> str:
+        return json.dumps({"dataframe_split": {
+            "columns": cols, "index": list(range(n)),
+            "data": [[r[c] for c in cols] for r in rows[:n]]}})
+
+    return {"1 row": body(1), "100 rows": body(100)}
+
+
+def start_mlserver(executable: Path, model_txt: Path, workdir: Path,
+                   ) -> tuple[subprocess.Popen[bytes], str]:
+    """MLServer (its LightGBM runtime) on the same booster, settings left at their defaults
+    but the ports."""
+    ports = []
+    for _ in range(3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    folder = workdir / "mlserver"
+    (folder / "machines").mkdir(parents=True)
+    shutil.copyfile(model_txt, folder / "machines" / "model.txt")
+    (folder / "settings.json").write_text(json.dumps({
+        "host": "127.0.0.1", "http_port": ports[0], "grpc_port": ports[1],
+        "metrics_port": ports[2]}))
+    (folder / "machines" / "model-settings.json").write_text(json.dumps({
+        "name": "machines", "implementation": "mlserver_lightgbm.LightGBMModel",
+        "parameters": {"uri": "./model.txt"}}))
+    log = open(workdir / "mlserver.log", "wb")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen([str(executable), "start", str(folder)], stdout=log,
+                            stderr=subprocess.STDOUT, cwd=folder)
+    import httpx
+
+    url = f"http://127.0.0.1:{ports[0]}"
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError((workdir / "mlserver.log").read_text()[-3000:])
+        try:
+            return httpx.get(f"{url}/v2/models/machines/ready", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    _wait(ready, 180, "MLServer")
+    return proc, url
+
+
+def _mlserver_bodies(model_txt: Path, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """MLServer's LightGBM runtime takes the model's encoded matrix as one FP64 input (a
+    missing value sent as 0: JSON has no NaN, and MLServer's decoder takes no null)."""
+    import msgspec
+
+    from appliance.features import FeatureSpec, RowEncoder
+
+    meta = json.loads((model_txt.parent / "model.json").read_text())
+    spec = msgspec.convert(meta["spec"], FeatureSpec)
+    x = RowEncoder(spec).encode(rows)
+
+    def body(n: int) -> str:
+        data = [0.0 if v != v else v for v in x[:n].ravel().tolist()]
+        return json.dumps({"inputs": [{"name": "input-0", "shape": [n, x.shape[1]],
+                                       "datatype": "FP64", "data": data}]})
+
+    return {"1 row": body(1), "100 rows": body(100)}
+
+
 def _median(values: list[float]) -> float:
     return statistics.median(values)
 
 
 def report(results: dict[tuple[str, str, int], list[dict[str, Any]]], servers: dict[str, Any],
            cells: list[tuple[str, int]]) -> None:
-    print(f"\n{'server':<15} {'payload':<9} {'conc':>4} {'req/s':>9} {'rows/s':>10} "
+    print(f"\n{'server':<16} {'payload':<9} {'conc':>4} {'req/s':>9} {'rows/s':>10} "
           f"{'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
     med: dict[tuple[str, str, int], dict[str, float]] = {}
     for payload, c in cells:
@@ -356,7 +499,7 @@ def report(results: dict[tuple[str, str, int], list[dict[str, Any]]], servers: d
             m["errors"] = sum(r["errors"] for r in runs)
             med[(name, payload, c)] = m
             n_rows = 100 if payload == "100 rows" else 1
-            print(f"{name:<15} {payload:<9} {c:>4} {m['rps']:>9.0f} {m['rps'] * n_rows:>10.0f} "
+            print(f"{name:<16} {payload:<9} {c:>4} {m['rps']:>9.0f} {m['rps'] * n_rows:>10.0f} "
                   f"{m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {m['errors']:>6.0f}")
     print("\nratios, appliance / floor (throughput):")
     for payload, c in cells:
@@ -387,6 +530,34 @@ def report(results: dict[tuple[str, str, int], list[dict[str, Any]]], servers: d
           f"{'met' if paired <= 1.3 else 'NOT met'}")
     print(f"  100-row batches, c=16: {batch_rows:,.0f} rows/s (>= 100,000): "
           f"{'met' if batch_rows >= 100_000 else 'NOT met'}")
+    print("\nthe protocols' routes / the predict route (b), throughput:")
+    for payload, c in cells:
+        b = med[("(b) appliance", payload, c)]["rps"]
+        line = f"  {payload:<9} c={c:<3}"
+        for name in ("(d) oip infer", "(e) invocations", "(f) mlserver"):
+            if (name, payload, c) in med:
+                line += f"   {name[4:]} {med[(name, payload, c)]['rps'] / b:.2f}x"
+        print(line)
+    print("\nthe daemon's CPU per request (all its threads; medians), and predict's / the "
+          "route's (as a throughput ratio, steadier than req/s on a shared machine):")
+    for payload, c in cells:
+        b = _median([r["cpu_us"] for r in results[("(b) appliance", payload, c)]])
+        line = f"  {payload:<9} c={c:<3} predict {b:6.0f} us"
+        for name in ("(d) oip infer", "(e) invocations"):
+            x = _median([r["cpu_us"] for r in results[(name, payload, c)]])
+            line += f"   {name[4:]} {x:6.0f} us ({b / x:.2f}x)"
+        print(line)
+    for name in ("(d) oip infer", "(e) invocations"):
+        ratio = med[(name, "1 row", 16)]["rps"] / single["rps"]
+        cpu = (_median([r["cpu_us"] for r in results[("(b) appliance", "1 row", 16)]])
+               / _median([r["cpu_us"] for r in results[(name, "1 row", 16)]]))
+        print(f"  target: {name[4:]}, single row, c=16: {ratio:.2f}x predict in req/s, "
+              f"{cpu:.2f}x in CPU per request (>= 0.8x): "
+              f"{'met' if min(ratio, cpu) >= 0.8 else 'met in CPU' if cpu >= 0.8 else 'NOT met'}")
+    if ("(f) mlserver", "1 row", 16) in med:
+        ratio = med[("(d) oip infer", "1 row", 16)]["rps"] / med[("(f) mlserver", "1 row",
+                                                                   16)]["rps"]
+        print(f"  oip infer / mlserver, single row, c=16: {ratio:.1f}x")
     if ("(c) mlflow", "1 row", 16) in med:
         ratio = single["rps"] / med[("(c) mlflow", "1 row", 16)]["rps"]
         print(f"  single row, c=16: {ratio:.0f}x mlflow (>= 25x): "

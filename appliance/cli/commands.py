@@ -167,10 +167,10 @@ class Client:
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         token = self.token or self.read_token
-        headers = {}
+        headers = dict(kwargs.pop("headers_extra", None) or {})
         if token:
             self._check_identity(token)  # no token goes to a daemon that has not proved it
-            headers = {"Authorization": f"Bearer {token}"}
+            headers["Authorization"] = f"Bearer {token}"
         timeout = kwargs.pop("timeout", 30)
         try:
             resp = self._http.request(method, self.url + path, headers=headers,

@@ -250,7 +250,7 @@ def reference() -> list[tuple[str, Any, str]]:
 
     for section in ("server", "ingest", "train", "jobs", "log"):
         walk(f"{section}.", type(getattr(Settings(), section)))
-    for section in ("monitor", "drift", "retention", "online_store"):
+    for section in ("monitor", "drift", "retention", "online_store", "bundles"):
         walk(f"{section}.", type(getattr(Settings(), section)))
     walk("pipelines.NAME.", PipelineSettings)
     walk("feature_sets.NAME.", FeatureSetSettings)

@@ -83,6 +83,10 @@ class ServerSettings(_Section):
                    "per-request work (same answers, about twice the throughput); refusals "
                    "always take the framework's route. Off only to rule it out"),
     ] = True
+    default_pipeline: Annotated[str, _doc(
+        "the pipeline a plain MLflow `POST /invocations` serves when the box has several "
+        "(one pipeline: that one; `?pipeline=NAME` or /v1/pipelines/NAME/invocations "
+        "always picks)")] = ""
 
 
 class IngestSettings(_Section):
@@ -401,6 +405,15 @@ class PipelineTrainSettings(_Section):
     ] = None
 
 
+class PromotionSettings(_Section):
+    policy: Annotated[
+        Literal["gate", "manual"],
+        _doc("how an imported candidate (a bundle, a bare LightGBM model) goes to production: "
+             "gate (scored beside production on this box's newest labelled held-out rows) or "
+             "manual (it waits for `appliance promote`)"),
+    ] = "gate"
+
+
 class PipelineSettings(_Section):
     target: Annotated[str, _doc("the column to predict")] = "target"
     task: Annotated[Task | None, _doc("binary, multiclass or regression; inferred if unset")] = (
@@ -412,6 +425,7 @@ class PipelineSettings(_Section):
     id: Annotated[str | None, _doc("row id column: never a feature")] = None
     retrain: RetrainSettings = msgspec.field(default_factory=RetrainSettings)
     train: PipelineTrainSettings = msgspec.field(default_factory=PipelineTrainSettings)
+    promotion: PromotionSettings = msgspec.field(default_factory=PromotionSettings)
     derived: Annotated[
         dict[str, str],
         _doc("derived features: name = Polars SQL expression over the row's columns"),
@@ -441,6 +455,23 @@ class OnlineStoreSettings(_Section):
         "megabytes of online feature values held in memory, at most")] = 64
 
 
+class BundleSettings(_Section):
+    source: Annotated[
+        str | None, _doc("a folder (a mounted USB stick, a share) or an https URL polled for "
+                         "new model bundles (`.bundle` files; a URL lists them one per line); "
+                         "unset: none"),
+    ] = None
+    poll_seconds: Annotated[float, msgspec.Meta(gt=0), _doc(
+        "how often bundles.source is polled")] = 60.0
+    allow_unsigned: Annotated[bool, _doc(
+        "import bundles that carry no signature (a signed one must still verify)")] = False
+    max_bundle_mb: Annotated[int, msgspec.Meta(ge=1), _doc(
+        "largest bundle (or bare model file) imported, in MB, as sent")] = 256
+    max_member_mb: Annotated[int, msgspec.Meta(ge=1), _doc(
+        "largest file inside a bundle, in MB, once decompressed (all of them together: "
+        "twice this)")] = 256
+
+
 class Settings(_Section):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     ingest: IngestSettings = msgspec.field(default_factory=IngestSettings)
@@ -451,6 +482,7 @@ class Settings(_Section):
     drift: DriftSettings = msgspec.field(default_factory=DriftSettings)
     retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
     online_store: OnlineStoreSettings = msgspec.field(default_factory=OnlineStoreSettings)
+    bundles: BundleSettings = msgspec.field(default_factory=BundleSettings)
     pipelines: dict[str, PipelineSettings] = msgspec.field(default_factory=dict)
     feature_sets: dict[str, FeatureSetSettings] = msgspec.field(default_factory=dict)
 

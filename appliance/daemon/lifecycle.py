@@ -56,6 +56,7 @@ from appliance.daemon import sdnotify
 from appliance.daemon.connections import ConnectionLimits
 from appliance.daemon.services import Services
 from appliance.ingest import InboxWatcher
+from appliance.jobs import BundleSource
 from appliance.serving import create_app
 
 log = logging.getLogger("appliance.daemon")
@@ -70,7 +71,8 @@ STOP_BUDGET_SECONDS = 8.0
 # Settings a SIGHUP applies while running (shell-style patterns over dotted keys). Every other
 # key is read once at start, so a change to it is logged as needing a restart.
 LIVE_KEYS = ("log.level", "ingest.*", "train.*", "jobs.*", "pipelines.*", "retention.*",
-             "server.max_batch_rows", "server.predict_fast_path")
+             "server.max_batch_rows", "server.predict_fast_path", "bundles.allow_unsigned",
+             "bundles.max_member_mb")
 
 STATUS_SECONDS = 5.0  # how often the STATUS= line is refreshed (sent only when it changed)
 
@@ -268,6 +270,11 @@ class Daemon:
               settings.drift.interval_seconds)
         every("monitor:performance", "live performance check", monitor.performance_check_all,
               cfg.performance_interval_seconds)
+        if settings.bundles.source and self.services.importer is not None:
+            source = BundleSource(self.services.store, self.services.events, settings,
+                                  self.services.importer, self.services.pipeline_names)
+            every("bundles:source", "poll the bundle source", source.poll,
+                  settings.bundles.poll_seconds, at_start=True)
 
     def _submit_file(self, path: Path, pipeline: str) -> None:
         with self._ingest_lock:

@@ -9,7 +9,7 @@ from appliance.core import Settings, StateDir
 from appliance.features import FeatureStore
 from appliance.ingest import Ingester
 from appliance.jobs import Housekeeping, JobScheduler, SuspectBatches, Trainer
-from appliance.models import Backtests, LiveModels, Registry
+from appliance.models import Backtests, LiveModels, ModelImporter, PolicyParts, Registry
 from appliance.monitoring import Monitor, PredictionIds, PredictionLog, drift
 from appliance.serving import reads_need_token
 from appliance.store import Events, IngestionRecord, Store
@@ -42,6 +42,8 @@ class Services:
     backtests: Backtests | None = None
     # The read token, when reads need one (the API listens beyond loopback).
     read_token: str | None = None
+    # Imports of bundles and bare models, then the pipeline's promotion policy.
+    importer: ModelImporter | None = None
 
     @classmethod
     def build(cls, settings: Settings, state: StateDir) -> Services:
@@ -74,6 +76,8 @@ class Services:
                     events.emit("features_updated",
                                 f"{keys} keys updated in the online store from v"
                                 f"{record.dataset_version}", pipeline=pipeline, keys=keys)
+                    trainer.on_features_updated(
+                        [p for p, cfg in settings.pipelines.items() if pipeline in cfg.join])
                 return
             # Drift first, against the model that served until this data came; then its
             # labels: a batch with suspect labels and features that did not drift is held.
@@ -102,7 +106,9 @@ class Services:
                    scheduler=JobScheduler(trainer, settings), token=state.ensure_token(),
                    monitor=monitor, features=features, housekeeping=housekeeping,
                    suspects=suspects, predlog=predlog, predict_token=predict_token,
-                   read_token=read_token, backtests=Backtests(state, store, registry))
+                   read_token=read_token, backtests=Backtests(state, store, registry),
+                   importer=ModelImporter(PolicyParts(state, store, events, settings,
+                                                      trainer.production), registry))
 
     def load_production_models(self) -> None:
         """Load every pipeline's production model; one that fails is reported, not served."""

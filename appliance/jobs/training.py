@@ -78,6 +78,20 @@ class Trainer:
             return True
         return new_rows >= self.settings.pipeline(pipeline).retrain.min_new_rows
 
+    def on_features_updated(self, pipelines: list[str]) -> list[str]:
+        """A feature set got new data: each of ``pipelines`` (those joining it) that waits
+        for a retry trains now, not at the retry's time. Its run most likely failed for want
+        of this very data (a pipeline's first file taken before its feature set's, as when
+        both are dropped at once). Returns the pipelines that started a run."""
+        started = []
+        for pipeline in pipelines:
+            pending = self.store.training_request(pipeline)
+            if pending is None or pending.state != "pending" or self.busy(pipeline):
+                continue
+            if self.request(pipeline, "retry"):
+                started.append(pipeline)
+        return started
+
     def on_released(self, pipeline: str, version: int) -> bool:
         """A held data set version was released: the new-data policy, as if it had just
         arrived (its rows count as new even when later versions trained meanwhile).

@@ -7,11 +7,16 @@ too."""
 
 from appliance.models.backtest import Backtests
 from appliance.models.build import ModelBuilder
+from appliance.models.bundle import bundle_pipeline
+from appliance.models.export import export_bundle
 from appliance.models.gate import Decision, decide
+from appliance.models.importer import ModelImporter
 from appliance.models.metrics import primary_metric
+from appliance.models.policy import PolicyOutcome, PolicyParts, apply_policy
 from appliance.models.predictor import LiveModels, LoadedModel
 from appliance.models.production import Production
 from appliance.models.registry import Registry, library_versions, sha256_file
+from appliance.models.signing import generate_keys, load_private_key
 from appliance.models.suspect import LabelCheck, check_frame, label_profile
 from appliance.models.train import (
     Candidate,
@@ -30,14 +35,22 @@ __all__ = [
     "LiveModels",
     "LoadedModel",
     "ModelBuilder",
+    "ModelImporter",
+    "PolicyOutcome",
+    "PolicyParts",
     "Production",
     "Registry",
     "Source",
     "TrainingCancelled",
+    "apply_policy",
+    "bundle_pipeline",
     "check_frame",
     "decide",
+    "export_bundle",
+    "generate_keys",
     "label_profile",
     "library_versions",
+    "load_private_key",
     "load_training_data",
     "primary_metric",
     "sha256_file",

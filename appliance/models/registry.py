@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,9 @@ class Registry:
     def __init__(self, state: StateDir, store: Store) -> None:
         self.state = state
         self.store = store
+        # A version number is taken, written and recorded under this lock: a training and
+        # an import registering at once never pick the same number.
+        self._lock = threading.RLock()
 
     def pipeline_root(self, pipeline: str) -> Path:
         return self.state.pipeline_dir(self.state.models, pipeline)
@@ -107,12 +111,15 @@ class Registry:
         ``extra`` adds keys to model.json (the gate's verdict, say). The version's held-out
         rows (at most ``holdout_max_rows``) are kept beside it (``holdout.parquet``), with
         their time range in the ``timestamp`` column."""
+        with self._lock:
+            return self._register(pipeline, candidate, lineage, extra, holdout_max_rows,
+                                  timestamp)
+
+    def _register(self, pipeline: str, candidate: Candidate, lineage: dict[str, Any],
+                  extra: dict[str, Any] | None, holdout_max_rows: int,
+                  timestamp: str | None) -> ModelRecord:
         root = self.pipeline_root(pipeline)
-        on_disk = [int(p.name) for p in root.iterdir() if p.name.isdigit()]
-        version = max([self.store.max_model_version(pipeline), *on_disk]) + 1
-        tmp = root / f"{TMP_PREFIX}{version}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        version = self._next_version(pipeline, root)
         model_bytes = (candidate.model_text or candidate.booster.model_to_string()).encode()
         holdout, holdout_info = holdout_file(
             holdout_sample(candidate.valid_frame, holdout_max_rows, seed=version),
@@ -144,12 +151,40 @@ class Registry:
             "holdout": holdout_info,
         }
         meta.update(extra or {})
+        return self._write_version(pipeline, root, version, model_bytes, meta,
+                                   {HOLDOUT_FILE: holdout}, candidate.spec.task,
+                                   dict(candidate.metrics), lineage)
+
+    def register_files(self, pipeline: str, model_bytes: bytes, meta: dict[str, Any],
+                       lineage: dict[str, Any]) -> ModelRecord:
+        """Register a model made elsewhere (an imported bundle, a bare LightGBM file) as
+        the pipeline's next version, a candidate: ``meta`` is its model.json, given this
+        box's pipeline name and version number."""
+        with self._lock:
+            root = self.pipeline_root(pipeline)
+            version = self._next_version(pipeline, root)
+            meta = {**meta, "pipeline": pipeline, "version": version, "lineage": lineage}
+            return self._write_version(pipeline, root, version, model_bytes, meta, {},
+                                       meta["task"], dict(meta.get("metrics") or {}),
+                                       lineage)
+
+    def _next_version(self, pipeline: str, root: Path) -> int:
+        on_disk = [int(p.name) for p in root.iterdir() if p.name.isdigit()]
+        return max([self.store.max_model_version(pipeline), *on_disk]) + 1
+
+    def _write_version(self, pipeline: str, root: Path, version: int, model_bytes: bytes,
+                       meta: dict[str, Any], others: dict[str, bytes], task: str,
+                       metrics: dict[str, Any], lineage: dict[str, Any]) -> ModelRecord:
+        tmp = root / f"{TMP_PREFIX}{version}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
         meta_bytes = json.dumps(meta, indent=2, default=str).encode()
         final = root / str(version)
         try:
             _write_synced(tmp / "model.txt", model_bytes)
             _write_synced(tmp / "model.json", meta_bytes)
-            _write_synced(tmp / HOLDOUT_FILE, holdout)
+            for name, data in others.items():
+                _write_synced(tmp / name, data)
             _fsync_dir(tmp)
             os.rename(tmp, final)
             _fsync_dir(root)
@@ -166,14 +201,18 @@ class Registry:
                     {"pipeline": pipeline, "version": version}, status=507,
                 ) from None
             raise
-        metrics = dict(candidate.metrics)
         return self.store.add_model(
-            pipeline=pipeline, version=version, task=candidate.spec.task,
+            pipeline=pipeline, version=version, task=task,
             path=str(final.relative_to(self.state.root)),
             model_sha256=hashlib.sha256(model_bytes).hexdigest(),
             meta_sha256=hashlib.sha256(meta_bytes).hexdigest(),
             metrics=metrics, lineage=lineage,
         )
+
+    def files(self, pipeline: str, version: int) -> dict[str, bytes]:
+        """A registered version's model.txt and model.json, checked against their hashes
+        (for an export)."""
+        return self._verified(pipeline, version, ("model.txt", "model.json"))
 
     def _verified(self, pipeline: str, version: int, names: tuple[str, ...]
                   ) -> dict[str, bytes]:

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from prometheus_client.core import Metric
@@ -134,9 +135,11 @@ class Monitor:
     def is_known(self, name: str) -> bool:
         return name in self._known or self.live.get(name) is not None
 
-    def instrument(self, app: ASGIApp) -> ASGIApp:
-        """The HTTP app, with predict calls counted (see :func:`instrument`)."""
-        return instrument(app, self.requests, self.is_known)
+    def instrument(self, app: ASGIApp,
+                   resolve: Callable[[dict[str, Any]], str | None] | None = None) -> ASGIApp:
+        """The HTTP app, with predict calls counted (see :func:`instrument`), and those of
+        the other prediction routes that ``resolve`` names a pipeline for."""
+        return instrument(app, self.requests, self.is_known, resolve)
 
     # --- jobs ----------------------------------------------------------------------------
 

@@ -74,15 +74,18 @@ class MonitorCollector(Collector):
     @staticmethod
     def _requests(mon: MonitorView) -> Iterator[Metric]:
         totals = mon.requests.totals()
-        requests = CounterMetricFamily("appliance_requests", "predict requests served",
+        requests = CounterMetricFamily("appliance_requests",
+                                       "prediction requests served (predict, the Open "
+                                       "Inference Protocol's infer, MLflow's /invocations)",
                                        labels=["pipeline"])
         rows = CounterMetricFamily("appliance_predicted_rows", "rows predicted",
                                    labels=["pipeline"])
         errors = CounterMetricFamily("appliance_request_errors",
-                                     "predict requests answered with an error, by class",
+                                     "prediction requests answered with an error, by "
+                                     "class",
                                      labels=["pipeline", "class"])
         latency = HistogramMetricFamily("appliance_request_duration_seconds",
-                                        "time to answer a predict request",
+                                        "time to answer a prediction request",
                                         labels=["pipeline"])
         for name, t in sorted(totals.items()):
             requests.add_metric([name], t.requests)

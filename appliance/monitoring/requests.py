@@ -215,12 +215,14 @@ ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[Any]],
 PREDICT_PREFIX, PREDICT_SUFFIX = "/v1/pipelines/", "/predict"
 
 
-def instrument(app: ASGIApp, metrics: RequestMetrics, known: Callable[[str], bool]) -> ASGIApp:
+def instrument(app: ASGIApp, metrics: RequestMetrics, known: Callable[[str], bool],
+               resolve: Callable[[dict[str, Any]], str | None] | None = None) -> ASGIApp:
     """Wrap an ASGI app so that each predict call is timed and its status class and rows
     are counted under its pipeline. It sits outside the framework's own layers, so it
     sees every answer (400s of bodies that don't parse too) and adds one function call.
     Requests naming an unknown pipeline are not counted, so a client can't grow the label
-    set."""
+    set. ``resolve`` names the pipeline of another prediction route's call (the Open
+    Inference Protocol's infer, MLflow's /invocations), None for any other request."""
     clock = time.perf_counter
     record = metrics.record
     skip, cut = len(PREDICT_PREFIX), -len(PREDICT_SUFFIX)
@@ -229,8 +231,12 @@ def instrument(app: ASGIApp, metrics: RequestMetrics, known: Callable[[str], boo
         path = scope.get("path", "")
         if (scope["type"] != "http" or not path.endswith(PREDICT_SUFFIX)
                 or not path.startswith(PREDICT_PREFIX)):
-            await app(scope, receive, send)
-            return
+            other = (resolve(scope) if resolve is not None and scope["type"] == "http"
+                     else None)
+            if other is None:
+                await app(scope, receive, send)
+                return
+            path = PREDICT_PREFIX + other + PREDICT_SUFFIX  # counted as its pipeline's
         started = clock()
         status = 500
         rows = [0]

@@ -7,6 +7,8 @@ Tokens are compared in constant time; an empty token never matches.
 
 import hmac
 import re
+from collections.abc import Callable
+from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException
@@ -83,9 +85,16 @@ class PredictGateMiddleware:
     handler on every call, which is most of a fast prediction.
     """
 
-    def __init__(self, app: ASGIApp, tokens: tuple[str, ...] | None) -> None:
+    def __init__(self, app: ASGIApp, tokens: tuple[str, ...] | None,
+                 media: frozenset[str] = frozenset(),
+                 reshape: Callable[[int, ErrorBody], Any] | None = None) -> None:
+        """``media``: body types accepted besides JSON (the other prediction routes:
+        text/csv on /invocations); ``reshape``: the refusal's body as the route's
+        protocol writes errors."""
         self.app = app
         self.tokens = tokens
+        self.media = media
+        self.reshape = reshape
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         content_type = authorization = None
@@ -94,18 +103,22 @@ class PredictGateMiddleware:
                 content_type = value
             elif key == b"authorization":
                 authorization = value
-        refusal = gate_refusal(self.tokens, content_type, authorization)
+        refusal = gate_refusal(self.tokens, content_type, authorization, self.media)
         if refusal is not None:
-            await send_error(send, *refusal)
+            status, body, headers = refusal
+            await send_error(send, status,
+                             body if self.reshape is None else self.reshape(status, body),
+                             headers)
             return
         await self.app(scope, receive, send)
 
 
 def gate_refusal(tokens: tuple[str, ...] | None, content_type: bytes | None,
-                 authorization: bytes | None,
+                 authorization: bytes | None, media: frozenset[str] = frozenset(),
                  ) -> tuple[int, ErrorBody, list[tuple[bytes, bytes]]] | None:
     """Why :class:`PredictGateMiddleware` refuses a predict call (status, body, headers),
-    or None when it lets it through. The fast path asks it too."""
+    or None when it lets it through. The fast path asks it too. ``media``: the body
+    types accepted besides JSON."""
     if tokens is not None:
         scheme, _, token = (authorization or b"").partition(b" ")
         presented = token.strip() if scheme.lower() == b"bearer" else b""
@@ -117,14 +130,14 @@ def gate_refusal(tokens: tuple[str, ...] | None, content_type: bytes | None,
                         "`predict_token` file>",
             ), [(b"www-authenticate", b"Bearer")]
     if content_type is not None:
-        media = _not_json(content_type)
-        if media is not None:
+        got = _not_json(content_type)
+        if got is not None and got not in media:
+            expected = " or ".join(["application/json", *sorted(media)])
             return 415, ErrorBody(
                 code="unsupported_media_type",
-                message=f"the body must be JSON: send `Content-Type: application/json` "
-                        f"(got `{media}`)",
-                details={"field": "Content-Type", "expected": "application/json",
-                         "got": media},
+                message=f"the body must be {'JSON' if not media else expected}: send "
+                        f"`Content-Type: {expected}` (got `{got}`)",
+                details={"field": "Content-Type", "expected": expected, "got": got},
             ), []
     return None
 
@@ -133,8 +146,19 @@ def gate_refusal(tokens: tuple[str, ...] | None, content_type: bytes | None,
 
 # What stays open to anyone who reaches the API: liveness and readiness (what a load
 # balancer or systemd's helpers ask), and the API's own description (no data).
-OPEN_PATHS = frozenset({"/health", "/ready", "/v1/identity"})  # identity: before a token
+OPEN_PATHS = frozenset({"/health", "/ready", "/v1/identity",  # identity: before a token
+                        "/v2/health/live", "/v2/health/ready", "/ping"})  # the protocols'
 OPEN_PREFIX = "/schema"
+
+
+def is_prediction(method: str, path: str) -> bool:
+    """A call of a prediction route (predict, the Open Inference Protocol's infer, MLflow's
+    /invocations): each has its own gate (the predict token when required)."""
+    return method == "POST" and (
+        (path.endswith(PREDICT_SUFFIX) and path.startswith(PREDICT_PREFIX))
+        or (path.endswith("/infer") and path.startswith("/v2/models/"))
+        or path == "/invocations"
+        or (path.endswith("/invocations") and path.startswith(PREDICT_PREFIX)))
 
 
 def reads_need_token(server: ServerSettings) -> bool:
@@ -168,9 +192,8 @@ class ReadGateMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope["path"]
-            if not (path in OPEN_PATHS or path.startswith(OPEN_PREFIX) or (
-                    scope["method"] == "POST" and path.endswith(PREDICT_SUFFIX)
-                    and path.startswith(PREDICT_PREFIX))):
+            if not (path in OPEN_PATHS or path.startswith(OPEN_PREFIX)
+                    or is_prediction(scope["method"], path)):
                 raw = header(scope, b"authorization") or b""
                 scheme, _, token = raw.partition(b" ")
                 presented = token.strip() if scheme.lower() == b"bearer" else b""

@@ -21,7 +21,7 @@ from litestar.params import SkipValidation
 from appliance.api_types import DatasetActionResponse, PipelineDeleted, ScheduledJob
 from appliance.core import Settings
 from appliance.features import FeatureStore
-from appliance.models import Backtests, LiveModels
+from appliance.models import Backtests, LiveModels, ModelImporter
 from appliance.monitoring import Monitor, PredictionIds, PredictionLog
 from appliance.store import Store
 
@@ -86,6 +86,9 @@ class ServingContext(Protocol):
 
     @property
     def backtests(self) -> Backtests | None: ...  # the models' comparison on the same rows
+
+    @property
+    def importer(self) -> ModelImporter | None: ...  # bundles and bare models (admin)
 
     @property
     def token(self) -> str: ...  # the admin token

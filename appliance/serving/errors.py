@@ -20,7 +20,7 @@ from litestar.openapi import ResponseSpec
 from litestar.types import Empty
 from litestar.utils.scope.state import ScopeState
 
-from appliance.api_types import ErrorBody
+from appliance.api_types import ErrorBody, ProtocolErrorBody
 from appliance.core import ApplianceError
 from appliance.serving.context import context_of
 
@@ -121,7 +121,12 @@ def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
             413: "body_too_large"}.get(status, "http_error")
     message = exc.detail
     details: dict[str, Any] = {}
-    if status == 413:
+    if status == 413 and request.url.path.endswith("/bundles"):
+        max_mb = context_of(request).settings.bundles.max_bundle_mb
+        message = (f"the file is over {max_mb} MB (bundles.max_bundle_mb); nothing was "
+                   "registered")
+        details = {"limit": max_mb << 20}
+    elif status == 413:
         max_body = context_of(request).settings.server.max_body_bytes  # the app's limit
         message = (f"the body is over {max_body} bytes (server.max_body_bytes); send "
                    "fewer rows per call")
@@ -182,3 +187,49 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     RecursionError: on_recursion,
     Exception: on_crash,
 }
+
+
+# --- the errors of the protocols' routes ----------------------------------------------------
+
+# MLflow's error codes (its scoring server's ``error_code``), by status.
+_MLFLOW_CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 404: "RESOURCE_DOES_NOT_EXIST",
+                 409: "INVALID_STATE", 413: "REQUEST_LIMIT_EXCEEDED", 415: "BAD_REQUEST",
+                 422: "INVALID_PARAMETER_VALUE", 503: "TEMPORARILY_UNAVAILABLE"}
+
+
+def oip_error(status: int, body: ErrorBody) -> ProtocolErrorBody:
+    """An error as the Open Inference Protocol writes it (``{"error": message}``), with
+    the appliance's own fields beside it."""
+    return ProtocolErrorBody(error=body.message, code=body.code, message=body.message,
+                             details=body.details)
+
+
+def mlflow_error(status: int, body: ErrorBody) -> ProtocolErrorBody:
+    """An error as MLflow's scoring server writes it (``error_code``, ``message``), with
+    the appliance's own fields and the Open Inference Protocol's ``error`` beside it."""
+    code = ("MALFORMED_REQUEST" if body.code in ("invalid_json", "invalid_csv")
+            else _MLFLOW_CODES.get(status, "INTERNAL_ERROR"))
+    return ProtocolErrorBody(error=body.message, error_code=code, code=body.code,
+                             message=body.message, details=body.details)
+
+
+def protocol_exception_handlers(reshape: Any) -> dict[Any, Any]:
+    """The app's exception handlers, each answer's body reshaped by ``reshape(status,
+    body)``: given to the protocols' routes, so that their refusals are the predict
+    route's, in the protocol's words."""
+
+    def wrap(handler: Any) -> Any:
+        def reshaped(request: Request[Any, Any, Any], exc: Any) -> Response[Any]:
+            response = handler(request, exc)
+            body = response.content
+            if isinstance(body, ErrorBody):
+                body = reshape(response.status_code, body)
+            return Response(body, status_code=response.status_code,
+                            headers=dict(response.headers))
+        return reshaped
+
+    return {kind: wrap(handler) for kind, handler in EXCEPTION_HANDLERS.items()}
+
+
+def protocol_error_spec(description: str) -> ResponseSpec:
+    return ResponseSpec(data_container=ProtocolErrorBody, description=description)

@@ -1,4 +1,6 @@
-"""The fast path of predict: a plain ASGI layer that answers a well-formed prediction call
+"""The fast paths of predict and of the protocols' prediction routes (:class:`ProtocolFastPath`).
+
+The fast path of predict: a plain ASGI layer that answers a well-formed prediction call
 with the route's own Struct (:class:`PredictRequest`) and the route's own function
 (``answer_predict``, in ``routes/predict.py``), and hands every other call to Litestar with
 its body replayed as it came."""
@@ -105,3 +107,91 @@ def _replay(messages: list[Any], receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+class ProtocolFastPath:
+    """The fast path of the protocols' prediction routes (the Open Inference Protocol's
+    ``POST /v2/models/{name}[/versions/{v}]/infer``, MLflow's ``POST /invocations`` and
+    ``/v1/pipelines/{name}/invocations``), as :class:`PredictFastPath` is predict's: a
+    call whose headers pass the route's gate is answered by the route's own function
+    (``oip`` and ``mlflow``, each ``(path or scope, body, header) -> answer``); any call
+    they raise for, and every other request, goes to Litestar with its body replayed, so
+    every refusal is the route's own."""
+
+    def __init__(self, app: ASGIApp, *, tokens: tuple[str, ...] | None, max_body: int,
+                 oip: Any, mlflow: Any, server: Any) -> None:
+        self.app = app
+        self.tokens = tokens
+        self.server = server  # ServerSettings: predict_fast_path is read per call (SIGHUP)
+        self.max_body = max_body
+        self.oip = oip
+        self.mlflow = mlflow
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        if path.startswith("/v2/models/") and path.endswith("/infer"):
+            oip, media = True, _OCTETS
+        elif path == "/invocations" or (path.startswith(PREDICT_PREFIX)
+                                        and path.endswith("/invocations")):
+            oip, media = False, _CSV
+        else:
+            await self.app(scope, receive, send)
+            return
+        content_type = authorization = length = header_length = None
+        for key, value in scope["headers"]:
+            if key == b"content-type":
+                content_type = value
+            elif key == b"authorization":
+                authorization = value
+            elif key == b"content-length":
+                length = value
+            elif key == b"inference-header-content-length":
+                header_length = value
+        if (not self.server.predict_fast_path
+                or gate_refusal(self.tokens, content_type, authorization, media) is not None
+                or (length is not None and (not length.isdigit()
+                                            or int(length) > self.max_body))):
+            await self.app(scope, receive, send)
+            return
+        messages, body = await _read_body(receive, self.max_body)
+        response = None
+        if body is not None:
+            try:
+                response = (self.oip(path, body, header_length) if oip
+                            else self.mlflow(scope, body, content_type))
+            except Exception:  # the route gives this call its proper answer
+                response = None
+        if response is None:
+            await self.app(scope, _replay(messages, receive), send)
+            return
+        payload = _encode(response)
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            _JSON_HEADERS, (b"content-length", b"%d" % len(payload))]})
+        await send({"type": "http.response.body", "body": payload, "more_body": False})
+
+
+_OCTETS = frozenset({"application/octet-stream"})  # tritonclient's binary tensors
+_CSV = frozenset({"text/csv"})
+
+
+async def _read_body(receive: Receive, max_body: int) -> tuple[list[Any], bytes | None]:
+    """The request's messages and its body; None for the body when the client went away
+    or it is over ``max_body`` (Litestar's cases)."""
+    messages: list[Any] = []
+    size = 0
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return messages, None
+        size += len(message.get("body", b""))
+        if size > max_body:
+            return messages, None
+        if not message.get("more_body", False):
+            break
+    body = (messages[0].get("body", b"") if len(messages) == 1
+            else b"".join(m.get("body", b"") for m in messages))
+    return messages, body

@@ -10,8 +10,10 @@ from litestar.openapi.spec import (
     Components,
     OpenAPI,
     OpenAPIHeader,
+    OpenAPIMediaType,
     OpenAPIResponse,
     OpenAPIType,
+    RequestBody,
     Schema,
     SecurityScheme,
 )
@@ -47,6 +49,7 @@ def refine_openapi(app: Litestar, *, reads_need_token: bool = False) -> None:
     request_schema = (schemas or {}).get("PredictRequest")
     if isinstance(request_schema, Schema):
         request_schema.additional_properties = False
+    _declare_protocol_bodies(spec)
     predict = (spec.paths or {}).get("/v1/pipelines/{name}/predict")
     if predict is not None and predict.post is not None and predict.post.responses:
         unavailable = predict.post.responses.get("503")
@@ -67,7 +70,8 @@ def _declare_read_gate(spec: OpenAPI) -> None:
             continue
         for method in ("get", "post", "put", "patch", "delete"):
             op = getattr(item, method, None)
-            if op is None or (method == "post" and path.endswith("/predict")):
+            if op is None or (method == "post" and path.endswith(
+                    ("/predict", "/infer", "/invocations"))):
                 continue
             responses = op.responses if op.responses is not None else {}
             if "401" not in responses:
@@ -80,3 +84,53 @@ def _declare_read_gate(spec: OpenAPI) -> None:
                 responses["401"] = unauthorized
                 op.responses = responses
             op.security = op.security or [{BEARER: []}]
+
+
+def _obj(required: list[str] | None = None, **properties: Schema) -> Schema:
+    return Schema(type=OpenAPIType.OBJECT, properties=properties or None,
+                  required=required or None)
+
+
+def _array(items: Schema | None = None) -> Schema:
+    return Schema(type=OpenAPIType.ARRAY, items=items)
+
+
+_STRING, _INTEGER = Schema(type=OpenAPIType.STRING), Schema(type=OpenAPIType.INTEGER)
+
+# The bodies of the protocols' prediction routes, which read their body themselves (the
+# binary tensor extension, CSV): what their specifications say a body is.
+INFER_BODY = _obj(
+    ["inputs"], id=_STRING, parameters=_obj(),
+    inputs=_array(_obj(["name", "shape", "datatype"], name=_STRING, shape=_array(_INTEGER),
+                       datatype=_STRING, parameters=_obj(), data=_array())),
+    outputs=_array(_obj(["name"], name=_STRING, parameters=_obj())),
+)
+INVOCATIONS_BODY = _obj(
+    dataframe_split=_obj(["columns", "data"], columns=_array(_STRING), index=_array(),
+                         data=_array(_array())),
+    dataframe_records=_array(_obj()), instances=_array(_obj()), inputs=_obj(),
+    params=_obj(),
+)
+
+
+def _declare_protocol_bodies(spec: OpenAPI) -> None:
+    """The protocols' request bodies, and the Retry-After of their 503s."""
+    for path, item in (spec.paths or {}).items():
+        if path.startswith("/v2/models/") or path.endswith(("/invocations", "/ping")):
+            for op in (item.get, item.post):
+                unavailable = (op.responses or {}).get("503") if op is not None else None
+                if isinstance(unavailable, OpenAPIResponse):
+                    unavailable.headers = {"Retry-After": OpenAPIHeader(
+                        schema=Schema(type=OpenAPIType.INTEGER),
+                        description="seconds to wait before asking again", required=True)}
+        op = item.post
+        if op is None:
+            continue
+        if path.startswith("/v2/models/") and path.endswith("/infer"):
+            content = {"application/json": OpenAPIMediaType(schema=INFER_BODY)}
+        elif path.endswith("/invocations"):
+            content = {"application/json": OpenAPIMediaType(schema=INVOCATIONS_BODY),
+                       "text/csv": OpenAPIMediaType(schema=_STRING)}
+        else:
+            continue
+        op.request_body = RequestBody(content=content, required=True)

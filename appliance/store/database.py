@@ -13,11 +13,13 @@ The queries live by area, each a mixin over the shared connection:
 - ``predictions.py``: the prediction log and feedback outcomes;
 - ``online_features.py``: the online feature store;
 - ``ingest_attempts.py``: attempts at a file that did not end (crashes, no room);
+- ``bundles_seen.py``: the files of the watched bundle source already handled;
 - ``monitoring.py``: request windows, resources, drift, live performance, counts, retention.
 """
 
 from __future__ import annotations
 
+from appliance.store.bundles_seen import BundleSeenQueries
 from appliance.store.connection import Connection
 from appliance.store.datasets import DatasetQueries
 from appliance.store.housekeeping import HousekeepingQueries
@@ -39,5 +41,6 @@ class Store(
     MonitoringQueries,
     HousekeepingQueries,
     IngestAttemptQueries,
+    BundleSeenQueries,
 ):
     """The appliance's SQLite database. Thread-safe; one instance per process."""

@@ -58,6 +58,11 @@ KINDS = {
                          "its files are kept",
     "rolled_back": "the production model could not be loaded at start, so the version that "
                    "was production before it serves again",
+    "bundle_imported": "a model bundle or a bare LightGBM model was imported as a candidate "
+                       "(its promotion policy follows)",
+    "bundle_refused": "a model bundle or model file was refused (unsigned, bad signature, "
+                      "untrusted key, digest mismatch, unsafe member, incompatible...); "
+                      "nothing was registered",
 }
 
 

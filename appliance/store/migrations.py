@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-SCHEMA_VERSION = 8  # the number of migrations; a test keeps them in step
+SCHEMA_VERSION = 9  # the number of migrations; a test keeps them in step
 
 migrations = Migrations("appliance")
 
@@ -267,4 +267,21 @@ def _m_ingest_attempts(db: sqlite_utils.Database) -> None:
             details_json TEXT NOT NULL DEFAULT '{}',
             updated_at TEXT NOT NULL,
             PRIMARY KEY (pipeline, kind, key)
+        )""")
+
+
+@migrations(name="0023_bundles_seen")
+def _m_bundles_seen(db: sqlite_utils.Database) -> None:
+    # The files of the watched bundle source (bundles.source) already handled, by content:
+    # each is imported (or refused) once, whatever its name or how often it is polled.
+    db.execute("""
+        CREATE TABLE bundles_seen (
+            sha256 TEXT PRIMARY KEY,
+            source TEXT NOT NULL,           -- the folder or URL it was found in
+            name TEXT NOT NULL,             -- its file name there
+            pipeline TEXT,
+            outcome TEXT NOT NULL,          -- imported | refused | not_for_this_box
+            version INTEGER,                -- the version it was registered as
+            reason TEXT,
+            seen_at TEXT NOT NULL
         )""")

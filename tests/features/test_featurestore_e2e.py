@@ -295,3 +295,21 @@ def test_an_online_store_smaller_than_the_feature_set_serves_every_key(state_roo
     both = pl.concat([info, rerated.with_columns(
         pl.col("updated_at").cast(info.schema["updated_at"]))], how="vertical_relaxed")
     check(both.sort("updated_at").group_by("machine_id", maintain_order=True).last())
+
+
+def test_a_pipelines_file_before_its_feature_set_trains_once_the_features_come(
+        state_root, start_daemon, files):
+    """Both dropped at once, the pipeline's file may be taken first: its training fails
+    (the feature set has no data yet) and waits for a retry (30 s by default). The feature
+    set's data starts that retry at once."""
+    daemon = start(state_root, start_daemon)
+    drop(state_root, "wear", files["train"])
+    wait_for(lambda: any(e["kind"] == "training_failed" for e in
+                         daemon.get("/v1/events", params={"limit": 50}).json()["events"]),
+             timeout=30, what="the training that needs the feature set")
+    drop(state_root, "machine_info", files["info"])
+    daemon.wait_ready_model("wear", 1, timeout=15)  # well before the 30 s retry
+    jobs = daemon.get("/v1/pipelines/wear/jobs").json()["history"]
+    assert [(j["trigger"], j["status"]) for j in jobs] == [("retry", "succeeded"),
+                                                            ("new_data", "failed")]
+    assert "machine_info" in jobs[1]["error"]

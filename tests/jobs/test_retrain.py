@@ -183,8 +183,12 @@ def test_drifted_labelled_batch_retrains_and_promotes_with_no_manual_step(machin
     daemon.wait_ready_model("machines", 1)
     drop(machines_state, "machines", SAMPLES / "machines_03_drifted.csv")
     daemon.wait_ready_model("machines", 2, timeout=120)
+    # v2 serves a moment before its job is recorded as finished.
+    def finished() -> list[dict] | None:
+        jobs = history(daemon)
+        return jobs if jobs and all(j["status"] != "running" for j in jobs) else None
 
-    jobs = history(daemon)
+    jobs = wait_for(finished, timeout=20, what="the jobs to finish")
     assert [(j["trigger"], j["status"], j["model_version"]) for j in jobs] == [
         ("new_data", "succeeded", 1), ("drift", "succeeded", 2)]
     rows = pl.read_csv(SAMPLES / "machines_03_drifted.csv").tail(5).drop(

@@ -25,6 +25,7 @@ from appliance.models.metrics import auc
 from appliance.monitoring import LATENCY_BOUNDS, Monitor, RequestMetrics, percentile
 from appliance.store import Events, ResourceRecord, Store
 from tests.conftest import FAST_CONFIG, SAMPLES
+from tests.monitoring.prometheus_conventions import naming_problems
 
 TARGET = "failed_within_24h"
 
@@ -366,6 +367,23 @@ def test_prometheus_exposition_parses_with_the_values(machines):
                       "appliance_system_memory_used_ratio") <= 1
     for name in families:
         assert name.startswith("appliance_")
+    # Every family of a full exposition (requests, models, drift, ingestions, jobs,
+    # resources) follows Prometheus' naming conventions, as its own parser reads them.
+    assert naming_problems(generate_latest(registry).decode()) == []
+
+
+def test_the_naming_check_catches_what_breaks_the_conventions():
+    bad = "\n".join([
+        "# TYPE appliance_latency_ms gauge", "appliance_latency_ms 3",
+        "# TYPE appliance_requests_total gauge", "appliance_requests_total 3",
+        "# TYPE appliance_memory gauge", "appliance_memory 3",
+        "# TYPE appliance_cpu_percent gauge", "appliance_cpu_percent 3",
+        "# TYPE other_thing counter", "other_thing_total 1", ""])
+    problems = " ".join(naming_problems(bad))
+    for word in ("appliance_latency_ms: a unit", "appliance_latency_ms: measures time",
+                 "appliance_requests_total: _total on a gauge", "appliance_memory: measures a "
+                 "size", "appliance_cpu_percent: a unit", "other_thing: not under"):
+        assert word in problems, problems
 
 
 # --- small data sets and the rolling window ------------------------------------------------

@@ -292,7 +292,8 @@ def test_host_header_must_be_the_bound_address_or_a_configured_name(served, host
 
 ADMIN_ROUTES = ["/v1/pipelines/machines/models/1/promote", "/v1/pipelines/machines/retrain",
                 "/v1/pipelines/machines/datasets/1/release",
-                "/v1/pipelines/machines/datasets/1/discard"]
+                "/v1/pipelines/machines/datasets/1/discard",
+                "/v1/pipelines/machines/bundles"]
 
 
 @pytest.mark.parametrize("path", ADMIN_ROUTES)
@@ -461,9 +462,9 @@ def test_schemathesis_finds_no_server_error_and_no_undeclared_status(served, tmp
               "--request-timeout", "10", "--workers", "1"]
     runs = [
         [*common, "--max-examples", "40"],
-        # With the admin token, but only promote and the held data sets' release and
-        # discard: retraining on every example would be slow.
-        [*common, "--max-examples", "20", "--include-path-regex", "promote|datasets",
+        # With the admin token, but only promote, the held data sets' release and
+        # discard, and bundle imports: retraining on every example would be slow.
+        [*common, "--max-examples", "20", "--include-path-regex", "promote|datasets|bundles",
          "-H", f"Authorization: Bearer {served.token}"],
     ]
     for args in runs:

@@ -266,7 +266,11 @@ async def test_the_demos_drifted_file_shows_as_drift_in_the_overview(state_root,
                                 f"training on {name}")
     # About the model served now: when a retrained version was promoted, the newest data
     # set is checked again against its reference.
-    served = daemon.get("/v1/pipelines/machines").json()["production"]["version"]
+    production = daemon.get("/v1/pipelines/machines").json()["production"]
+    assert production is not None, (
+        daemon.get("/v1/pipelines/machines/jobs").json()["history"],
+        [e["message"] for e in daemon.get("/v1/events", params={"limit": 40}).json()["events"]])
+    served = production["version"]
 
     def checked() -> dict | None:
         body = daemon.get("/v1/pipelines/machines/drift").json()

@@ -80,7 +80,7 @@ class ModelsTab:
             rows.append((str(m.version), [
                 Text(f"v{m.version}", style="bold" if m.stage == "production" else ""),
                 Text(m.stage, style=STAGE_STYLE.get(m.stage, "")),
-                *metric_cells, data, str(m.lineage.get("trigger", fmt.NONE)),
+                *metric_cells, data, _origin(m),
                 Text(fmt.clock(m.created_at, now), style="dim"),
             ]))
         table.set_rows(rows)
@@ -152,6 +152,10 @@ class ModelsTab:
         text.append("own held-out rows: ", style="dim")
         text.append("  ".join(f"{k} {v:.4f}" for k, v in m.metrics.items()
                               if isinstance(v, float | int)))
+        source = m.lineage.get("source")
+        if isinstance(source, dict):
+            text.append("\nsource: ", style="dim")
+            text.append(_source_text(source))
         sets = [s for s in m.lineage.get("datasets", []) if isinstance(s, dict)]
         if sets:
             text.append("\nlineage: ", style="dim")
@@ -159,3 +163,26 @@ class ModelsTab:
                         + ", ".join(f"v{s.get('version')} ({s.get('rows', '?')} rows)"
                                     for s in sets))
         panel.update(text)
+
+
+def _origin(m: ModelInfo) -> str:
+    """The trigger of a version trained here; for one imported, where it came from."""
+    source = m.lineage.get("source")
+    if isinstance(source, dict):
+        kind = "bundle" if source.get("kind") == "bundle" else "model file"
+        key = source.get("key_id")
+        return f"{kind} {key[:8]}" if key else kind
+    return str(m.lineage.get("trigger", fmt.NONE))
+
+
+def _source_text(source: dict[str, Any]) -> str:
+    """An imported version's origin, in one line."""
+    if source.get("kind") == "bundle":
+        signed = (f"signed by key {source.get('key_id')}" if source.get("key_id")
+                  else "unsigned")
+        return (f"bundle from {source.get('exported_by') or '?'} ({source.get('pipeline')} "
+                f"v{source.get('version')}, trained {source.get('trained_at') or '?'}), "
+                f"{signed}, imported {source.get('imported_at') or '?'} via "
+                f"{source.get('imported_via') or '?'}")
+    return (f"a bare LightGBM model ({source.get('file') or 'uploaded'}), imported "
+            f"{source.get('imported_at') or '?'} via {source.get('imported_via') or '?'}")
