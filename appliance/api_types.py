@@ -567,13 +567,17 @@ class OipInferResponse(msgspec.Struct, kw_only=True, omit_defaults=True):
     model_version: str
     id: str | None = None
     outputs: list[OipResponseOutput]
+    # With the request parameter `explain`: {"explanations": the predict route's, per row}.
+    parameters: dict[str, Any] | None = None
 
 
-class MlflowPredictions(msgspec.Struct, kw_only=True):
+class MlflowPredictions(msgspec.Struct, kw_only=True, omit_defaults=True):
     """``POST /invocations``'s answer: MLflow's ``predictions`` (the predict route's
     numbers, one per row), plus the model version and the prediction ids (for feedback),
-    which MLflow clients ignore."""
+    which MLflow clients ignore; with ``params.explain``, the predict route's
+    ``explanations``."""
 
     predictions: list[Any]
     model_version: int
     prediction_ids: list[str]
+    explanations: list[list[Explanation]] | None = None

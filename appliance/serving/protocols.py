@@ -80,10 +80,11 @@ def explain_of(parameters: dict[str, Any] | None) -> int | None:
     if not parameters or EXPLAIN_PARAMETER not in parameters:
         return None
     k = parameters[EXPLAIN_PARAMETER]
-    if type(k) is not int or k < 0:
-        raise _bad("invalid_parameter", f"parameter `{EXPLAIN_PARAMETER}` must be a "
-                   "non-negative integer (the top k feature contributions per row)",
-                   field=EXPLAIN_PARAMETER, expected="an integer >= 0")
+    if type(k) is not int or not 1 <= k <= 10_000:
+        raise _bad("invalid_parameter", f"parameter `{EXPLAIN_PARAMETER}` must be an "
+                   "integer from 1 to 10,000 (the top k feature contributions per row), as "
+                   "`explain` on the predict route", field=EXPLAIN_PARAMETER,
+                   expected="an integer from 1 to 10000")
     return k
 
 

@@ -146,3 +146,31 @@ def test_the_newest_logged_prediction_is_explained(served):
     assert e == again["explanations"][0][0]  # the logged inputs explain as the request did
     assert served.get(LATEST, params={"k": 0}).status_code == 400
     assert served.get("/v1/pipelines/nope/explanations/latest").status_code == 404
+
+
+def test_the_protocols_explain_as_predict_does(served):
+    """`explain` as a request parameter of /invocations and of the Open Inference
+    Protocol's infer: the predict route's explanations, row for row."""
+    columns = served.get("/v2/models/machines").json()["inputs"]
+    rows = []
+    for row in ROWS[:4]:  # what the metadata lists, a joined column from the online store
+        stored = served.get(f"/v1/feature-sets/machine_info/{row['machine_id']}").json()
+        rows.append({c["name"]: row.get(c["name"], stored["values"].get(c["name"]))
+                     for c in columns})
+    want = served.post(PREDICT, json={"rows": rows, "explain": 3}).json()["explanations"]
+    mlflow = served.post("/invocations", params={"pipeline": "machines"},
+                         json={"dataframe_records": rows, "params": {"explain": 3}})
+    assert mlflow.status_code == 200, mlflow.text
+    assert mlflow.json()["explanations"] == want
+    plain = served.post("/invocations", params={"pipeline": "machines"},
+                        json={"dataframe_records": rows}).json()
+    assert "explanations" not in plain
+    inputs = [{"name": c["name"], "datatype": c["datatype"], "shape": [len(rows)],
+               "data": [r[c["name"]] for r in rows]} for c in columns]
+    oip = served.post("/v2/models/machines/infer",
+                      json={"inputs": inputs, "parameters": {"explain": 3}})
+    assert oip.status_code == 200, oip.text
+    assert oip.json()["parameters"]["explanations"] == want
+    bad = served.post("/v2/models/machines/infer",
+                      json={"inputs": inputs, "parameters": {"explain": 0}})
+    assert bad.status_code == 400 and "explain" in bad.json()["error"]

@@ -134,6 +134,6 @@ def test_csv_cells_follow_their_columns_kind():
 
 def test_explain_parameter_hook():
     assert explain_of(None) is None and explain_of({"explain": 2}) == 2
-    for bad in (True, "3", 1.5, -1):
+    for bad in (True, "3", 1.5, -1, 0, 10_001):
         with pytest.raises(ApplianceError, match="explain"):
             explain_of({"explain": bad})

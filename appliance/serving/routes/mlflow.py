@@ -130,7 +130,8 @@ class MlflowRoutes:
         answer = answer_rows(self.predictions, name, model, rows, explain)
         return MlflowPredictions(predictions=answer.predictions,
                                  model_version=answer.model_version,
-                                 prediction_ids=answer.prediction_ids)
+                                 prediction_ids=answer.prediction_ids,
+                                 explanations=answer.explanations)
 
     def ping(self, request: Request[Any, Any, Any]) -> Response[str]:
         """MLflow's health check: 200 once the pipeline ``/invocations`` serves has its

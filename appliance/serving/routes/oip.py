@@ -60,16 +60,10 @@ _MODEL_ERRORS = {
 
 def answer_rows(predictions: Any, name: str, model: Any, rows: list[Any],
                 explain: int | None) -> PredictResponse:
-    """The predict route's answer for the protocols' rows. EXPLAIN HOOK: ``explain`` (the
-    request parameter, top k contributions per row) is parsed by both protocols and
-    handed here; until predict answers it (issue 16 item 4), it is refused, never
-    silently dropped."""
-    if explain is not None:
-        raise ApplianceError(
-            "explain_unavailable", "explanations (`explain`) are not available on this "
-            "route in this version; leave the parameter out", {"field": "explain"},
-            status=422)
-    result: PredictResponse = predictions.answer_predict(name, model, rows)
+    """The predict route's answer for the protocols' rows. ``explain`` (the request
+    parameter, top k contributions per row) is parsed by both protocols and answered as
+    the predict route's ``"explain": k`` (``PredictResponse.explanations``)."""
+    result: PredictResponse = predictions.answer_predict(name, model, rows, explain)
     return result
 
 
@@ -181,7 +175,9 @@ class OipRoutes:
         rows = infer_rows(req, binary, self.server.max_batch_rows)
         answer = answer_rows(self.predictions, name, model, rows, explain)
         return OipInferResponse(model_name=name, model_version=str(answer.model_version),
-                                id=req.id, outputs=infer_outputs(model, answer, requested))
+                                id=req.id, outputs=infer_outputs(model, answer, requested),
+                                parameters=None if answer.explanations is None else
+                                {"explanations": answer.explanations})
 
     def fast_answer(self, path: str, body: bytes, header_length: bytes | None
                     ) -> OipInferResponse | None:
