@@ -13,6 +13,7 @@ The queries live by area, each a mixin over the shared connection:
 - ``predictions.py``: the prediction log and feedback outcomes;
 - ``online_features.py``: the online feature store;
 - ``ingest_attempts.py``: attempts at a file that did not end (crashes, no room);
+- ``shadows.py``: shadow scoring (candidates beside production, their windows, outputs);
 - ``monitoring.py``: request windows, resources, drift, live performance, counts, retention.
 """
 
@@ -27,6 +28,7 @@ from appliance.store.models import ModelQueries
 from appliance.store.monitoring import MonitoringQueries
 from appliance.store.online_features import OnlineFeatureQueries
 from appliance.store.predictions import PredictionQueries
+from appliance.store.shadows import ShadowQueries
 
 
 class Store(
@@ -39,5 +41,6 @@ class Store(
     MonitoringQueries,
     HousekeepingQueries,
     IngestAttemptQueries,
+    ShadowQueries,
 ):
     """The appliance's SQLite database. Thread-safe; one instance per process."""
