@@ -9,6 +9,7 @@ from appliance.models.backtest import Backtests
 from appliance.models.build import ModelBuilder
 from appliance.models.gate import Decision, decide
 from appliance.models.metrics import primary_metric
+from appliance.models.policy import PolicyOutcome, ShadowStarter, apply_policy
 from appliance.models.predictor import LiveModels, LoadedModel
 from appliance.models.production import Production
 from appliance.models.registry import Registry, library_versions, sha256_file
@@ -30,10 +31,13 @@ __all__ = [
     "LiveModels",
     "LoadedModel",
     "ModelBuilder",
+    "PolicyOutcome",
     "Production",
     "Registry",
+    "ShadowStarter",
     "Source",
     "TrainingCancelled",
+    "apply_policy",
     "check_frame",
     "decide",
     "label_profile",

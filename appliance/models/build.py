@@ -1,5 +1,6 @@
 """One training run of a pipeline: its data window, a LightGBM candidate, the gate, the
-registry (with the lineage), and production when the gate lets it through.
+registry (with the lineage), then the pipeline's promotion policy
+(:func:`~appliance.models.policy.apply_policy`: the gate's verdict, a shadow, or an operator).
 
 It runs on the training job's thread (:mod:`appliance.jobs.training` decides when) and
 stops between two boosting rounds when ``should_stop`` says so.
@@ -16,8 +17,9 @@ import numpy as np
 import polars as pl
 
 from appliance.core import ApplianceError, Settings, StateDir
-from appliance.models.gate import PastRows, decide, numbers
+from appliance.models.gate import PastRows, decide
 from appliance.models.holdout import match_rows, read_holdout
+from appliance.models.policy import ShadowStarter, apply_policy
 from appliance.models.predictor import LoadedModel
 from appliance.models.production import Production
 from appliance.models.registry import Registry, library_versions
@@ -41,6 +43,8 @@ class ModelBuilder:
         # The data set versions of a pipeline whose labels are being checked right now
         # (set by the daemon): a training that starts meanwhile leaves them out.
         self.unchecked: Callable[[str], set[int]] = lambda _pipeline: set()
+        # Shadow scoring, for the shadow promotion policy (set by the daemon).
+        self.shadows: ShadowStarter | None = None
 
     def train_and_gate(self, pipeline: str, trigger: str, *, tune_trials: int | None = None,
                        should_stop: Callable[[], bool] = lambda: False) -> ModelRecord:
@@ -106,18 +110,9 @@ class ModelBuilder:
             f"v{record.version} trained on {rows} rows in {candidate.seconds:.1f}s{tuned}",
             pipeline=pipeline, version=record.version, metrics=candidate.metrics,
         )
-        if decision.promote:
-            try:
-                self.production.promote(pipeline, record.version, decision.reason,
-                                        gate=numbers(lineage["gate"]))
-            except ApplianceError as err:
-                self.registry.reject(pipeline, record.version, f"not loadable: {err.message}")
-                raise
-        else:
-            self.registry.reject(pipeline, record.version, decision.reason)
-            self.events.emit("not_promoted", f"v{record.version}: {decision.reason}",
-                             pipeline=pipeline, version=record.version,
-                             gate=numbers(lineage["gate"]))
+        apply_policy(pipeline, record.version, settings=self.settings,
+                     production=self.production, registry=self.registry, events=self.events,
+                     decision=decision, shadows=self.shadows)
         return self.store.model(pipeline, record.version) or record
 
     def _schema(self, pipeline: str) -> dict[str, str] | None:
