@@ -268,6 +268,12 @@ class Daemon:
               settings.drift.interval_seconds)
         every("monitor:performance", "live performance check", monitor.performance_check_all,
               cfg.performance_interval_seconds)
+        if self.services.shadows is not None:
+            every("shadow:check", "shadow scoring: write its numbers, decide when it can",
+                  self.services.shadows.check_all, min(5.0, settings.shadow.window_seconds))
+        if self.services.rollout is not None:
+            every("rollout:check", "health of a newly promoted version (rollback)",
+                  self.services.rollout.check_all, settings.rollout.check_seconds)
 
     def _submit_file(self, path: Path, pipeline: str) -> None:
         with self._ingest_lock:
@@ -417,6 +423,8 @@ class Daemon:
             log.info("recovered removed=%d abandoned_jobs=%d", len(removed), abandoned)
         sdnotify.status("loading models")
         await asyncio.to_thread(services.load_production_models)
+        if services.shadows is not None:
+            await asyncio.to_thread(services.shadows.resume)
         if services.predlog is not None:
             services.predlog.start()
         app = create_app(services)
@@ -478,6 +486,11 @@ class Daemon:
         # Metrics and other buffers are flushed here, before the store closes.
         if self.services.predlog is not None:
             self.services.predlog.close()  # serving has stopped: write what is queued
+        if self.services.shadows is not None:
+            try:
+                self.services.shadows.close()
+            except Exception:
+                log.exception("shadow_close_failed")
         try:
             self.services.monitor.flush_windows(force=True)
         except Exception:

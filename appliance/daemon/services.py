@@ -10,7 +10,14 @@ from appliance.features import FeatureStore
 from appliance.ingest import Ingester
 from appliance.jobs import Housekeeping, JobScheduler, SuspectBatches, Trainer
 from appliance.models import Backtests, LiveModels, Registry
-from appliance.monitoring import Monitor, PredictionIds, PredictionLog, drift
+from appliance.monitoring import (
+    Monitor,
+    PredictionIds,
+    PredictionLog,
+    RolloutWatch,
+    ShadowScoring,
+    drift,
+)
 from appliance.serving import reads_need_token
 from appliance.store import Events, IngestionRecord, Store
 
@@ -42,6 +49,10 @@ class Services:
     backtests: Backtests | None = None
     # The read token, when reads need one (the API listens beyond loopback).
     read_token: str | None = None
+    # Candidates shadowing production (promotion.policy = "shadow"), and the watch over a
+    # newly promoted version (rollout.watch_seconds).
+    shadows: ShadowScoring | None = None
+    rollout: RolloutWatch | None = None
 
     @classmethod
     def build(cls, settings: Settings, state: StateDir) -> Services:
@@ -65,6 +76,10 @@ class Services:
         trainer.builder.features = features
         suspects = SuspectBatches(state, store, events, settings, live, trainer, features)
         trainer.builder.unchecked = suspects.unchecked
+        shadows = ShadowScoring(store, settings, events, live, trainer.production, registry,
+                                features)
+        trainer.builder.shadows = shadows
+        rollout = RolloutWatch(store, settings, monitor.requests, trainer.production)
 
         def on_accepted(pipeline: str, record: IngestionRecord) -> None:
             if pipeline in settings.feature_sets:
@@ -102,7 +117,8 @@ class Services:
                    scheduler=JobScheduler(trainer, settings), token=state.ensure_token(),
                    monitor=monitor, features=features, housekeeping=housekeeping,
                    suspects=suspects, predlog=predlog, predict_token=predict_token,
-                   read_token=read_token, backtests=Backtests(state, store, registry))
+                   read_token=read_token, backtests=Backtests(state, store, registry),
+                   shadows=shadows, rollout=rollout)
 
     def load_production_models(self) -> None:
         """Load every pipeline's production model; one that fails is reported, not served."""
