@@ -70,7 +70,8 @@ def test_a_better_shadow_is_promoted_and_a_worse_one_rejected(state_root, start_
     daemon = start_daemon(state_root)
     first = {"better": 1, "worse": 0}  # the feature production's batch followed
     for pipeline, driver in first.items():
-        drop(state_root, pipeline, written(tmp_path, batch(1500, 1, driver), f"{pipeline}1.parquet"))
+        drop(state_root, pipeline,
+             written(tmp_path, batch(1500, 1, driver), f"{pipeline}1.parquet"))
     for pipeline in first:
         daemon.wait_ready_model(pipeline, 1)
         drop(state_root, pipeline,
