@@ -70,7 +70,9 @@ STOP_BUDGET_SECONDS = 8.0
 # Settings a SIGHUP applies while running (shell-style patterns over dotted keys). Every other
 # key is read once at start, so a change to it is logged as needing a restart.
 LIVE_KEYS = ("log.level", "ingest.*", "train.*", "jobs.*", "pipelines.*", "retention.*",
-             "server.max_batch_rows", "server.predict_fast_path")
+             "server.max_batch_rows", "server.predict_fast_path", "shadow.*",
+             "rollout.watch_seconds", "rollout.z", "rollout.min_requests",
+             "rollout.latency_ratio")
 
 STATUS_SECONDS = 5.0  # how often the STATUS= line is refreshed (sent only when it changed)
 
