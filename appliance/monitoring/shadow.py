@@ -9,8 +9,9 @@ counted, never waited for). One worker thread at a lower CPU priority predicts w
 candidate, compares with production's answers (agreement, score differences, both
 latencies: the CPU time of each one's prediction, feature store work included, so that a
 worker waiting for a core does not make a model look slow), counts its errors (what the
-candidate raises never reaches a caller: the caller was answered before), and keeps its outputs by prediction id. Its numbers are kept
-per ``shadow.window_seconds`` in SQLite (``shadow_windows``).
+candidate raises never reaches a caller: the caller was answered before), and keeps its
+outputs by prediction id. Its numbers are kept per ``shadow.window_seconds`` in SQLite
+(``shadow_windows``).
 
 :meth:`ShadowScoring.check` decides: once the shadow has scored ``shadow.min_requests``
 requests and ``shadow.min_labelled`` of its predictions have feedback (joined through the
