@@ -6,7 +6,8 @@ Three real daemons, each with v1 trained on sample_data/machines_01.csv in produ
 v2 trained on machines_02.csv as a candidate: under `promotion.policy = "shadow"` (sample
 rate 1.0, and 0.1) it shadows production, never decided during the run
 (`shadow.min_requests` out of reach); under `manual` (the floor: shadow off) it just waits.
-Every cell is measured `--repeats` times, interleaved, medians shown.
+A fourth daemon, a second "off", measures the machine's own noise (A/A). Every cell is
+measured `--repeats` times, interleaved in a rotating order, medians shown.
 
 Targets (2 cores): at 0.1, >= 0.85x the throughput of off; at 1.0, >= 0.6x; p99 within
 1.3x of off's.
@@ -91,15 +92,19 @@ def main() -> None:
     try:
         for name, policy, rate in (("shadow off", "manual", 0.0),
                                    ("shadow 0.1", "shadow", 0.1),
-                                   ("shadow 1.0", "shadow", 1.0)):
+                                   ("shadow 1.0", "shadow", 1.0),
+                                   ("off, again", "manual", 0.0)):
             proc, url = start(workdir / name.replace(" ", "-"), policy, rate)
             procs.append(proc)
             servers[name] = url
         print(f"{len(os.sched_getaffinity(0))} cores; single row, concurrency 16; "
               f"{args.repeats} x {args.seconds:g} s per cell, interleaved; medians shown")
         results: dict[str, list[dict[str, Any]]] = {}
-        for _ in range(args.repeats):
-            for name, url in servers.items():
+        names = list(servers)
+        for i in range(args.repeats):
+            # Each round in another order, so no server always follows the same one.
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                url = servers[name]
                 results.setdefault(name, []).append(
                     serve.load(url, serve.PREDICT_PATH, body, 16, args.seconds))
                 time.sleep(0.5)
@@ -112,6 +117,10 @@ def main() -> None:
             print(f"{name:<11} {m['rps']:>8.0f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} "
                   f"{m['errors']:>6.0f}")
         off = med["shadow off"]
+        again = med["off, again"]
+        print(f"\nthe machine's noise (A/A): the second 'off' daemon at "
+              f"{again['rps'] / off['rps']:.2f}x the first's throughput, p99 "
+              f"{again['p99_ms'] / off['p99_ms']:.2f}x")
         print("\ntargets:")
         for name, floor in (("shadow 0.1", 0.85), ("shadow 1.0", 0.6)):
             m = med[name]

@@ -63,7 +63,9 @@ _encode = msgspec.json.Encoder().encode
 # the shadow keeps scoring (agreement, latency, errors) but stores no more outputs.
 MAX_OUTPUTS = 200_000
 # Queued requests the worker takes at once, and how often it writes what it counted.
-WORKER_BATCH = 32
+WORKER_BATCH = 16
+# The share of the time the worker may work (and so hold the GIL the event loop needs).
+WORKER_DUTY = 0.25
 FLUSH_SECONDS = 1.0
 
 
@@ -265,15 +267,18 @@ class ShadowScoring:
                              for _ in range(min(WORKER_BATCH, len(self._queue)))]
                     self._queued_rows -= sum(len(e[1]) for e in batch)
                     self._busy = True
+                began = time.perf_counter()
                 for entry in batch:
                     try:
                         self._score(entry)
                     except Exception:  # never stops the worker
                         log.exception("shadow_scoring_failed")
-                # The GIL back to the event loop between batches: answers come first.
-                time.sleep(0)
                 if time.monotonic() - last_flush >= FLUSH_SECONDS:
                     last_flush = self._flush_quietly()
+                # Answers come first: the worker holds the GIL (which the event loop needs)
+                # at most WORKER_DUTY of the time; beyond, its queue fills and drops.
+                worked = time.perf_counter() - began
+                time.sleep(min(worked * (1 / WORKER_DUTY - 1), 0.05))
             if time.monotonic() - last_flush >= FLUSH_SECONDS:
                 last_flush = self._flush_quietly()
 
