@@ -17,6 +17,7 @@ both call it right after registering the version.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -45,18 +46,20 @@ class PolicyOutcome:
 
 def apply_policy(pipeline: str, version: int, *, settings: Settings, production: Production,
                  registry: Registry, events: Events, decision: Decision | None = None,
-                 shadows: ShadowStarter | None = None, source: str = "trained here"
-                 ) -> PolicyOutcome:
+                 shadows: ShadowStarter | None = None, source: str = "trained here",
+                 gate: Callable[[], Decision] | None = None) -> PolicyOutcome:
     """Apply the pipeline's promotion policy to ``version``, a registered candidate.
 
-    ``decision``: the gate's verdict on it (None for an imported version the gate has not
-    scored: the ``gate`` policy then refuses to decide without one). ``source`` says where
-    the version comes from, for the messages (``trained here``, ``bundle (key ab12...)``).
+    ``decision``: the gate's verdict on it; for a version trained elsewhere, ``gate``
+    computes it when the policy needs it (:meth:`ModelBuilder.score_version`: this box's
+    newest labelled data). ``source`` says where the version comes from, for the messages
+    (``trained here``, ``bundle (key ab12...)``).
     Raises what promotion raises (a version that can't be loaded is rejected first)."""
     policy = settings.pipeline(pipeline).promotion.policy
     serving = production.live.get(pipeline)
-    gate = ({**(decision.details or {}), "reason": decision.reason}
-            if decision is not None else None)
+    verdict = ({**(decision.details or {}), "reason": decision.reason}
+               if decision is not None else None)
+    note = ""
     if policy == "manual":
         why = (f"waiting for `appliance promote {pipeline} {version}` (promotion.policy = "
                f"manual; {source})")
@@ -65,32 +68,37 @@ def apply_policy(pipeline: str, version: int, *, settings: Settings, production:
                    f"{decision.reason}"
         registry.store.set_model_stage(pipeline, version, "candidate", why)
         events.emit("awaiting_promotion", f"v{version}: {why}", pipeline=pipeline,
-                    version=version, **({"gate": numbers(gate)} if gate else {}))
+                    version=version, **({"gate": numbers(verdict)} if verdict else {}))
         return PolicyOutcome(policy, "waiting", why)
     if policy == "shadow" and serving is not None and shadows is not None:
         baseline = ((decision.details or {}).get("tests", {}).get("baseline")
                     if decision is not None else None)
         if baseline is not None and not baseline.get("passed", True):
             why = f"not shadowed: {baseline.get('text') or decision.reason}"  # type: ignore[union-attr]
-            _reject(pipeline, version, why, registry, events, gate)
+            _reject(pipeline, version, why, registry, events, verdict)
             return PolicyOutcome(policy, "rejected", why)
         try:
             state = shadows.start_shadow(pipeline, version)
         except ApplianceError as err:
-            if decision is None:
+            if decision is None and gate is None:
                 why = f"can't be shadowed: {err.message}"
-                _reject(pipeline, version, why, registry, events, gate)
+                _reject(pipeline, version, why, registry, events, verdict)
                 return PolicyOutcome(policy, "rejected", why)
             # It can't be compared with production live: the gate decides, and says why.
-            decision = Decision(decision.promote, f"{decision.reason} (not shadowed: "
-                                f"{err.message}; the gate decided)", decision.champion_metrics,
-                                decision.details)
+            note = f" (not shadowed: {err.message}; the gate decided)"
         else:
             registry.store.set_model_stage(pipeline, version, "candidate", state)
             events.emit("shadow_started", f"v{version} ({source}): {state}",
                         pipeline=pipeline, version=version,
                         production_version=serving.version)
             return PolicyOutcome(policy, "shadowing", state)
+    if decision is None and gate is not None:
+        decision = gate()
+    if decision is not None and note:
+        decision = Decision(decision.promote, decision.reason + note,
+                            decision.champion_metrics, decision.details)
+    if decision is not None:
+        verdict = {**(decision.details or {}), "reason": decision.reason}
     if decision is None:
         raise ApplianceError(
             "no_gate_verdict",
@@ -100,17 +108,17 @@ def apply_policy(pipeline: str, version: int, *, settings: Settings, production:
     if decision.promote:
         try:
             production.promote(pipeline, version, decision.reason,
-                               gate=numbers(gate) if gate else None)
+                               gate=numbers(verdict) if verdict else None)
         except ApplianceError as err:
             registry.reject(pipeline, version, f"not loadable: {err.message}")
             raise
         return PolicyOutcome(policy, "promoted", decision.reason)
-    _reject(pipeline, version, decision.reason, registry, events, gate)
+    _reject(pipeline, version, decision.reason, registry, events, verdict)
     return PolicyOutcome(policy, "rejected", decision.reason)
 
 
 def _reject(pipeline: str, version: int, why: str, registry: Registry, events: Events,
-            gate: dict[str, Any] | None) -> None:
+            verdict: dict[str, Any] | None) -> None:
     registry.reject(pipeline, version, why)
     events.emit("not_promoted", f"v{version}: {why}", pipeline=pipeline, version=version,
-                **({"gate": numbers(gate)} if gate else {}))
+                **({"gate": numbers(verdict)} if verdict else {}))
