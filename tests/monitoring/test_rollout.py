@@ -159,3 +159,32 @@ def test_one_bad_request_rolls_nothing_back_and_a_slow_version_is_rolled_back(se
     assert services.live.get("machines").version == 1
     event = next(e for e in services.store.events(limit=20) if e.kind == "rolled_back")
     assert event.details["cause"] == "latency" and "p99" in event.message
+
+
+def test_a_promoted_version_that_does_worse_on_feedback_is_rolled_back(services):
+    """No errors, no slowness: its answers are just wrong (the probabilities inverted), and
+    the feedback on both versions' predictions says so."""
+    rollout = services.rollout
+    frame = pl.read_csv(SAMPLES / "machines_02.csv").head(150)
+    rows = frame.drop("failed_within_24h", "reading_id", "timestamp").to_dicts()
+    labels = frame["failed_within_24h"].to_list()
+
+    def answered(answers: list[httpx.Response]) -> None:
+        services.predlog.flush()
+        ids = [a.json()["prediction_ids"][0] for a in answers]
+        services.store.add_feedback("machines", list(zip(ids, labels, strict=True)))
+
+    answered(send(services, rows))
+    services.trainer.production.promote("machines", 2, "promoted by an operator")
+    model = services.live.get("machines")
+    original = model.predict_one
+    model.predict_one = lambda row: 1.0 - original(row)
+    answers = send(services, rows)
+    assert {a.status_code for a in answers} == {200}
+    assert rollout.check("machines") is None  # no feedback on v2 yet: nothing to judge
+    answered(answers)
+    assert rollout.check("machines") == "performance"
+    assert services.live.get("machines").version == 1
+    event = next(e for e in services.store.events(limit=20) if e.kind == "rolled_back")
+    assert event.details["cause"] == "performance" and event.details["labelled"] == 150
+    assert "did worse on live feedback: mean log loss" in event.message
