@@ -112,3 +112,29 @@ def test_a_better_shadow_is_promoted_and_a_worse_one_rejected(state_root, start_
     assert predict(daemon, "better", rows[:1])["model_version"] == 2
     kinds = [(e["kind"], e["pipeline"]) for e in daemon.get("/v1/events").json()["events"]]
     assert ("shadow_started", "better") in kinds and ("not_promoted", "worse") in kinds
+
+
+def test_a_shadow_survives_a_restart_with_its_numbers(state_root, start_daemon, tmp_path):
+    (state_root / "appliance.toml").write_text(CONFIG + PIPELINE.format(name="better"))
+    daemon = start_daemon(state_root)
+    drop(state_root, "better", written(tmp_path, batch(1500, 1, 1), "b1.parquet"))
+    daemon.wait_ready_model("better", 1)
+    drop(state_root, "better", written(tmp_path, batch(1500, 2, 0), "b2.parquet"))
+    wait_for(lambda: models(daemon, "better").get(2, {}).get("policy_state"), timeout=90,
+             what="v2 to shadow")
+    rows = batch(30, 3, 0).drop("y").to_dicts()
+    for row in rows:
+        predict(daemon, "better", [row])
+    wait_for(lambda: (models(daemon, "better")[2].get("shadow") or {}).get("scored") == 30,
+             timeout=30, what="the shadow to score them")
+    assert daemon.stop() == 0, daemon.log()
+
+    daemon = start_daemon(state_root)
+    daemon.wait_ready_model("better", 1)
+    v2 = models(daemon, "better")[2]
+    assert v2["stage"] == "candidate" and v2["policy_state"].startswith("shadowing 30 of 60")
+    assert v2["shadow"]["requests"] == 30 and v2["shadow"]["scored"] == 30
+    for row in rows[:10]:
+        assert predict(daemon, "better", [row])["model_version"] == 1
+    wait_for(lambda: models(daemon, "better")[2]["shadow"]["scored"] == 40, timeout=30,
+             what="the resumed shadow to score more")
