@@ -147,6 +147,10 @@ class Services:
         """Delete a pipeline (see :meth:`Housekeeping.delete_pipeline`)."""
         deleted = self.housekeeping.delete_pipeline(name, force)
         self.load_failures.pop(name, None)
+        if self.shadows is not None:
+            self.shadows.forget(name)
+        if self.rollout is not None:
+            self.rollout.watches.pop(name, None)
         return deleted
 
     def scheduled_jobs(self, pipeline: str) -> list[ScheduledJob]:

@@ -216,6 +216,15 @@ class ShadowScoring:
             self._thread.join(timeout)
         self.flush(force=True)
 
+    def forget(self, pipeline: str) -> None:
+        """The pipeline is deleted: its shadow stops, nothing of it is written again."""
+        self.active = {k: v for k, v in self.active.items() if k != pipeline}
+        with self._lock:
+            for key in [k for k in self._windows if k[0] == pipeline]:
+                del self._windows[key]
+            self._closed = [w for w in self._closed if w.pipeline != pipeline]
+            self._outputs = [o for o in self._outputs if o[0] != pipeline]
+
     def _promoted(self, pipeline: str, version: int, previous: int | None) -> None:
         """Production changed: a shadow promoted by an operator ends; one that shadows on
         compares with the new production version from now on."""
@@ -491,7 +500,11 @@ class ShadowScoring:
         if len(rows) < cfg.min_labelled:
             return None
         serving = self.live.get(shadow.pipeline)
-        if serving is None or serving.version != shadow.production_version:
+        if serving is None:
+            return None
+        if serving.version != shadow.production_version:
+            # Production changed without a promotion (a rollback): compare with it from now.
+            self._promoted(shadow.pipeline, serving.version, shadow.production_version)
             return None
         task = shadow.task
         classes = shadow.model.spec.classes

@@ -79,7 +79,9 @@ class ModelsTab:
                     for _, k in middle]
             rows.append((str(m.version), [
                 Text(f"v{m.version}", style="bold" if m.stage == "production" else ""),
-                Text(m.stage, style=STAGE_STYLE.get(m.stage, "")),
+                Text(m.stage + (" · shadow" if m.shadow is not None
+                                and m.shadow.state == "shadowing" else ""),
+                     style=STAGE_STYLE.get(m.stage, "")),
                 *metric_cells, data, str(m.lineage.get("trigger", fmt.NONE)),
                 Text(fmt.clock(m.created_at, now), style="dim"),
             ]))
