@@ -460,8 +460,8 @@ class ShadowScoring:
         return line
 
     def _labelled(self, shadow: Shadow) -> int:
-        return sum(1 for row in self.store.shadow_feedback(shadow.pipeline, shadow.version)
-                   if row[1] == shadow.production_version)
+        return self.store.count_shadow_feedback(shadow.pipeline, shadow.version,
+                                                shadow.production_version)
 
     def check_all(self) -> None:
         for pipeline in sorted(self.active):

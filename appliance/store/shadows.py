@@ -112,6 +112,17 @@ class ShadowQueries:
         return self._rows("SELECT COUNT(*) AS n FROM shadow_outputs WHERE pipeline = ?"
                           " AND version = ?", [pipeline, version])[0]["n"]
 
+    def count_shadow_feedback(self, pipeline: str, version: int,
+                              production_version: int) -> int:
+        """How many of the shadow's scored predictions answered by ``production_version``
+        have feedback."""
+        return self._rows(
+            "SELECT COUNT(*) AS n FROM shadow_outputs s"
+            " JOIN predictions p ON p.id = s.prediction_id AND p.pipeline = s.pipeline"
+            " JOIN feedback f ON f.prediction_id = s.prediction_id AND f.pipeline = s.pipeline"
+            " WHERE s.pipeline = ? AND s.version = ? AND p.model_version = ?",
+            [pipeline, version, production_version])[0]["n"]
+
     def shadow_feedback(self, pipeline: str, version: int
                         ) -> list[tuple[str, int, Any, Any, Any]]:
         """The shadow's scored predictions that have feedback: (prediction_id, the version
