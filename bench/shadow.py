@@ -48,11 +48,21 @@ policy = "{policy}"
 
 def start(workdir: Path, policy: str, rate: float) -> tuple[subprocess.Popen[bytes], str]:
     """A daemon serving v1, with v2 shadowing (or waiting, under `manual`)."""
-    import httpx
-
     # v1 through the gate (a first model under `manual` would wait too), then the policy
     # under test, applied live by a SIGHUP, for v2.
     proc, url, _ = serve.start_appliance(workdir, POLICY.format(rate=rate, policy="gate"))
+    try:
+        _policy_for_v2(proc, url, workdir, policy)
+    except BaseException:
+        serve._stop(proc)  # a daemon that did not get ready is not left behind
+        raise
+    return proc, url
+
+
+def _policy_for_v2(proc: subprocess.Popen[bytes], url: str, workdir: Path,
+                   policy: str) -> None:
+    import httpx
+
     config = workdir / "state" / "appliance.toml"
     config.write_text(config.read_text().replace('policy = "gate"', f'policy = "{policy}"'))
     proc.send_signal(signal.SIGHUP)
@@ -72,7 +82,6 @@ def start(workdir: Path, policy: str, rate: float) -> tuple[subprocess.Popen[byt
         return bool(v2) and bool(v2[0].get("policy_state"))
 
     serve._wait(v2_waits, 180, f"v2 to {'shadow' if policy == 'shadow' else 'wait'}")
-    return proc, url
 
 
 def main() -> None:
