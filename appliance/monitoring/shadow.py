@@ -63,7 +63,7 @@ _encode = msgspec.json.Encoder().encode
 # the shadow keeps scoring (agreement, latency, errors) but stores no more outputs.
 MAX_OUTPUTS = 200_000
 # Queued requests the worker takes at once, and how often it writes what it counted.
-WORKER_BATCH = 16
+WORKER_BATCH = 4
 # The share of the time the worker may work (and so hold the GIL the event loop needs).
 WORKER_DUTY = 0.25
 FLUSH_SECONDS = 1.0
