@@ -29,6 +29,8 @@ KINDS = {
                        "descriptors or memory while ingesting it; it is taken again",
     "ingest_interrupted": "the daemon stopped while ingesting a file (out of memory, a crash "
                           "or a kill); the file is taken again, and refused the next time",
+    "training_waiting": "a pipeline has new data, but a feature set it joins has no data yet: "
+                        "it trains once that feature set's first file is taken",
     "training_started": "a training job started",
     "trained": "a training job registered a new model version",
     "training_failed": "a training job failed",
