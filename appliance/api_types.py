@@ -69,6 +69,30 @@ def identity_problem(status: int, body: bytes, token: str, challenge: str,
     return None
 
 
+class ShadowInfo(msgspec.Struct, kw_only=True):
+    """A candidate's shadow (promotion.policy = "shadow"): its numbers beside production's."""
+
+    state: str  # shadowing | promoted | rejected | superseded
+    production_version: int  # the version it shadowed
+    requests: int  # live requests while it shadowed
+    sampled: int  # of them drawn for it (shadow.sample_rate)
+    scored: int  # it answered
+    dropped: int  # not shadowed: its queue was full (shadow.queue_max)
+    errors: int  # it failed (never a caller's failure)
+    rows: int
+    agreement: float | None = None  # share of rows where both gave the same answer
+    mean_diff: float | None = None  # mean |shadow - production| score
+    max_diff: float = 0.0
+    p50_ms: float | None = None  # the shadow's latency
+    p99_ms: float | None = None
+    production_p50_ms: float | None = None  # production's, on the same requests
+    production_p99_ms: float | None = None
+    labelled: int | None = None  # its predictions with feedback
+    # Once decided: the metric on the labelled rows, both values, the gain and its SE.
+    live: dict[str, Any] = {}
+    decision: str | None = None
+
+
 class ModelInfo(msgspec.Struct, kw_only=True):
     version: int
     stage: str
@@ -78,6 +102,14 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     decision: str | None
     created_at: str
     promoted_at: str | None
+    # Where it comes from: "trained here", "bundle" or "model file" (lineage `source`), and
+    # the id of the key that signed its bundle (lineage `key_id`).
+    source: str = "trained here"
+    key_id: str | None = None
+    # Its promotion policy's state in one line: "shadowing 340 of 1,000 requests, agreement
+    # 97.2%, ...", "waiting for `appliance promote`", "watching v4 against v3 ...".
+    policy_state: str | None = None
+    shadow: ShadowInfo | None = None
 
 
 class IngestionInfo(msgspec.Struct, kw_only=True):

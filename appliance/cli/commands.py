@@ -286,6 +286,11 @@ def models(name: str, url: str | None, state_dir: str | None, as_json: bool,
         click.echo(f"v{m['version']:<4} {m['stage']:<11} {m['task']:<11} {metrics}")
         if m.get("decision"):
             click.echo(f"      {m['decision']}")
+        if m.get("policy_state"):
+            click.echo(f"      policy: {m['policy_state']}")
+        if m.get("source") and m["source"] != "trained here":
+            key = f" (key {m['key_id']})" if m.get("key_id") else ""
+            click.echo(f"      source: {m['source']}{key}")
         lineage = m.get("lineage") or {}
         if lineage.get("datasets") is not None:
             versions = [d["version"] for d in lineage["datasets"]]

@@ -252,6 +252,8 @@ def reference() -> list[tuple[str, Any, str]]:
         walk(f"{section}.", type(getattr(Settings(), section)))
     for section in ("monitor", "drift", "retention", "online_store", "bundles"):
         walk(f"{section}.", type(getattr(Settings(), section)))
+    for section in ("shadow", "rollout"):
+        walk(f"{section}.", type(getattr(Settings(), section)))
     walk("pipelines.NAME.", PipelineSettings)
     walk("feature_sets.NAME.", FeatureSetSettings)
     return out

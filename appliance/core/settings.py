@@ -372,6 +372,55 @@ class RetrainSettings(_Section):
     ] = 3.0
 
 
+PromotionPolicy = Literal["gate", "shadow", "manual"]
+
+
+class ShadowSettings(_Section):
+    sample_rate: Annotated[float, msgspec.Meta(ge=0, le=1), _doc(
+        "share of live predict requests a candidate under the shadow policy also scores, off "
+        "the request path (the caller's answer is always production's)")] = 0.1
+    min_requests: Annotated[int, msgspec.Meta(ge=1), _doc(
+        "requests the shadow must have scored before it is promoted or rejected")] = 1000
+    min_labelled: Annotated[int, msgspec.Meta(ge=1), _doc(
+        "shadowed predictions with feedback (true outcomes) needed before it is promoted or "
+        "rejected; both versions are scored on the same rows")] = 200
+    max_error_rate: Annotated[float, msgspec.Meta(ge=0, le=1), _doc(
+        "a shadow that fails on more than this share of the requests it scored is rejected")] = (
+        0.01)
+    queue_max: Annotated[int, msgspec.Meta(ge=1), _doc(
+        "request rows waiting for the shadow's worker; beyond it sampled requests are dropped "
+        "from shadowing (counted), never waited for")] = 10_000
+    window_seconds: Annotated[float, msgspec.Meta(gt=0), _doc(
+        "the shadow's numbers (agreement, score differences, latency, errors) are kept in "
+        "SQLite per window of this many seconds")] = 60.0
+
+
+class RolloutSettings(_Section):
+    watch_seconds: Annotated[float, msgspec.Meta(ge=0), _doc(
+        "after a promotion (local or imported) the new version's error rate, p99 latency and "
+        "live performance are compared with the previous version's this long; a significant "
+        "worsening rolls back on its own (0: no watch)")] = 600.0
+    z: Annotated[float, msgspec.Meta(gt=0), _doc(
+        "standard errors (one-sided; 3: about 1 false alarm in 740 checks per test) by which "
+        "the new version must be worse for a rollback")] = 3.0
+    min_requests: Annotated[int, msgspec.Meta(ge=1), _doc(
+        "requests the new version must have answered before errors or latency are judged")] = (
+        100)
+    latency_ratio: Annotated[float, msgspec.Meta(ge=1), _doc(
+        "the latency test: more than 1% of the new version's requests slower than this "
+        "times the previous version's p99, by `rollout.z`")] = 1.5
+    check_seconds: Annotated[float, msgspec.Meta(gt=0), _doc(
+        "how often a version under watch is checked")] = 5.0
+
+
+class PromotionSettings(_Section):
+    policy: Annotated[PromotionPolicy, _doc(
+        "how a new candidate (trained here or imported) may become production: `gate` (the "
+        "gate on this box's newest labelled data), `shadow` (scores a share of live requests "
+        "beside production, then promoted if not worse once feedback comes back) or `manual` "
+        "(waits for `appliance promote`)")] = "gate"
+
+
 GateMetric = Literal["auc", "log_loss", "accuracy", "f1", "brier", "macro_f1", "rmse", "mae",
                      "r2"]
 
@@ -403,15 +452,6 @@ class PipelineTrainSettings(_Section):
         Annotated[float, msgspec.Meta(gt=0)] | None,
         _doc("overrides train.tune_seconds for this pipeline"),
     ] = None
-
-
-class PromotionSettings(_Section):
-    policy: Annotated[
-        Literal["gate", "manual"],
-        _doc("how an imported candidate (a bundle, a bare LightGBM model) goes to production: "
-             "gate (scored beside production on this box's newest labelled held-out rows) or "
-             "manual (it waits for `appliance promote`)"),
-    ] = "gate"
 
 
 class PipelineSettings(_Section):
@@ -483,6 +523,8 @@ class Settings(_Section):
     retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
     online_store: OnlineStoreSettings = msgspec.field(default_factory=OnlineStoreSettings)
     bundles: BundleSettings = msgspec.field(default_factory=BundleSettings)
+    shadow: ShadowSettings = msgspec.field(default_factory=ShadowSettings)
+    rollout: RolloutSettings = msgspec.field(default_factory=RolloutSettings)
     pipelines: dict[str, PipelineSettings] = msgspec.field(default_factory=dict)
     feature_sets: dict[str, FeatureSetSettings] = msgspec.field(default_factory=dict)
 

@@ -72,7 +72,8 @@ STOP_BUDGET_SECONDS = 8.0
 # key is read once at start, so a change to it is logged as needing a restart.
 LIVE_KEYS = ("log.level", "ingest.*", "train.*", "jobs.*", "pipelines.*", "retention.*",
              "server.max_batch_rows", "server.predict_fast_path", "bundles.allow_unsigned",
-             "bundles.max_member_mb")
+             "bundles.max_member_mb", "shadow.*", "rollout.watch_seconds", "rollout.z",
+             "rollout.min_requests", "rollout.latency_ratio")
 
 STATUS_SECONDS = 5.0  # how often the STATUS= line is refreshed (sent only when it changed)
 
@@ -275,6 +276,12 @@ class Daemon:
                                   self.services.importer, self.services.pipeline_names)
             every("bundles:source", "poll the bundle source", source.poll,
                   settings.bundles.poll_seconds, at_start=True)
+        if self.services.shadows is not None:
+            every("shadow:check", "shadow scoring: write its numbers, decide when it can",
+                  self.services.shadows.check_all, min(5.0, settings.shadow.window_seconds))
+        if self.services.rollout is not None:
+            every("rollout:check", "health of a newly promoted version (rollback)",
+                  self.services.rollout.check_all, settings.rollout.check_seconds)
 
     def _submit_file(self, path: Path, pipeline: str) -> None:
         with self._ingest_lock:
@@ -424,6 +431,8 @@ class Daemon:
             log.info("recovered removed=%d abandoned_jobs=%d", len(removed), abandoned)
         sdnotify.status("loading models")
         await asyncio.to_thread(services.load_production_models)
+        if services.shadows is not None:
+            await asyncio.to_thread(services.shadows.resume)
         if services.predlog is not None:
             services.predlog.start()
         app = create_app(services)
@@ -485,6 +494,11 @@ class Daemon:
         # Metrics and other buffers are flushed here, before the store closes.
         if self.services.predlog is not None:
             self.services.predlog.close()  # serving has stopped: write what is queued
+        if self.services.shadows is not None:
+            try:
+                self.services.shadows.close()
+            except Exception:
+                log.exception("shadow_close_failed")
         try:
             self.services.monitor.flush_windows(force=True)
         except Exception:

@@ -10,7 +10,14 @@ from appliance.features import FeatureStore
 from appliance.ingest import Ingester
 from appliance.jobs import Housekeeping, JobScheduler, SuspectBatches, Trainer
 from appliance.models import Backtests, LiveModels, ModelImporter, PolicyParts, Registry
-from appliance.monitoring import Monitor, PredictionIds, PredictionLog, drift
+from appliance.monitoring import (
+    Monitor,
+    PredictionIds,
+    PredictionLog,
+    RolloutWatch,
+    ShadowScoring,
+    drift,
+)
 from appliance.serving import reads_need_token
 from appliance.store import Events, IngestionRecord, Store
 
@@ -44,6 +51,10 @@ class Services:
     read_token: str | None = None
     # Imports of bundles and bare models, then the pipeline's promotion policy.
     importer: ModelImporter | None = None
+    # Candidates shadowing production (promotion.policy = "shadow"), and the watch over a
+    # newly promoted version (rollout.watch_seconds).
+    shadows: ShadowScoring | None = None
+    rollout: RolloutWatch | None = None
 
     @classmethod
     def build(cls, settings: Settings, state: StateDir) -> Services:
@@ -67,6 +78,10 @@ class Services:
         trainer.builder.features = features
         suspects = SuspectBatches(state, store, events, settings, live, trainer, features)
         trainer.builder.unchecked = suspects.unchecked
+        shadows = ShadowScoring(store, settings, events, live, trainer.production, registry,
+                                features)
+        trainer.builder.shadows = shadows
+        rollout = RolloutWatch(store, settings, monitor.requests, trainer.production)
 
         def on_accepted(pipeline: str, record: IngestionRecord) -> None:
             if pipeline in settings.feature_sets:
@@ -107,8 +122,11 @@ class Services:
                    monitor=monitor, features=features, housekeeping=housekeeping,
                    suspects=suspects, predlog=predlog, predict_token=predict_token,
                    read_token=read_token, backtests=Backtests(state, store, registry),
+                   shadows=shadows, rollout=rollout,
                    importer=ModelImporter(PolicyParts(state, store, events, settings,
-                                                      trainer.production), registry))
+                                                      trainer.production,
+                                                      trainer.builder.apply_policy),
+                                          registry))
 
     def load_production_models(self) -> None:
         """Load every pipeline's production model; one that fails is reported, not served."""
@@ -137,6 +155,10 @@ class Services:
         """Delete a pipeline (see :meth:`Housekeeping.delete_pipeline`)."""
         deleted = self.housekeeping.delete_pipeline(name, force)
         self.load_failures.pop(name, None)
+        if self.shadows is not None:
+            self.shadows.forget(name)
+        if self.rollout is not None:
+            self.rollout.watches.pop(name, None)
         return deleted
 
     def scheduled_jobs(self, pipeline: str) -> list[ScheduledJob]:

@@ -62,9 +62,25 @@ class Trainer:
     # --- triggers ------------------------------------------------------------------------
 
     def on_ingested(self, pipeline: str, record: IngestionRecord) -> None:
-        """New data: retrain when enough rows arrived since the data the newest model saw."""
-        if self.new_data_wanted(pipeline):
-            self.request(pipeline, "new_data")
+        """New data: retrain when enough rows arrived since the data the newest model saw;
+        not while a feature set the pipeline joins has no data yet (it trains when that
+        data comes: :meth:`on_features_updated`)."""
+        if not self.new_data_wanted(pipeline):
+            return
+        empty = self._empty_feature_sets(pipeline)
+        if empty:
+            self.events.emit(
+                "training_waiting",
+                f"new data waits for the feature set {', '.join(f'`{n}`' for n in empty)} "
+                f"it joins, which has no data yet; it trains once a file arrives in "
+                f"inbox/{empty[0]}/", pipeline=pipeline, feature_sets=empty)
+            return
+        self.request(pipeline, "new_data")
+
+    def _empty_feature_sets(self, pipeline: str) -> list[str]:
+        return [name for name in self.settings.pipeline(pipeline).join
+                if name in self.settings.feature_sets
+                and self.store.dataset_totals(name)[0] == 0]
 
     def new_data_wanted(self, pipeline: str) -> bool:
         """Whether the pipeline has data no model has seen, enough of it to train. A
@@ -79,16 +95,22 @@ class Trainer:
         return new_rows >= self.settings.pipeline(pipeline).retrain.min_new_rows
 
     def on_features_updated(self, pipelines: list[str]) -> list[str]:
-        """A feature set got new data: each of ``pipelines`` (those joining it) that waits
-        for a retry trains now, not at the retry's time. Its run most likely failed for want
-        of this very data (a pipeline's first file taken before its feature set's, as when
-        both are dropped at once). Returns the pipelines that started a run."""
+        """A feature set got new data: each of ``pipelines`` (those joining it) whose new
+        data waited for it trains now, and one that waits for a retry (its run may have
+        failed for want of this very data) trains now, not at the retry's time. Returns the
+        pipelines that started a run."""
         started = []
         for pipeline in pipelines:
-            pending = self.store.training_request(pipeline)
-            if pending is None or pending.state != "pending" or self.busy(pipeline):
+            if self.busy(pipeline) or self._empty_feature_sets(pipeline):
                 continue
-            if self.request(pipeline, "retry"):
+            pending = self.store.training_request(pipeline)
+            if pending is not None and pending.state == "pending":
+                trigger = "retry"
+            elif self.new_data_wanted(pipeline):  # its data waited for these features
+                trigger = "new_data"
+            else:
+                continue
+            if self.request(pipeline, trigger):
                 started.append(pipeline)
         return started
 

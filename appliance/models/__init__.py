@@ -10,9 +10,9 @@ from appliance.models.build import ModelBuilder
 from appliance.models.bundle import bundle_pipeline
 from appliance.models.export import export_bundle
 from appliance.models.gate import Decision, decide
-from appliance.models.importer import ModelImporter
+from appliance.models.importer import ModelImporter, PolicyParts
 from appliance.models.metrics import primary_metric
-from appliance.models.policy import PolicyOutcome, PolicyParts, apply_policy
+from appliance.models.policy import PolicyOutcome, ShadowStarter, apply_policy
 from appliance.models.predictor import LiveModels, LoadedModel
 from appliance.models.production import Production
 from appliance.models.registry import Registry, library_versions, sha256_file
@@ -40,6 +40,7 @@ __all__ = [
     "PolicyParts",
     "Production",
     "Registry",
+    "ShadowStarter",
     "Source",
     "TrainingCancelled",
     "apply_policy",

@@ -1,5 +1,6 @@
 """One training run of a pipeline: its data window, a LightGBM candidate, the gate, the
-registry (with the lineage), and production when the gate lets it through.
+registry (with the lineage), then the pipeline's promotion policy
+(:func:`~appliance.models.policy.apply_policy`: the gate's verdict, a shadow, or an operator).
 
 It runs on the training job's thread (:mod:`appliance.jobs.training` decides when) and
 stops between two boosting rounds when ``should_stop`` says so.
@@ -16,13 +17,22 @@ import numpy as np
 import polars as pl
 
 from appliance.core import ApplianceError, Settings, StateDir
-from appliance.models.gate import PastRows, decide, numbers
-from appliance.models.holdout import match_rows, read_holdout
+from appliance.features import encode_target, to_matrix
+from appliance.models import metrics as m
+from appliance.models.gate import Decision, PastRows, decide
+from appliance.models.holdout import holdout_sample, match_rows, read_holdout
+from appliance.models.policy import PolicyOutcome, ShadowStarter, apply_policy
 from appliance.models.predictor import LoadedModel
 from appliance.models.production import Production
 from appliance.models.registry import Registry, library_versions
 from appliance.models.suspect import label_profile
-from appliance.models.train import Source, load_training_data, train, training_threads
+from appliance.models.train import (
+    Candidate,
+    Source,
+    load_training_data,
+    train,
+    training_threads,
+)
 from appliance.store import Events, ModelRecord, Store, now_iso
 
 
@@ -41,6 +51,8 @@ class ModelBuilder:
         # The data set versions of a pipeline whose labels are being checked right now
         # (set by the daemon): a training that starts meanwhile leaves them out.
         self.unchecked: Callable[[str], set[int]] = lambda _pipeline: set()
+        # Shadow scoring, for the shadow promotion policy (set by the daemon).
+        self.shadows: ShadowStarter | None = None
 
     def train_and_gate(self, pipeline: str, trigger: str, *, tune_trials: int | None = None,
                        should_stop: Callable[[], bool] = lambda: False) -> ModelRecord:
@@ -106,19 +118,91 @@ class ModelBuilder:
             f"v{record.version} trained on {rows} rows in {candidate.seconds:.1f}s{tuned}",
             pipeline=pipeline, version=record.version, metrics=candidate.metrics,
         )
-        if decision.promote:
-            try:
-                self.production.promote(pipeline, record.version, decision.reason,
-                                        gate=numbers(lineage["gate"]))
-            except ApplianceError as err:
-                self.registry.reject(pipeline, record.version, f"not loadable: {err.message}")
-                raise
-        else:
-            self.registry.reject(pipeline, record.version, decision.reason)
-            self.events.emit("not_promoted", f"v{record.version}: {decision.reason}",
-                             pipeline=pipeline, version=record.version,
-                             gate=numbers(lineage["gate"]))
+        apply_policy(pipeline, record.version, settings=self.settings,
+                     production=self.production, registry=self.registry, events=self.events,
+                     decision=decision, shadows=self.shadows)
         return self.store.model(pipeline, record.version) or record
+
+    def apply_policy(self, pipeline: str, version: int, source: str = "imported"
+                     ) -> PolicyOutcome:
+        """The pipeline's promotion policy for a registered version that was not trained
+        here (a bundle, a model file): the gate, when the policy needs its verdict, scores
+        it on this box's newest labelled data (:meth:`score_version`)."""
+        return apply_policy(pipeline, version, settings=self.settings,
+                            production=self.production, registry=self.registry,
+                            events=self.events, shadows=self.shadows, source=source,
+                            gate=lambda: self.score_version(pipeline, version))
+
+    def score_version(self, pipeline: str, version: int) -> Decision:
+        """The gate's verdict on a registered version trained elsewhere: its three tests on
+        this box's newest labelled data set version (at most ``train.holdout_max_rows`` of
+        its rows, a seeded sample beyond), the trivial baseline being the older data's
+        prior or mean (the newest data's own when there is no older data: a stricter
+        bar), and the champion's held-out rows."""
+        settings = self.settings.pipeline(pipeline)
+        ts = self.settings.train
+        unchecked = self.unchecked(pipeline)
+        datasets = [d for d in self.store.training_datasets(pipeline)
+                    if d.version not in unchecked]
+        if not datasets:
+            raise ApplianceError(
+                "no_labelled_data",
+                f"v{version} of `{pipeline}` can't be scored by the gate: this box has no "
+                "labelled data for it yet; drop some into the inbox, or set "
+                f"[pipelines.{pipeline}.promotion] policy = \"manual\" or \"shadow\"",
+                {"pipeline": pipeline, "version": version}, status=409)
+        model = self.registry.load(pipeline, version)
+        spec = model.spec
+        newest = datasets[-1]
+        frame = pl.read_parquet(self.state.root / newest.path)
+        if self.features is not None and (settings.join or settings.derived):
+            frame, _ = self.features.prepare(frame, settings)
+        frame = frame.filter(pl.col(spec.target).is_not_null()) if spec.target in \
+            frame.columns else frame
+        frame = holdout_sample(frame, ts.holdout_max_rows, seed=version)
+        try:
+            x = to_matrix(frame, spec)
+            y = encode_target(frame.get_column(spec.target), spec)
+        except (ApplianceError, pl.exceptions.PolarsError) as exc:
+            raise ApplianceError(
+                "not_scorable",
+                f"v{version} of `{pipeline}` can't score this box's data set "
+                f"v{newest.version}: {getattr(exc, 'message', exc)}",
+                {"pipeline": pipeline, "version": version}, status=409) from None
+        p = model.booster.predict(x, num_threads=training_threads(ts.threads))
+        older = [self.state.root / d.path for d in datasets[:-1]]
+        prior_y = y
+        if older:
+            try:
+                prior_y = encode_target(pl.concat(
+                    [pl.read_parquet(path, columns=[spec.target]) for path in older],
+                    how="vertical_relaxed").get_column(spec.target).drop_nulls(), spec)
+            except (ApplianceError, pl.exceptions.PolarsError):
+                prior_y = y
+        k = len(spec.classes or [])
+        prior: Any = (np.bincount(prior_y.astype(np.int64), minlength=k) / len(prior_y)
+                      if spec.task == "multiclass" else float(np.mean(prior_y)))
+        metric = m.primary_metric(spec.task, settings.train.metric)
+        candidate = Candidate(
+            spec=spec, booster=model.booster, params=model.meta.get("params") or {},
+            metrics=m.evaluate(spec.task, y, p), baseline={}, best_iteration=0,
+            importance={}, task_reason="", train_rows=0, valid_rows=len(y),
+            valid_frame=frame, seconds=0.0, y_valid=y, p_valid=p, y_train_prior=prior,
+            metric=metric, split="imported")
+        champion = self.live.get(pipeline)
+        past = self._past_rows(pipeline, champion)
+        min_improvement = (settings.train.min_improvement
+                           if settings.train.min_improvement is not None
+                           else ts.min_improvement)
+        decision = decide(candidate, champion, min_improvement, champion_z=ts.champion_z,
+                          baseline_z=ts.baseline_z, regression_z=ts.regression_z, past=past,
+                          threads=training_threads(ts.threads))
+        where = f"on its {len(y)} held-out rows"
+        here = f"on {len(y)} rows of this box's newest data set v{newest.version}"
+        decision.reason = decision.reason.replace(where, here)
+        if decision.details is not None:
+            decision.details["reason"] = decision.reason
+        return decision
 
     def _schema(self, pipeline: str) -> dict[str, str] | None:
         record = self.store.pipeline(pipeline)

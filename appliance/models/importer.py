@@ -17,6 +17,8 @@ import hashlib
 import json
 import re
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import lightgbm as lgb
@@ -24,18 +26,37 @@ import msgspec
 import polars as pl
 
 from appliance.api_types import BundleImportResponse
-from appliance.core import PIPELINE_NAME, ApplianceError
+from appliance.core import PIPELINE_NAME, ApplianceError, Settings, StateDir
 from appliance.features import Feature, FeatureSpec, dtype_from_name, feature_kind
 from appliance.models import bundle as b
 from appliance.models import signing
-from appliance.models.policy import PolicyParts, apply_policy
+from appliance.models.policy import PolicyOutcome
 from appliance.models.predictor import LoadedModel
+from appliance.models.production import Production
 from appliance.models.registry import Registry, library_versions
-from appliance.store import now_iso
+from appliance.store import Events, Store, now_iso
 
 
 def _refuse(code: str, message: str, **details: Any) -> ApplianceError:
     return ApplianceError(code, message, details, status=422)
+
+
+@dataclass
+class PolicyParts:
+    """What an import needs of the daemon: its parts, and the pipeline's promotion policy
+    for a version trained elsewhere (``ModelBuilder.apply_policy``: pipeline, version, a
+    one-line source)."""
+
+    state: StateDir
+    store: Store
+    events: Events
+    settings: Settings
+    production: Production
+    apply_policy: Callable[[str, int, str], PolicyOutcome]
+
+
+# The policy's action -> the version's stage it leaves.
+_STAGE = {"promoted": "production", "rejected": "rejected"}
 
 
 class ModelImporter:
@@ -339,15 +360,37 @@ class ModelImporter:
         parts.events.emit("bundle_imported", f"v{record.version} imported {message}",
                           pipeline=pipeline, version=record.version,
                           key_id=source.get("key_id"), source_kind=source["kind"])
+        shown = (f"bundle (key {source['key_id']})" if source.get("key_id") else
+                 "bundle (unsigned)" if source["kind"] == "bundle" else "model file")
         try:
-            outcome = apply_policy(parts, pipeline, record.version)
+            outcome = parts.apply_policy(pipeline, record.version, shown)
         except ApplianceError as err:
-            self.registry.reject(pipeline, record.version, f"not loadable: {err.message}")
-            raise
+            if err.code not in ("no_labelled_data", "not_scorable"):
+                self.registry.reject(pipeline, record.version, f"not loadable: {err.message}")
+                raise
+            outcome = self._unscored(pipeline, record.version, err)
         return BundleImportResponse(
-            pipeline=pipeline, version=record.version, stage=outcome.stage,
+            pipeline=pipeline, version=record.version,
+            stage=_STAGE.get(outcome.action, "candidate"),
             policy=outcome.policy, reason=outcome.reason, kind=source["kind"],
             key_id=source.get("key_id"), source=source)
+
+    def _unscored(self, pipeline: str, version: int, err: ApplianceError) -> PolicyOutcome:
+        """The gate can't score the import on this box's data. With no production model and
+        no labelled data at all (a box that only serves), it is promoted as the pipeline's
+        first model: it passed its own box's gate, and was checked here for everything but
+        accuracy. Otherwise it stays a candidate for an operator."""
+        parts = self.parts
+        policy = parts.settings.pipeline(pipeline).promotion.policy
+        if err.code == "no_labelled_data" and parts.store.production_model(pipeline) is None:
+            reason = (f"policy {policy}: no labelled data on this box to score it on, and no "
+                      "production model: promoted as the pipeline's first model")
+            parts.production.promote(pipeline, version, reason)
+            return PolicyOutcome(policy, "promoted", reason)
+        reason = (f"policy {policy}: {err.message}; it stays a candidate (appliance promote "
+                  f"{pipeline} {version})")
+        parts.store.set_model_stage(pipeline, version, "candidate", reason)
+        return PolicyOutcome(policy, "waiting", reason)
 
 
 _NULL = dtype_from_name("Float64")

@@ -1,172 +1,124 @@
-"""The pipeline's promotion policy, applied to a candidate made elsewhere (an imported
-bundle, a bare LightGBM model): ``[pipelines.NAME.promotion] policy``.
+"""The promotion policy: how a registered candidate may become production, per pipeline
+(``[pipelines.NAME.promotion] policy``), whether it was trained here or imported.
 
-- ``gate``: the candidate is scored beside production on this box's own newest labelled
-  held-out rows (the ``holdout.parquet`` kept with the newest version trained here), by the
-  gate's first two tests (see :mod:`appliance.models.gate`): it must beat the trivial
-  baseline by ``train.baseline_z`` standard errors and production by more than
-  ``min_improvement`` by ``train.champion_z``. No production model: the candidate is
-  promoted when it passes the baseline test, or, with no labelled rows on this box at
-  all, as the pipeline's first model (said so in the reason). Production but no rows to
-  score both on: it stays a candidate (``appliance promote`` decides).
-- ``manual``: it stays a candidate until ``appliance promote``.
+- ``gate`` (the default): the gate's verdict (:mod:`appliance.models.gate`) on this box's
+  newest labelled data: promoted when it passed, rejected with the reason when not.
+- ``shadow``: the candidate scores a sampled share of live requests beside production, off
+  the request path (:mod:`appliance.monitoring.shadow`), and is promoted or rejected once
+  enough of its predictions have feedback. A candidate that learned nothing (the gate's
+  baseline test failed) is rejected at once; with no production model to shadow, the gate
+  decides.
+- ``manual``: the candidate waits, its stage ``candidate``, for ``appliance promote``.
 
-:func:`apply_policy` is the one call an import makes after registering the candidate.
+:func:`apply_policy` is the one entry: the local training path
+(:class:`~appliance.models.build.ModelBuilder`) and the import of a bundle or a model file
+both call it right after registering the version.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
-import polars as pl
-
-from appliance.core import ApplianceError, Settings, StateDir
-from appliance.features import encode_target, to_matrix
-from appliance.models import metrics as m
-from appliance.models.holdout import read_holdout
+from appliance.core import ApplianceError, Settings
+from appliance.models.gate import Decision, numbers
 from appliance.models.production import Production
-from appliance.store import Events, Store
+from appliance.models.registry import Registry
+from appliance.store import Events
 
-SCORE_THREADS = 1
 
+class ShadowStarter(Protocol):
+    """What the policy asks of shadow scoring (the monitoring package provides it)."""
 
-@dataclass
-class PolicyParts:
-    """What applying a policy needs of the daemon."""
-
-    state: StateDir
-    store: Store
-    events: Events
-    settings: Settings
-    production: Production
+    def start_shadow(self, pipeline: str, version: int) -> str:
+        """Start shadowing ``version`` beside production; returns a one-line state. Raises
+        ApplianceError when it can't (no production, or the two can't be compared)."""
+        ...
 
 
 @dataclass
 class PolicyOutcome:
     policy: str
-    stage: str  # production | candidate | rejected
+    action: str  # promoted | rejected | shadowing | waiting
     reason: str
-    gate: dict[str, Any] | None = None
 
 
-def apply_policy(parts: PolicyParts, pipeline: str, version: int) -> PolicyOutcome:
-    """Apply ``pipeline``'s promotion policy to its candidate ``version`` (registered, not
-    serving): promote it, reject it, or leave it a candidate, with the reason recorded on
-    the version and in an event."""
-    policy = parts.settings.pipeline(pipeline).promotion.policy
+def apply_policy(pipeline: str, version: int, *, settings: Settings, production: Production,
+                 registry: Registry, events: Events, decision: Decision | None = None,
+                 shadows: ShadowStarter | None = None, source: str = "trained here",
+                 gate: Callable[[], Decision] | None = None) -> PolicyOutcome:
+    """Apply the pipeline's promotion policy to ``version``, a registered candidate.
+
+    ``decision``: the gate's verdict on it; for a version trained elsewhere, ``gate``
+    computes it when the policy needs it (:meth:`ModelBuilder.score_version`: this box's
+    newest labelled data). ``source`` says where the version comes from, for the messages
+    (``trained here``, ``bundle (key ab12...)``).
+    Raises what promotion raises (a version that can't be loaded is rejected first)."""
+    policy = settings.pipeline(pipeline).promotion.policy
+    serving = production.live.get(pipeline)
+    verdict = ({**(decision.details or {}), "reason": decision.reason}
+               if decision is not None else None)
+    note = ""
     if policy == "manual":
-        reason = ("policy manual: a candidate until an operator promotes it (appliance "
-                  f"promote {pipeline} {version})")
-        parts.store.set_model_stage(pipeline, version, "candidate", reason)
-        return PolicyOutcome(policy, "candidate", reason)
-    promote, reason, gate = _gate(parts, pipeline, version)
-    if promote is True:
-        parts.production.promote(pipeline, version, reason, gate=gate)
-        return PolicyOutcome(policy, "production", reason, gate)
-    if promote is False:
-        parts.store.set_model_stage(pipeline, version, "rejected", reason)
-        parts.events.emit("not_promoted", f"v{version}: {reason}", pipeline=pipeline,
-                          version=version, gate=gate)
-        return PolicyOutcome(policy, "rejected", reason, gate)
-    parts.store.set_model_stage(pipeline, version, "candidate", reason)
-    return PolicyOutcome(policy, "candidate", reason, gate)
-
-
-def _newest_rows(parts: PolicyParts, pipeline: str, skip: int
-                 ) -> tuple[int, dict[str, Any], pl.DataFrame] | None:
-    """The held-out rows kept with the newest version that kept them (trained here)."""
-    registry = parts.production.registry
-    for record in parts.store.models(pipeline):  # newest first
-        if record.version == skip:
-            continue
+        why = (f"waiting for `appliance promote {pipeline} {version}` (promotion.policy = "
+               f"manual; {source})")
+        if decision is not None:
+            why += f". The gate: {'passed' if decision.promote else 'not passed'}: " \
+                   f"{decision.reason}"
+        registry.store.set_model_stage(pipeline, version, "candidate", why)
+        events.emit("awaiting_promotion", f"v{version}: {why}", pipeline=pipeline,
+                    version=version, **({"gate": numbers(verdict)} if verdict else {}))
+        return PolicyOutcome(policy, "waiting", why)
+    if policy == "shadow" and serving is not None and shadows is not None:
+        baseline = ((decision.details or {}).get("tests", {}).get("baseline")
+                    if decision is not None else None)
+        if baseline is not None and not baseline.get("passed", True):
+            why = f"not shadowed: {baseline.get('text') or decision.reason}"  # type: ignore[union-attr]
+            _reject(pipeline, version, why, registry, events, verdict)
+            return PolicyOutcome(policy, "rejected", why)
         try:
-            _, _, meta = registry.load_booster(pipeline, record.version)
-            if not meta.get("holdout"):
-                continue
-            rows = read_holdout(parts.state.root / record.path, meta["holdout"],
-                                f"v{record.version} of `{pipeline}`")
-        except ApplianceError:
-            continue
-        return record.version, meta, rows
-    return None
+            state = shadows.start_shadow(pipeline, version)
+        except ApplianceError as err:
+            if decision is None and gate is None:
+                why = f"can't be shadowed: {err.message}"
+                _reject(pipeline, version, why, registry, events, verdict)
+                return PolicyOutcome(policy, "rejected", why)
+            # It can't be compared with production live: the gate decides, and says why.
+            note = f" (not shadowed: {err.message}; the gate decided)"
+        else:
+            registry.store.set_model_stage(pipeline, version, "candidate", state)
+            events.emit("shadow_started", f"v{version} ({source}): {state}",
+                        pipeline=pipeline, version=version,
+                        production_version=serving.version)
+            return PolicyOutcome(policy, "shadowing", state)
+    if decision is None and gate is not None:
+        decision = gate()
+    if decision is not None and note:
+        decision = Decision(decision.promote, decision.reason + note,
+                            decision.champion_metrics, decision.details)
+    if decision is not None:
+        verdict = {**(decision.details or {}), "reason": decision.reason}
+    if decision is None:
+        raise ApplianceError(
+            "no_gate_verdict",
+            f"v{version} of `{pipeline}` has no verdict of the gate to apply the "
+            f"`{policy}` policy with; score it on this box's data first",
+            {"pipeline": pipeline, "version": version}, status=409)
+    if decision.promote:
+        try:
+            production.promote(pipeline, version, decision.reason,
+                               gate=numbers(verdict) if verdict else None)
+        except ApplianceError as err:
+            registry.reject(pipeline, version, f"not loadable: {err.message}")
+            raise
+        return PolicyOutcome(policy, "promoted", decision.reason)
+    _reject(pipeline, version, decision.reason, registry, events, verdict)
+    return PolicyOutcome(policy, "rejected", decision.reason)
 
 
-def _gate(parts: PolicyParts, pipeline: str, version: int
-          ) -> tuple[bool | None, str, dict[str, Any] | None]:
-    """(promote: True, reject: False, undecided: None), the reason, the numbers."""
-    registry = parts.production.registry
-    booster, spec, _ = registry.load_booster(pipeline, version)
-    champion = parts.production.live.get(pipeline)
-    source = _newest_rows(parts, pipeline, version)
-    if source is None:
-        if champion is None:
-            return True, ("policy gate: no labelled held-out rows on this box to score it on, "
-                          "and no production model: promoted as the pipeline's first model"), None
-        return None, (f"policy gate: no labelled held-out rows on this box to score it beside "
-                      f"production v{champion.version}; it stays a candidate (appliance promote "
-                      f"{pipeline} {version})"), None
-    rows_version, meta, rows = source
-    ts = parts.settings.train
-    settings = parts.settings.pipeline(pipeline)
-    metric = m.primary_metric(spec.task, settings.train.metric)
-    min_improvement = (settings.train.min_improvement
-                       if settings.train.min_improvement is not None else ts.min_improvement)
-    where = f"on v{rows_version}'s {{n}} held-out rows (this box's newest labelled data)"
-    try:
-        rows = rows.filter(pl.col(spec.target).is_not_null())
-        y = encode_target(rows.get_column(spec.target), spec)
-        p_new = np.asarray(booster.predict(to_matrix(rows, spec), num_threads=SCORE_THREADS))
-    except (ApplianceError, pl.exceptions.PolarsError, KeyError) as exc:
-        why = getattr(exc, "message", None) or str(exc)
-        return None, (f"policy gate: it can't score this box's held-out rows of "
-                      f"v{rows_version} ({why}); it stays a candidate"), None
-    n = len(y)
-    if n == 0 or np.isnan(y).any():
-        return None, (f"policy gate: v{rows_version}'s held-out rows have no labels it can "
-                      "score (its classes differ); it stays a candidate"), None
-    prior = (meta.get("holdout") or {}).get("baseline_prior")
-    tests: dict[str, Any] = {}
-    texts: list[str] = []
-    verdicts: list[bool] = []
-    if prior is not None:
-        p_base = (np.tile(np.asarray(prior, dtype=np.float64), (n, 1))
-                  if spec.task == "multiclass" else np.full(n, float(np.ravel(prior)[0])))
-        if p_base.shape[1:] == p_new.shape[1:]:
-            c = m.compare(spec.task, metric, y, p_new, p_base)
-            ok, why = m.passes(c, 0.0, ts.baseline_z)
-            tests["baseline"] = _numbers(c, ok)
-            texts.append(f"vs the baseline: {why}")
-            verdicts.append(ok)
-    if champion is not None:
-        p_champ = None
-        if champion.spec.task == spec.task and champion.spec.classes == spec.classes:
-            try:
-                p_champ = np.asarray(champion.booster.predict(
-                    to_matrix(rows, champion.spec), num_threads=SCORE_THREADS))
-            except ApplianceError:
-                p_champ = None
-        if p_champ is None:
-            return None, (f"policy gate: production v{champion.version} can't score v"
-                          f"{rows_version}'s held-out rows beside it (features or classes "
-                          "differ); it stays a candidate"), {"tests": tests}
-        c = m.compare(spec.task, metric, y, p_new, p_champ)
-        ok, why = m.passes(c, min_improvement, ts.champion_z)
-        tests["champion"] = _numbers(c, ok)
-        texts.insert(0, f"vs production v{champion.version}: {why}")
-        verdicts.insert(0, ok)
-    if not verdicts:
-        return None, "policy gate: nothing to compare it with; it stays a candidate", None
-    promote = all(verdicts)
-    reason = "policy gate: " + "; ".join(texts) + "; " + where.format(n=n)
-    gate = {"metric": metric, "rows": n, "rows_from_version": rows_version,
-            "promoted": promote, "tests": tests}
-    return promote, reason, gate
-
-
-def _numbers(c: m.Comparison, passed: bool) -> dict[str, Any]:
-    out = {"challenger": c.challenger, "reference": c.reference, "gain": c.gain,
-           "standard_error": c.se, "passed": passed}
-    return {k: None if isinstance(v, float) and not np.isfinite(v) else v
-            for k, v in out.items()}
+def _reject(pipeline: str, version: int, why: str, registry: Registry, events: Events,
+            verdict: dict[str, Any] | None) -> None:
+    registry.reject(pipeline, version, why)
+    events.emit("not_promoted", f"v{version}: {why}", pipeline=pipeline, version=version,
+                **({"gate": numbers(verdict)} if verdict else {}))

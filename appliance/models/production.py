@@ -7,13 +7,17 @@ one lock, so two promotions can't leave them disagreeing.
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from appliance.core import ApplianceError
 from appliance.models.predictor import LiveModels
 from appliance.models.registry import Registry
 from appliance.store import Events, Store
+
+log = logging.getLogger("appliance.models")
 
 
 class Production:
@@ -24,6 +28,10 @@ class Production:
         self.events = events
         self.live = live
         self._lock = threading.Lock()
+        # Called as listener(pipeline, version, previous) after every promotion (the gate's,
+        # a shadow's, an operator's, an import's), never after a rollback: the rollout watch
+        # and the shadow scoring listen. What a listener raises is logged, never passed on.
+        self.on_promoted: list[Callable[[str, int, int | None], None]] = []
 
     def promote(self, pipeline: str, version: int, reason: str,
                 gate: dict[str, Any] | None = None) -> int | None:
@@ -43,9 +51,41 @@ class Production:
             self.registry.promote(pipeline, version, reason)
             old = self.live.swap(loaded)
         extra = {"gate": gate} if gate is not None else {}
+        previous = old.version if old else None
         self.events.emit("promoted", f"v{version} is production: {reason}", pipeline=pipeline,
-                         version=version, previous=old.version if old else None, **extra)
-        return old.version if old else None
+                         version=version, previous=previous, **extra)
+        for listener in list(self.on_promoted):
+            try:
+                listener(pipeline, version, previous)
+            except Exception:
+                log.exception("promotion_listener_failed pipeline=%s", pipeline)
+        return previous
+
+    def roll_back(self, pipeline: str, failed: int, to: int, cause: str, why: str,
+                  **numbers: Any) -> bool:
+        """A promoted version did significantly worse than ``to``, the version before it
+        (the rollout watch says ``why``): serve ``to`` again and reject ``failed``. Nothing
+        happens when ``failed`` no longer serves (an operator promoted another meanwhile)
+        or ``to`` can't be loaded (a ``model_load_failed`` event then says why). Returns
+        whether it rolled back."""
+        try:
+            loaded = self.registry.load(pipeline, to)
+        except ApplianceError as err:
+            self.events.emit("model_load_failed", f"rollback to v{to} impossible: {err.message}",
+                             pipeline=pipeline, level="error", version=to, code=err.code)
+            return False
+        reason = f"automatic rollback: v{failed} {why}"
+        with self._lock:
+            serving = self.live.get(pipeline)
+            if serving is None or serving.version != failed:
+                return False
+            self.registry.promote(pipeline, to, reason)
+            self.registry.reject(pipeline, failed, f"rolled back ({cause}): {why}")
+            self.live.swap(loaded)
+        self.events.emit("rolled_back", f"v{to} is production again: {reason}",
+                         pipeline=pipeline, level="warning", version=to, failed=failed,
+                         cause=cause, **numbers)
+        return True
 
     def fall_back(self, pipeline: str, failed: int, why: str) -> int | None:
         """The production version can't be loaded (at start): serve the newest version

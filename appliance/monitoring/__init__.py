@@ -13,6 +13,8 @@ from appliance.monitoring.requests import (
     RequestMetrics,
     percentile,
 )
+from appliance.monitoring.rollout import RolloutWatch
+from appliance.monitoring.shadow import ShadowNumbers, ShadowScoring
 
 __all__ = [
     "LATENCY_BOUNDS",
@@ -22,6 +24,9 @@ __all__ = [
     "PredictionIds",
     "PredictionLog",
     "RequestMetrics",
+    "RolloutWatch",
+    "ShadowNumbers",
+    "ShadowScoring",
     "percentile",
     "rows_frame",
 ]

@@ -22,7 +22,13 @@ from appliance.api_types import DatasetActionResponse, PipelineDeleted, Schedule
 from appliance.core import Settings
 from appliance.features import FeatureStore
 from appliance.models import Backtests, LiveModels, ModelImporter
-from appliance.monitoring import Monitor, PredictionIds, PredictionLog
+from appliance.monitoring import (
+    Monitor,
+    PredictionIds,
+    PredictionLog,
+    RolloutWatch,
+    ShadowScoring,
+)
 from appliance.store import Store
 
 # The key of the context in the app's state.
@@ -83,6 +89,12 @@ class ServingContext(Protocol):
 
     @property
     def prediction_ids(self) -> PredictionIds: ...
+
+    @property
+    def shadows(self) -> ShadowScoring | None: ...  # candidates shadowing production
+
+    @property
+    def rollout(self) -> RolloutWatch | None: ...  # the watch after a promotion
 
     @property
     def backtests(self) -> Backtests | None: ...  # the models' comparison on the same rows

@@ -16,9 +16,12 @@ from appliance.store.records import (
     ModelRecord,
     PipelineRecord,
     ResourceRecord,
+    ShadowRecord,
+    ShadowWindowRecord,
     TrainingRequestRecord,
     WindowRecord,
 )
+from appliance.store.shadows import merge_windows as merge_shadow_windows
 
 __all__ = [
     "KINDS",
@@ -34,9 +37,12 @@ __all__ = [
     "ModelRecord",
     "PipelineRecord",
     "ResourceRecord",
+    "ShadowRecord",
+    "ShadowWindowRecord",
     "Store",
     "TrainingRequestRecord",
     "WindowRecord",
+    "merge_shadow_windows",
     "monotonic_ms",
     "now_iso",
 ]

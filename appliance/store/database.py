@@ -14,6 +14,7 @@ The queries live by area, each a mixin over the shared connection:
 - ``online_features.py``: the online feature store;
 - ``ingest_attempts.py``: attempts at a file that did not end (crashes, no room);
 - ``bundles_seen.py``: the files of the watched bundle source already handled;
+- ``shadows.py``: shadow scoring (candidates beside production, their windows, outputs);
 - ``monitoring.py``: request windows, resources, drift, live performance, counts, retention.
 """
 
@@ -29,6 +30,7 @@ from appliance.store.models import ModelQueries
 from appliance.store.monitoring import MonitoringQueries
 from appliance.store.online_features import OnlineFeatureQueries
 from appliance.store.predictions import PredictionQueries
+from appliance.store.shadows import ShadowQueries
 
 
 class Store(
@@ -42,5 +44,6 @@ class Store(
     HousekeepingQueries,
     IngestAttemptQueries,
     BundleSeenQueries,
+    ShadowQueries,
 ):
     """The appliance's SQLite database. Thread-safe; one instance per process."""

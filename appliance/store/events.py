@@ -29,6 +29,8 @@ KINDS = {
                        "descriptors or memory while ingesting it; it is taken again",
     "ingest_interrupted": "the daemon stopped while ingesting a file (out of memory, a crash "
                           "or a kill); the file is taken again, and refused the next time",
+    "training_waiting": "a pipeline has new data, but a feature set it joins has no data yet: "
+                        "it trains once that feature set's first file is taken",
     "training_started": "a training job started",
     "trained": "a training job registered a new model version",
     "training_failed": "a training job failed",
@@ -56,8 +58,14 @@ KINDS = {
     "dataset_released": "an operator released a held data set version: it trains like any",
     "dataset_discarded": "an operator discarded a held data set version: it never trains; "
                          "its files are kept",
-    "rolled_back": "the production model could not be loaded at start, so the version that "
-                   "was production before it serves again",
+    "rolled_back": "the production model could not be loaded at start, or a newly promoted "
+                   "version did significantly worse than the one before it while under watch "
+                   "(rollout.watch_seconds: errors, p99 latency or live performance), so the "
+                   "version that was production before it serves again; the event names the "
+                   "cause",
+    "shadow_started": "a candidate under the shadow policy started scoring a share of live "
+                      "requests beside production (shadow.sample_rate)",
+    "awaiting_promotion": "a candidate under the manual policy waits for `appliance promote`",
     "bundle_imported": "a model bundle or a bare LightGBM model was imported as a candidate "
                        "(its promotion policy follows)",
     "bundle_refused": "a model bundle or model file was refused (unsigned, bad signature, "

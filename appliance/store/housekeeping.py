@@ -20,10 +20,11 @@ CHUNK = 5000
 _CORE_TABLES = (("pipelines", "name"), ("datasets", "pipeline"), ("models", "pipeline"),
                 ("ingestions", "pipeline"), ("jobs", "pipeline"),
                 ("training_requests", "pipeline"), ("ingest_attempts", "pipeline"),
-                ("online_features", "feature_set"))
+                ("online_features", "feature_set"), ("shadows", "pipeline"))
 _BULK_TABLES = (("predictions", "pipeline"), ("feedback", "pipeline"),
                 ("request_windows", "pipeline"), ("drift_reports", "pipeline"),
-                ("live_performance", "pipeline"), ("events", "pipeline"))
+                ("live_performance", "pipeline"), ("events", "pipeline"),
+                ("shadow_windows", "pipeline"), ("shadow_outputs", "pipeline"))
 
 
 class HousekeepingQueries:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-SCHEMA_VERSION = 9  # the number of migrations; a test keeps them in step
+SCHEMA_VERSION = 10  # the number of migrations; a test keeps them in step
 
 migrations = Migrations("appliance")
 
@@ -284,4 +284,55 @@ def _m_bundles_seen(db: sqlite_utils.Database) -> None:
             version INTEGER,                -- the version it was registered as
             reason TEXT,
             seen_at TEXT NOT NULL
+        )""")
+
+
+@migrations(name="0024_shadow_scoring")
+def _m_shadow_scoring(db: sqlite_utils.Database) -> None:
+    # A candidate under the shadow policy: one row per shadowed version, its state
+    # (shadowing | promoted | rejected | superseded) and the numbers of its decision.
+    db.execute("""
+        CREATE TABLE shadows (
+            pipeline TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            production_version INTEGER NOT NULL,  -- what it shadowed
+            state TEXT NOT NULL,
+            started_at REAL NOT NULL,
+            decided_at REAL,
+            decision TEXT,
+            numbers_json TEXT NOT NULL DEFAULT '{}',
+            PRIMARY KEY (pipeline, version)
+        )""")
+    # Its numbers per window: requests seen and sampled, scored, dropped (queue full), its
+    # errors, agreement with production, score differences and both latencies.
+    db.execute("""
+        CREATE TABLE shadow_windows (
+            pipeline TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            start REAL NOT NULL,
+            seconds REAL NOT NULL,
+            requests INTEGER NOT NULL,      -- live requests while it shadowed
+            sampled INTEGER NOT NULL,
+            scored INTEGER NOT NULL,        -- requests the shadow answered
+            dropped INTEGER NOT NULL,
+            errors INTEGER NOT NULL,
+            rows INTEGER NOT NULL,          -- rows of the scored requests
+            agreed INTEGER NOT NULL,        -- rows where both gave the same answer
+            diff_sum REAL NOT NULL,         -- sum of |shadow - production| over rows
+            diff_max REAL NOT NULL,
+            latency_sum REAL NOT NULL,      -- the shadow's seconds over scored requests
+            production_latency_sum REAL NOT NULL,
+            buckets_json TEXT NOT NULL,     -- the shadow's latency histogram
+            production_buckets_json TEXT NOT NULL,
+            PRIMARY KEY (pipeline, version, start)
+        )""")
+    # The shadow's output for each prediction id it scored, joined to feedback later.
+    db.execute("""
+        CREATE TABLE shadow_outputs (
+            pipeline TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            prediction_id TEXT NOT NULL,
+            ts REAL NOT NULL,
+            output TEXT NOT NULL,
+            PRIMARY KEY (pipeline, version, prediction_id)
         )""")

@@ -159,3 +159,36 @@ class CountRecord(msgspec.Struct, kw_only=True):
     status: str
     count: int
     seconds: float
+
+
+class ShadowRecord(msgspec.Struct, kw_only=True):
+    """A candidate under the shadow policy, and its decision once made."""
+    pipeline: str
+    version: int
+    production_version: int
+    state: str  # shadowing | promoted | rejected | superseded
+    started_at: float
+    decided_at: float | None
+    decision: str | None
+    numbers: dict[str, Any]
+
+
+class ShadowWindowRecord(msgspec.Struct, kw_only=True):
+    """A shadow's numbers over one window."""
+    pipeline: str
+    version: int
+    start: float
+    seconds: float
+    requests: int = 0
+    sampled: int = 0
+    scored: int = 0
+    dropped: int = 0
+    errors: int = 0
+    rows: int = 0
+    agreed: int = 0
+    diff_sum: float = 0.0
+    diff_max: float = 0.0
+    latency_sum: float = 0.0
+    production_latency_sum: float = 0.0
+    buckets: list[int] = []
+    production_buckets: list[int] = []

@@ -299,17 +299,17 @@ def test_an_online_store_smaller_than_the_feature_set_serves_every_key(state_roo
 
 def test_a_pipelines_file_before_its_feature_set_trains_once_the_features_come(
         state_root, start_daemon, files):
-    """Both dropped at once, the pipeline's file may be taken first: its training fails
-    (the feature set has no data yet) and waits for a retry (30 s by default). The feature
-    set's data starts that retry at once."""
+    """Both dropped at once, the pipeline's file may be taken first (the demo drops them so):
+    its data waits for the feature set, with an event that says so, instead of a training
+    that fails and a retry 30 s later; the feature set's first file starts the training."""
     daemon = start(state_root, start_daemon)
     drop(state_root, "wear", files["train"])
-    wait_for(lambda: any(e["kind"] == "training_failed" for e in
-                         daemon.get("/v1/events", params={"limit": 50}).json()["events"]),
-             timeout=30, what="the training that needs the feature set")
+    waiting = wait_for(lambda: [e for e in daemon.get("/v1/events", params={"limit": 50})
+                                .json()["events"] if e["kind"] == "training_waiting"],
+                       timeout=30, what="the data waiting for its feature set")
+    assert "machine_info" in waiting[0]["message"] and waiting[0]["pipeline"] == "wear"
+    assert daemon.get("/v1/pipelines/wear/jobs").json()["history"] == []
     drop(state_root, "machine_info", files["info"])
-    daemon.wait_ready_model("wear", 1, timeout=15)  # well before the 30 s retry
+    daemon.wait_ready_model("wear", 1, timeout=15)
     jobs = daemon.get("/v1/pipelines/wear/jobs").json()["history"]
-    assert [(j["trigger"], j["status"]) for j in jobs] == [("retry", "succeeded"),
-                                                            ("new_data", "failed")]
-    assert "machine_info" in jobs[1]["error"]
+    assert [(j["trigger"], j["status"]) for j in jobs] == [("new_data", "succeeded")]

@@ -79,7 +79,9 @@ class ModelsTab:
                     for _, k in middle]
             rows.append((str(m.version), [
                 Text(f"v{m.version}", style="bold" if m.stage == "production" else ""),
-                Text(m.stage, style=STAGE_STYLE.get(m.stage, "")),
+                Text(m.stage + (" · shadow" if m.shadow is not None
+                                and m.shadow.state == "shadowing" else ""),
+                     style=STAGE_STYLE.get(m.stage, "")),
                 *metric_cells, data, _origin(m),
                 Text(fmt.clock(m.created_at, now), style="dim"),
             ]))
@@ -146,16 +148,21 @@ class ModelsTab:
                     text.append(f", {score.vs_production:+.4f}{se} vs production "
                                 f"v{comp.production_version}")
                 text.append("\n")
+        text.append("source: ", style="dim")
+        origin = m.lineage.get("source")
+        text.append((_source_text(origin) if isinstance(origin, dict) else
+                     m.source + (f" (key {m.key_id})" if m.key_id else "")) + "\n")
+        if m.policy_state:
+            text.append("policy: ", style="dim")
+            text.append(m.policy_state + "\n", style="cyan")
+        if m.shadow is not None:
+            self._show_shadow(text, m)
         if m.decision:
             text.append("gate: ", style="dim")
             text.append(m.decision + "\n")
         text.append("own held-out rows: ", style="dim")
         text.append("  ".join(f"{k} {v:.4f}" for k, v in m.metrics.items()
                               if isinstance(v, float | int)))
-        source = m.lineage.get("source")
-        if isinstance(source, dict):
-            text.append("\nsource: ", style="dim")
-            text.append(_source_text(source))
         sets = [s for s in m.lineage.get("datasets", []) if isinstance(s, dict)]
         if sets:
             text.append("\nlineage: ", style="dim")
@@ -163,6 +170,30 @@ class ModelsTab:
                         + ", ".join(f"v{s.get('version')} ({s.get('rows', '?')} rows)"
                                     for s in sets))
         panel.update(text)
+
+    @staticmethod
+    def _show_shadow(text: Text, m: ModelInfo) -> None:
+        """The shadow's numbers beside production's, on the same live requests."""
+        s = m.shadow
+        assert s is not None
+        text.append(f"shadow ({s.state}) beside production v{s.production_version}: ",
+                     style="dim")
+        text.append(f"{s.scored:,} of {s.requests:,} requests scored ({s.sampled:,} "
+                    f"sampled, {s.dropped:,} dropped), {s.errors:,} errors")
+        if s.agreement is not None:
+            text.append(f", agreement {s.agreement:.1%}, mean score difference "
+                        f"{s.mean_diff or 0:.4f}")
+        text.append("\n")
+        if s.p99_ms is not None or s.production_p99_ms is not None:
+            text.append("  latency p50 / p99: ", style="dim")
+            text.append(f"shadow {fmt.num(s.p50_ms)} / {fmt.num(s.p99_ms)} ms, production "
+                        f"{fmt.num(s.production_p50_ms)} / {fmt.num(s.production_p99_ms)} ms\n")
+        live = s.live
+        if live.get("metric"):
+            text.append("  on labelled live rows: ", style="dim")
+            text.append(f"{live['metric']} shadow {fmt.num(live.get('shadow_value'))} vs "
+                        f"production {fmt.num(live.get('production_value'))} on "
+                        f"{s.labelled or 0:,} rows\n")
 
 
 def _origin(m: ModelInfo) -> str:

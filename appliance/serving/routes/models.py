@@ -41,7 +41,9 @@ def models(name: FromPath[str], context: Context, compare: FromQuery[bool] = Fal
         backtests = context.backtests
         comparison = (backtests.compare(name) if backtests is not None else ModelComparison(
                           metric=None, rows_from_version=None, rows=0, note="not available"))
-    return ModelList(pipeline=name, models=[model_info(r) for r in context.store.models(name)],
+    shadows = {s.version: s for s in context.store.shadows(name)}
+    return ModelList(pipeline=name, models=[model_info(r, context, shadows)
+                                            for r in context.store.models(name)],
                      comparison=comparison)
 
 

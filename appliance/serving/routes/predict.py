@@ -11,6 +11,7 @@ of the route's own cost, measured), and predict must pay nothing that it did not
 before.
 """
 
+from time import thread_time
 from typing import Any
 
 from litestar import post
@@ -32,7 +33,7 @@ class Predictions:
     the app is built (a call pays no lookup it did not pay as a closure)."""
 
     __slots__ = ("context", "features", "live", "monitor", "new_ids", "predlog", "server",
-                 "settings")
+                 "settings", "shadows")
 
     def __init__(self, context: ServingContext) -> None:
         self.context = context
@@ -43,6 +44,8 @@ class Predictions:
         self.new_ids = context.prediction_ids.take
         self.features = context.features
         self.monitor = context.monitor
+        # The pipelines' shadows (promotion.policy = "shadow"): read per call, replaced whole.
+        self.shadows = context.shadows
 
     def answer_predict(self, name: str, model: Any, rows: list[Any],
                        explain: int | None = None) -> PredictResponse:
@@ -63,6 +66,14 @@ class Predictions:
                 status=413,
             )
         spec = model.spec
+        shadow = self.shadows.active.get(name) if self.shadows is not None else None
+        if shadow is not None and shadow.take():
+            # Sampled for the pipeline's shadow: the request's own rows (copied first when
+            # the feature store fills them in place), production's time, then a queue.
+            raw = [dict(r) for r in rows] if spec.joins or spec.derived else rows
+            started = thread_time()  # CPU time, as the shadow's is measured
+        else:
+            shadow = None
         if spec.joins or spec.derived:  # the feature store: fill by key, then derive
             rows = self.features.prepare_rows(spec, rows,
                                               self.settings.pipeline(name).missing_key,
@@ -74,6 +85,8 @@ class Predictions:
             predictions, explanations = model.predict_explained(rows, explain)
         self.monitor.requests.count_rows(name, n)
         ids = self.new_ids(n)
+        if shadow is not None:  # never waits, never fails the call
+            shadow.offer(raw, predictions, ids, thread_time() - started)
         predlog = self.predlog
         if predlog is not None:
             predlog.record(name, model.version, ids, predictions, rows, model.encoder.names)
