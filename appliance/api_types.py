@@ -3,6 +3,9 @@
 The server encodes these and the TUI decodes them, so a change of contract breaks a test,
 not an operator's screen. The identity proof (``identity_proof``) is part of the contract:
 the daemon computes it, the CLI and the TUI check it before they send a token.
+
+Kept as one piece: the console imports only this module (an import contract), so every
+body of the API, however many routes there are, is declared here.
 """
 
 import hashlib
