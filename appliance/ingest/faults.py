@@ -40,6 +40,10 @@ class NoRoom(OSError):
         self.details = details
 
 
+# What the box ran short of, in words, by fault.
+RESOURCE = {"no_room": "disk space", "no_fds": "file descriptors", "no_memory": "memory"}
+
+
 def fault_of(exc: BaseException) -> str | None:
     """``no_room``, ``no_fds`` or ``no_memory`` when the box ran short of a resource;
     None when the failure is the file's (or a bug)."""

@@ -55,6 +55,7 @@ from appliance.core import ApplianceError, Settings, StateDir
 from appliance.features import dtype_from_name
 from appliance.ingest.faults import (
     CRASHES_TOLERATED,
+    RESOURCE,
     TIMES_SENT_BACK,
     NoRoom,
     fault_of,
@@ -528,7 +529,7 @@ class Ingester:
         elif fault == "no_memory" or (pipeline, work.name) not in self._deferred:
             if fault == "no_fds":
                 self._deferred.add((pipeline, work.name))
-            what = "file descriptors" if fault == "no_fds" else "memory"
+            what = RESOURCE[fault]
             then = ("" if fault == "no_fds" else
                     " (refused if it runs out of memory again)")
             self.events.emit(

@@ -30,7 +30,7 @@ from watchdog.observers import Observer
 
 from appliance.core import PIPELINE_NAME, IngestSettings, StateDir
 from appliance.ingest.claim import claim, unshare
-from appliance.ingest.faults import fault_of
+from appliance.ingest.faults import RESOURCE, fault_of
 from appliance.ingest.names import is_temporary, safe_name
 from appliance.store import Events
 
@@ -306,7 +306,7 @@ class InboxWatcher:
         if path in self._deferred:
             return
         self._deferred.add(path)
-        what = {"no_fds": "file descriptors", "no_memory": "memory"}.get(fault, "disk space")
+        what = RESOURCE[fault]
         message = (f"{path.name}: the daemon ran out of {what} while claiming it ({exc}); this "
                    "is the box's fault, not the file's: it stays in the inbox and is taken "
                    f"again in {self.settings.rescan_seconds:g} s")

@@ -45,7 +45,7 @@ class _Counts:
         self.latency_sum = 0.0
         self.buckets = [0] * N_BUCKETS
 
-    def add(self, other: _Counts) -> None:
+    def add(self, other: _Counts | WindowRecord) -> None:
         self.requests += other.requests
         self.rows += other.rows
         self.errors_4xx += other.errors_4xx

@@ -81,14 +81,8 @@ def _minus(a: _Counts, b: _Counts) -> _Counts:
 def _counts(records: list[WindowRecord]) -> _Counts:
     out = _Counts(0.0)
     for r in records:
-        if len(r.buckets) != len(out.buckets):
-            continue
-        out.requests += r.requests
-        out.rows += r.rows
-        out.errors_4xx += r.errors_4xx
-        out.errors_5xx += r.errors_5xx
-        out.latency_sum += r.latency_sum
-        out.buckets = [x + y for x, y in zip(out.buckets, r.buckets, strict=True)]
+        if len(r.buckets) == len(out.buckets):  # a window of other latency bounds is left out
+            out.add(r)  # a stored window has the counts' fields
     return out
 
 
