@@ -44,11 +44,12 @@ def test_a_read_waiting_for_the_store_does_not_stop_the_event_loop(app_and_store
     on answering (here /health, which stands for predictions)."""
     app, store = app_and_store
     holding = threading.Event()
+    hold = 1.5  # a loop stopped behind the write waits all of it; a free one, a moment
 
     def slow_write() -> None:
         with store._atomic():
             holding.set()
-            time.sleep(0.6)
+            time.sleep(hold)
 
     async def main() -> tuple[float, int]:
         transport = httpx.ASGITransport(app=app)
@@ -68,7 +69,8 @@ def test_a_read_waiting_for_the_store_does_not_stop_the_event_loop(app_and_store
 
     took, status = asyncio.run(main())
     assert status in (200, 503), status  # /ready: 503 is its answer before models load
-    assert took < 0.3, f"/health waited {took:.2f} s behind {path}"
+    # Half the hold: a loaded box (two test workers) slows a free loop to 0.4 s at worst.
+    assert took < hold / 2, f"/health waited {took:.2f} s behind {path}"
 
 
 def test_a_pipelines_counts_cover_its_whole_history(trained_template, tmp_path, start_daemon):
