@@ -159,6 +159,7 @@ class CountRecord(msgspec.Struct, kw_only=True):
     status: str
     count: int
     seconds: float
+    last_at: str | None = None  # when the newest of them ended (ISO 8601, UTC)
 
 
 class ShadowRecord(msgspec.Struct, kw_only=True):
