@@ -503,6 +503,11 @@ class Daemon:
             self.services.monitor.flush_windows(force=True)
         except Exception:
             log.exception("flush_failed")
+        if self.services.rollout is not None:
+            try:
+                self.services.rollout.save_all()  # the next start resumes the watch
+            except Exception:
+                log.exception("rollout_save_failed")
         if finished:
             self.services.events.emit("stopped", "stopped cleanly")
         else:

@@ -112,6 +112,20 @@ class WindowRecord(msgspec.Struct, kw_only=True):
     buckets: list[int]
 
 
+class RolloutWatchRecord(msgspec.Struct, kw_only=True):
+    """A newly promoted version under watch (kept so that a restart resumes the watch): the
+    previous version's requests before the promotion, the new one's since, and when they
+    were last counted."""
+    pipeline: str
+    version: int
+    previous: int
+    promoted_at: float
+    until: float
+    checked_at: float
+    before: WindowRecord
+    after: WindowRecord
+
+
 class ResourceRecord(msgspec.Struct, kw_only=True):
     seconds: float
     ts: float
