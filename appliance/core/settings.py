@@ -266,7 +266,8 @@ class DriftSettings(_Section):
         int, _doc("a sample of at most this many rows is judged by tests with a p-value "
                   "(Kolmogorov-Smirnov, chi-square, Fisher's exact for missing values) "
                   "corrected for testing every feature at once (Holm); a larger one by the "
-                  "effect-size thresholds below"),
+                  "effect-size thresholds below and by the same tests on a seeded sample of "
+                  "this many of its rows (0: effect sizes only)"),
         msgspec.Meta(ge=0),
     ] = 1000
     alpha: Annotated[
