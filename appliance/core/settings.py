@@ -11,6 +11,8 @@ import msgspec
 
 Task = Literal["binary", "multiclass", "regression"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+CsvSeparator = Literal["auto", ",", ";", "\t", "|"]
+CsvDecimal = Literal["auto", ".", ","]
 
 DEFAULT_STATE_DIR = "./appliance-state"
 CONFIG_FILE_NAME = "appliance.toml"
@@ -479,6 +481,17 @@ class PipelineSettings(_Section):
         _doc("a request's entity key with no stored features: its features are missing "
              "(null) or the request is refused (error)"),
     ] = "null"
+    csv_separator: Annotated[
+        CsvSeparator,
+        _doc("what separates the columns of its CSV files: auto (a comma, unless the header "
+             "line has none and has `;`, a tab or `|`), or one of `,` `;` `\\t` `|`"),
+    ] = "auto"
+    csv_decimal: Annotated[
+        CsvDecimal,
+        _doc("the decimal mark of numbers in its CSV files: auto (`,` when the columns are "
+             "not separated by commas and the first lines' numbers are written 1,5; else "
+             "`.`), or `.` or `,`"),
+    ] = "auto"
 
 
 class FeatureSetSettings(_Section):
@@ -486,6 +499,17 @@ class FeatureSetSettings(_Section):
     timestamp: Annotated[
         str | None, _doc("time the values became true: point-in-time joins use it")
     ] = None
+    csv_separator: Annotated[
+        CsvSeparator,
+        _doc("what separates the columns of its CSV files: auto (a comma, unless the header "
+             "line has none and has `;`, a tab or `|`), or one of `,` `;` `\\t` `|`"),
+    ] = "auto"
+    csv_decimal: Annotated[
+        CsvDecimal,
+        _doc("the decimal mark of numbers in its CSV files: auto (`,` when the columns are "
+             "not separated by commas and the first lines' numbers are written 1,5; else "
+             "`.`), or `.` or `,`"),
+    ] = "auto"
 
 
 class OnlineStoreSettings(_Section):

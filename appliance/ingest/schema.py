@@ -17,7 +17,14 @@ import polars as pl
 
 from appliance.core import ApplianceError
 from appliance.features import dtype_from_name
-from appliance.ingest.formats import ROW_INDEX, PolarsFailure, polars_call, read_failure, scan_csv
+from appliance.ingest.formats import (
+    ROW_INDEX,
+    PolarsFailure,
+    polars_call,
+    read_csv_head,
+    read_failure,
+    scan_csv,
+)
 from appliance.ingest.outcomes import bad_value, unsupported_type
 from appliance.ingest.work import Work
 
@@ -51,8 +58,10 @@ def _plain_types(lf: pl.LazyFrame) -> pl.LazyFrame:
                            if kept_type(t) != t)
 
 
-def lossless(col: str, have: pl.DataType, want: pl.DataType) -> pl.Expr:
-    """``col`` as ``want``; null where a value does not convert without loss."""
+def lossless(col: str, have: pl.DataType, want: pl.DataType,
+             decimal_comma: bool = False) -> pl.Expr:
+    """``col`` as ``want``; null where a value does not convert without loss. Text read
+    from a CSV with a decimal comma has its numbers written ``1,5``."""
     x = pl.col(col)
     if have == want:
         return x
@@ -72,6 +81,8 @@ def lossless(col: str, have: pl.DataType, want: pl.DataType) -> pl.Expr:
                                      strict=False)
         if want == pl.Date:
             return s.str.to_date(strict=False)
+        if decimal_comma and want.is_numeric():
+            s = s.str.replace(",", ".", literal=True)
         y = s.cast(want, strict=False)
         if want.is_integer():
             f = s.cast(pl.Float64, strict=False)
@@ -111,22 +122,22 @@ def convert_first(work: Work, path: Path, lf: pl.LazyFrame, have: dict[str, Any]
     # on a large file. When the head does not parse, the scan's own inference finds and
     # names the problem.
     try:
-        head_schema: Any = polars_call(lambda: pl.read_csv(
-            path, n_rows=INFER_ROWS, try_parse_dates=True, glob=False).schema)
+        head_schema: Any = polars_call(
+            lambda: read_csv_head(path, work, INFER_ROWS).schema)
     except PolarsFailure:
         head_schema = None
     try:
         if head_schema is not None:
-            scan = scan_csv(path, schema=head_schema)
+            scan = scan_csv(path, work, schema=head_schema)
         else:
-            scan = scan_csv(path, infer_schema_length=INFER_ROWS, try_parse_dates=True)
+            scan = scan_csv(path, work, infer_schema_length=INFER_ROWS, try_parse_dates=True)
         sink(work, path, _plain_types(scan), tmp)
     except ApplianceError as err:
         if err.code != "bad_value":
             raise
         # A value past the rows the types were inferred from does not fit them (a 2.5
         # after ten thousand integers): infer from the whole file instead.
-        scan = scan_csv(path, infer_schema_length=None, try_parse_dates=True)
+        scan = scan_csv(path, work, infer_schema_length=None, try_parse_dates=True)
         sink(work, path, _plain_types(scan), tmp)
         work.warnings.append(
             f"column types were inferred from the whole file, as `{err.details['column']}` "
@@ -167,8 +178,9 @@ def convert_to_schema(work: Work, path: Path, lf: pl.LazyFrame,
     as_text: set[str] = set()
     for _ in range(len(schema) + 1):
         overrides = {c: w for c, w in wants.items() if w is not None and c not in as_text}
-        scan = scan_csv(path, infer_schema=False, schema_overrides=overrides)
-        casts = {c: lossless(c, pl.String(), wants[c]) for c in as_text}  # type: ignore[arg-type]
+        scan = scan_csv(path, work, infer_schema=False, schema_overrides=overrides)
+        casts = {c: lossless(c, pl.String(), wants[c], work.decimal_comma)  # type: ignore[arg-type]
+                 for c in as_text}
         check_values(work, scan, casts, wants)
         exprs = [casts.get(c, pl.col(c)) for c in schema]
         try:
