@@ -481,6 +481,13 @@ class PipelineSettings(_Section):
         _doc("a request's entity key with no stored features: its features are missing "
              "(null) or the request is refused (error)"),
     ] = "null"
+    timestamp_format: Annotated[
+        str | None,
+        _doc("the format of the timestamp column when it is text other than ISO 8601, as "
+             "strftime writes it (\"%m/%d/%Y %I:%M %p\" for 1/31/2026 1:05 PM); unset: "
+             "times as Polars reads them, and a file whose timestamps it can't read, or "
+             "whose day and month order it can't tell, is refused"),
+    ] = None
     csv_separator: Annotated[
         CsvSeparator,
         _doc("what separates the columns of its CSV files: auto (a comma, unless the header "
@@ -498,6 +505,13 @@ class FeatureSetSettings(_Section):
     key: Annotated[str, _doc("the entity id column the feature set is keyed by")] = ""
     timestamp: Annotated[
         str | None, _doc("time the values became true: point-in-time joins use it")
+    ] = None
+    timestamp_format: Annotated[
+        str | None,
+        _doc("the format of the timestamp column when it is text other than ISO 8601, as "
+             "strftime writes it (\"%m/%d/%Y %I:%M %p\" for 1/31/2026 1:05 PM); unset: "
+             "times as Polars reads them, and a file whose timestamps it can't read, or "
+             "whose day and month order it can't tell, is refused"),
     ] = None
     csv_separator: Annotated[
         CsvSeparator,

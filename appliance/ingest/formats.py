@@ -94,6 +94,12 @@ def read_csv_head(path: Path, work: Work, rows: int) -> pl.DataFrame:
                        separator=work.separator, decimal_comma=work.decimal_comma)
 
 
+def read_csv_text_head(path: Path, work: Work, rows: int) -> pl.DataFrame:
+    """The first ``rows`` rows, every column as text."""
+    return pl.read_csv(path, n_rows=rows, infer_schema=False, glob=False,
+                       separator=work.separator, decimal_comma=work.decimal_comma)
+
+
 _SEPARATORS = (";", "\t", "|")
 _COMMA_DECIMAL = re.compile(r"[+-]?\d+,\d+")
 _DOT_DECIMAL = re.compile(r"[+-]?\d*\.\d+([eE][+-]?\d+)?")

@@ -237,6 +237,8 @@ class Ingester:
         # their target: the column must be there, and rows without it are dropped.
         feature_set = self.settings.feature_sets.get(work.pipeline)
         section = feature_set or self.settings.pipeline(work.pipeline)
+        work.section = f"{'feature_sets' if feature_set else 'pipelines'}.{work.pipeline}"
+        work.timestamp, work.timestamp_format = section.timestamp, section.timestamp_format
         target = feature_set.key if feature_set else self.settings.pipeline(work.pipeline).target
         record = self.store.pipeline(work.pipeline)
         schema = record.schema if record is not None and record.schema else None
