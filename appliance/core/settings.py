@@ -180,6 +180,13 @@ class TrainSettings(_Section):
                     "the limit is stopped"),
         msgspec.Meta(gt=0),
     ] = 600.0
+    memory_limit_mb: Annotated[
+        int, _doc("most memory a training may take, estimated from its rows and columns "
+                  "before it loads them; a pipeline whose data would take more trains on "
+                  "its newest rows that fit, and says so; 0: 80% of the memory available "
+                  "when it starts"),
+        msgspec.Meta(ge=0),
+    ] = 0
 
 
 class JobsSettings(_Section):
