@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 
 from appliance.core import ApplianceError, PipelineSettings, Settings, StateDir
-from appliance.features import encode_target, to_matrix
+from appliance.features import CHECK_MAX_ROWS, encode_target, read_rows, to_matrix
 from appliance.models import metrics as m
 from appliance.models.gate import Decision, PastRows, decide
 from appliance.models.holdout import holdout_sample, match_rows, read_holdout
@@ -159,7 +159,8 @@ class ModelBuilder:
         model = self.registry.load(pipeline, version)
         spec = model.spec
         newest = datasets[-1]
-        frame = pl.read_parquet(self.state.root / newest.path)
+        frame = read_rows(self.state.root / newest.path, newest.rows,
+                          max(CHECK_MAX_ROWS, 10 * ts.holdout_max_rows))
         if self.features is not None and (settings.join or settings.derived):
             frame, _ = self.features.prepare(frame, settings)
         frame = frame.filter(pl.col(spec.target).is_not_null()) if spec.target in \
