@@ -1,0 +1,201 @@
+"""The fleet console on fixed data: what it shows, that a box that does not prove it holds
+the token never gets it, that a dead box is "down" and asked again later, and the fleet
+file's checks. Snapshots at 120x30 on a frozen clock (update with --snapshot-update)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from textual.pilot import Pilot
+
+from tests.tui import tui_fixture
+from tests.tui.fleet_fixture import BOXES, fleet_app
+from tests.tui.test_tui import plain, until
+from tui.fleet.app import FleetApp
+from tui.fleet.config import FleetFileError, load_fleet
+from tui.fleet.screen import FleetEvents, FleetScreen, FleetTable
+from tui.screens.overview import OverviewScreen
+from tui.screens.pipeline import PipelineScreen
+from tui.widgets.pipeline_table import PipelineTable
+
+SIZE = (120, 30)
+
+
+@pytest.fixture(autouse=True)
+def utc(monkeypatch):
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def polled(app: FleetApp) -> bool:
+    return all(s.state != "connecting" for s in app.poller.states.values())
+
+
+async def settled(pilot: Pilot) -> None:
+    app = pilot.app
+    assert isinstance(app, FleetApp)
+    await until(pilot, lambda: polled(app), timeout=10, what="every box polled once")
+    if isinstance(app.screen, FleetScreen):
+        app.screen.redraw(force=True)
+    for _ in range(3):
+        await pilot.pause()
+
+
+def table_rows(table) -> dict[str, list[str]]:
+    return {row.key.value: [plain(c) for c in table.get_row(row.key)]
+            for row in table.ordered_rows}
+
+
+async def test_every_box_with_its_pipelines_and_a_dead_one_is_down_not_an_error():
+    seen: dict[str, list[httpx.Request]] = {}
+    app = fleet_app(seen)
+    async with app.run_test(size=SIZE) as pilot:
+        await settled(pilot)
+        rows = table_rows(app.screen.query_one(FleetTable))
+        assert list(rows) == ["line-1\tmachines", "line-1\tenergy", "line-1\tvision",
+                              "line-2\tenergy", "line-2\tvision", "shop-3\t", "shop-4\t"]
+        line1 = rows["line-1\tmachines"]
+        assert line1[:6] == ["line-1", "up", "machines", "v3", "serving", "drift 41%"]
+        assert line1[6:9] == ["0.2%", "6.4ms", "13m ago"]
+        newest = tui_fixture._system().samples[-1]  # the newest resource sample
+        assert line1[9:] == [f"{newest.memory_percent:.0f}%", "38.2 GiB"]
+        assert rows["line-2\tenergy"][2:8] == ["energy", "v7", "serving", "ok", "3.4%",
+                                               "38.5ms"]
+        # Nothing answers at shop-3: down (since the first poll), with why, not an error.
+        # (the reason is cropped to the room the table has; the line below it has it all)
+        assert rows["shop-3\t"][:2] == ["shop-3", "down 0s"]
+        assert "connection refused".startswith(rows["shop-3\t"][2].rstrip("…"))
+        shop3 = app.poller.states["shop-3"]
+        assert (shop3.reason, shop3.next_poll_s) == ("connection refused", 60)  # asked later
+        app.screen.query_one(FleetTable).move_cursor(row=5)
+        await pilot.pause()
+        detail = plain(app.screen.query_one("#fleet-detail").content)
+        assert detail == ("shop-3 · http://shop-3.test · down since 10:00:00 (connection "
+                          "refused); next try in 60 s · read-only (no admin token)")
+        # shop-4 answers but does not hold the token the fleet file gives for it.
+        assert rows["shop-4\t"][1] == "refused 0s"
+        assert "does not hold this token" in app.poller.states["shop-4"].reason
+        # The fleet's latest events, newest first, each with its box.
+        events = table_rows(app.screen.query_one(FleetEvents))
+        first = next(iter(events.values()))
+        assert first[1:4] in (["line-1", "energy", "training started"],
+                              ["line-2", "energy", "training started"])
+    # A token went only to a box that proved it holds it, right before.
+    for box in BOXES:
+        requests = seen[box.name]
+        for i, r in enumerate(requests):
+            if "authorization" in r.headers:
+                assert any(q.url.path == "/v1/identity" for q in requests[:i]), box.name
+    assert not any("authorization" in r.headers for r in seen["shop-4"])
+    assert [r.url.path for r in seen["shop-4"]] == ["/v1/identity"]
+
+
+async def test_enter_opens_the_boxs_own_screens_and_escape_comes_back():
+    app = fleet_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settled(pilot)
+        table = app.screen.query_one(FleetTable)
+        table.move_cursor(row=3)  # line-2's first pipeline
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, OverviewScreen), what="box")
+        assert app.box is not None and app.box.name == "line-2"
+        assert app.client.url == "http://line-2.test" and not app.client.can_admin
+        pipelines = app.screen.query_one(PipelineTable)
+        await until(pilot, lambda: pipelines.row_count == 2, what="line-2's pipelines")
+        await pilot.press("enter")  # its pipeline's own screen
+        await until(pilot, lambda: isinstance(app.screen, PipelineScreen), what="pipeline")
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, OverviewScreen), what="back")
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, FleetScreen), what="the fleet")
+        assert app.box is None
+        table = app.screen.query_one(FleetTable)
+        table.move_cursor(row=0)
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, OverviewScreen), what="line-1")
+        assert app.client.url == "http://line-1.test" and app.client.can_admin
+
+
+def test_fleet_overview(snap_compare):
+    assert snap_compare(fleet_app(), terminal_size=SIZE, run_before=settled)
+
+
+def test_a_box_opened_from_the_fleet(snap_compare):
+    async def run_before(pilot: Pilot) -> None:
+        await settled(pilot)
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(pilot.app.screen, OverviewScreen), what="box")
+        for _ in range(3):
+            await pilot.pause()
+            await pilot.app.workers.wait_for_complete()
+
+    assert snap_compare(fleet_app(), terminal_size=SIZE, run_before=run_before)
+
+
+# --- the fleet file ----------------------------------------------------------------------
+
+
+def write(path: Path, text: str, mode: int = 0o600) -> Path:
+    path.write_text(text)
+    os.chmod(path, mode)
+    return path
+
+
+def test_fleet_file_reads_tokens_from_files_beside_it(tmp_path: Path):
+    write(tmp_path / "a.read_token", "r3ad\n")
+    write(tmp_path / "a.token", "adm1n\n")
+    fleet = write(tmp_path / "fleet.toml", """
+[[box]]
+name = "a"
+url = "http://10.0.0.1:8080/"
+token_file = "a.read_token"
+admin_token_file = "a.token"
+
+[[box]]
+name = "b"
+url = "https://b.example:8443"
+""", 0o644)
+    a, b = load_fleet(fleet)
+    assert (a.name, a.url, a.token, a.admin_token) == ("a", "http://10.0.0.1:8080", "r3ad",
+                                                      "adm1n")
+    assert (b.token, b.admin_token) == (None, None)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('[[box]]\nname = "a"\n', "`url` must be http://host:port"),
+    ('[[box]]\nurl = "http://a:1"\n', "`name` is missing"),
+    ('[[box]]\nname = "a"\nurl = "ftp://a"\n', "`url` must be"),
+    ('[[box]]\nname = "a"\nurl = "http://a:1"\n[[box]]\nname = "a"\nurl = "http://b:1"\n',
+     "listed twice"),
+    ('[[box]]\nname = "a"\nurl = "http://a:1"\ntoken = "x"\ntoken_file = "t"\n', "not both"),
+    ('[[box]]\nname = "a"\nurl = "http://a:1"\ntokn = "x"\n', "unknown key(s) tokn"),
+    ('[[box]]\nname = "a"\nurl = "http://a:1"\ntoken_file = "missing"\n', "can't be read"),
+    ("", "no boxes"),
+    ("[[box]\n", "not valid TOML"),
+], ids=["no-url", "no-name", "bad-scheme", "twice", "both-tokens", "typo", "no-token-file",
+        "empty", "bad-toml"])
+def test_fleet_file_errors_name_the_box_and_the_field(tmp_path: Path, text: str,
+                                                      expected: str):
+    fleet = write(tmp_path / "fleet.toml", text)
+    with pytest.raises(FleetFileError) as err:
+        load_fleet(fleet)
+    assert expected in str(err.value) and str(fleet) in str(err.value)
+
+
+def test_tokens_others_can_read_are_refused(tmp_path: Path):
+    write(tmp_path / "t", "secret", 0o644)
+    fleet = write(tmp_path / "fleet.toml",
+                  '[[box]]\nname = "a"\nurl = "http://a:1"\ntoken_file = "t"\n')
+    with pytest.raises(FleetFileError, match=r"readable by others.*chmod 600"):
+        load_fleet(fleet)
+    inline = write(tmp_path / "inline.toml",
+                   '[[box]]\nname = "a"\nurl = "http://a:1"\ntoken = "secret"\n', 0o640)
+    with pytest.raises(FleetFileError, match=r"fleet file, which holds tokens"):
+        load_fleet(inline)
