@@ -106,6 +106,8 @@ def status_fleet(path: str, as_json: bool, timeout: float) -> int:
         click.echo(f"appliance: {exc}", err=True)
         return 2
     states = asyncio.run(_poll(boxes, timeout))
+    for s in states:
+        s.since = None  # one look: a box is down now, since when only a watcher knows
     now = datetime.now(UTC)
     if as_json:
         click.echo(json.dumps({"boxes": [box_summary(s, now) for s in states]}, indent=2))
