@@ -70,7 +70,7 @@ async def test_every_box_with_its_pipelines_and_a_dead_one_is_down_not_an_error(
                                                "38.5ms"]
         # Nothing answers at shop-3: down (since the first poll), with why, not an error.
         # (the reason is cropped to the room the table has; the line below it has it all)
-        assert rows["shop-3\t"][:2] == ["shop-3", "down 0s"]
+        assert rows["shop-3\t"][:2] == ["shop-3", "down <1m"]
         assert "connection refused".startswith(rows["shop-3\t"][2].rstrip("…"))
         shop3 = app.poller.states["shop-3"]
         assert (shop3.reason, shop3.next_poll_s) == ("connection refused", 60)  # asked later
@@ -80,7 +80,7 @@ async def test_every_box_with_its_pipelines_and_a_dead_one_is_down_not_an_error(
         assert detail == ("shop-3 · http://shop-3.test · down since 10:00:00 (connection "
                           "refused); next try in 60 s · read-only (no admin token)")
         # shop-4 answers but does not hold the token the fleet file gives for it.
-        assert rows["shop-4\t"][1] == "refused 0s"
+        assert rows["shop-4\t"][1] == "refused <1m"
         assert "does not hold this token" in app.poller.states["shop-4"].reason
         # The fleet's latest events, newest first, each with its box.
         events = table_rows(app.screen.query_one(FleetEvents))
@@ -199,3 +199,41 @@ def test_tokens_others_can_read_are_refused(tmp_path: Path):
                    '[[box]]\nname = "a"\nurl = "http://a:1"\ntoken = "secret"\n', 0o640)
     with pytest.raises(FleetFileError, match=r"fleet file, which holds tokens"):
         load_fleet(inline)
+
+
+# --- how long a box has been down, and how often it is asked -------------------------------
+
+
+def test_down_says_how_long_in_a_unit_that_changes_at_most_once_a_minute():
+    from datetime import timedelta
+
+    from tui.fleet.poller import BoxState
+    from tui.fleet.screen import state_text
+
+    now = tui_fixture.NOW
+    state = BoxState(BOXES[2], state="down", since=now - timedelta(seconds=59))
+    assert state_text(state, now).plain == "down <1m"
+    for ago, shown in [(timedelta(minutes=3), "down 3m"), (timedelta(hours=5), "down 5h"),
+                       (timedelta(days=3), "down 3d")]:
+        state.since = now - ago
+        assert state_text(state, now).plain == shown
+
+
+async def test_a_dead_box_is_asked_again_later_and_later_and_at_once_when_it_answers():
+    from tests.tui.fleet_fixture import answering, dead
+    from tui.fleet.poller import FleetPoller
+
+    box = BOXES[1]
+    poller = FleetPoller([box], refresh=2, max_backoff=30, clock=tui_fixture.clock,
+                         transports={box.name: dead()})
+    pauses = [(await poller.poll(box.name)).next_poll_s for _ in range(6)]
+    assert pauses == [4, 8, 16, 30, 30, 30]
+    state = poller.states[box.name]
+    assert (state.state, state.since, state.failures) == ("down", tui_fixture.NOW, 6)
+    await poller.stop()
+    poller = FleetPoller([box], refresh=2, max_backoff=30, clock=tui_fixture.clock,
+                         transports={box.name: answering()})
+    poller.states[box.name].state = "down"
+    state = await poller.poll(box.name)
+    assert (state.state, state.since, state.failures, state.next_poll_s) == ("up", None, 0, 2)
+    await poller.stop()

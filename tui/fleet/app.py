@@ -7,6 +7,7 @@ fleet is current when the operator comes back (``escape``)."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -35,10 +36,11 @@ class FleetApp(ApplianceApp):
 
     def __init__(self, boxes: list[FleetBox], *, refresh_seconds: float = 5.0,
                  poll_timeout: float = 3.0, max_backoff: float = 60.0,
-                 box_refresh_seconds: float = 1.5,
+                 box_refresh_seconds: float = 1.5, freeze_gc: bool = False,
                  clock: Callable[[], datetime] | None = None,
                  transports: dict[str, httpx.AsyncBaseTransport] | None = None) -> None:
         self.boxes = {b.name: b for b in boxes}
+        self._freeze_gc = freeze_gc
         self._transports = transports or {}
         # Until a box is opened the per-box screens are not shown and this client is idle;
         # opening a box swaps in a client of that box (see open_box).
@@ -66,6 +68,11 @@ class FleetApp(ApplianceApp):
 
     def on_mount(self) -> None:
         self.poller.start()
+        if self._freeze_gc:
+            # What the app holds once started lives as long as it does: out of the
+            # collector's sight, a full collection no longer walks Textual's widgets and
+            # styles (60-80 ms with 50 boxes: a key press waits that long).
+            self.set_timer(1.0, gc.freeze)
 
     async def on_unmount(self) -> None:
         await self.poller.stop()  # (ApplianceApp's own on_unmount closes the box's client)
@@ -107,5 +114,5 @@ def make_fleet_app(boxes: list[FleetBox], **kw: object) -> FleetApp:
 
 
 def run(boxes: list[FleetBox], *, refresh_seconds: float = 5.0) -> int:
-    FleetApp(boxes, refresh_seconds=refresh_seconds).run()
+    FleetApp(boxes, refresh_seconds=refresh_seconds, freeze_gc=True).run()
     return 0

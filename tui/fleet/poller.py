@@ -11,6 +11,7 @@ answer) is ``refused`` with the reason, polled the same way. No Textual here: th
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,13 +49,24 @@ class BoxState:
         return self.box.name
 
 
+_SSL: ssl.SSLContext | None = None
+
+
+def ssl_context() -> ssl.SSLContext:
+    """One SSL context for every box (httpx's default: certifi's CA bundle), built once."""
+    global _SSL
+    if _SSL is None:
+        _SSL = httpx.create_ssl_context()
+    return _SSL
+
+
 def box_client(box: FleetBox, timeout: float, *, admin: bool = False,
                transport: httpx.AsyncBaseTransport | None = None) -> ApplianceClient:
     """A client of one box: its read token for reads (the admin token too when ``admin``,
     for the box's own screens), each sent only after the box proved it holds it."""
     return ApplianceClient(box.url, box.admin_token if admin else None, timeout=timeout,
                            transport=transport, read_token=box.token, check_reads=True,
-                           user_agent="appliance-fleet")
+                           user_agent="appliance-fleet", verify=ssl_context())
 
 
 class FleetPoller:

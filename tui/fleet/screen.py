@@ -26,18 +26,20 @@ if TYPE_CHECKING:
     from tui.fleet.app import FleetApp
 
 SEP = "\t"  # between a box's name and a pipeline's in a row key
-REDRAW_S = 0.25
+REDRAW_S = 0.5
 
 STATE_STYLE = {"up": "green", "down": "bold red", "refused": "bold yellow",
                "connecting": "dim"}
 
 
 def state_text(state: BoxState, now: datetime) -> Text:
-    """"up", "down 3m" (since the first failed poll), "refused", "connecting…"."""
+    """"up", "down 3m" (since the first failed poll; "down <1m" in the first minute, so a
+    cell changes at most once a minute), "refused 2h", "connecting…"."""
     style = STATE_STYLE.get(state.state, "")
     if state.state in ("down", "refused") and state.since is not None:
         seconds = max(0.0, (now - state.since).total_seconds())
-        return Text(f"{state.state} {fmt._span(seconds)}", style=style)
+        span = "<1m" if seconds < 60 else fmt._span(seconds)
+        return Text(f"{state.state} {span}", style=style)
     return Text("connecting…" if state.state == "connecting" else state.state, style=style)
 
 
@@ -162,6 +164,8 @@ class FleetScreen(Screen[None]):
     def redraw(self, force: bool = False) -> None:
         """Draw again when a box changed since the last drawing (and each second anyway,
         for the "down 3m" clocks)."""
+        if not self.is_current:
+            return  # a box's own screens are shown; drawn again on resume
         states = list(self.fleet.poller.states.values())
         versions = {s.name: s.version for s in states}
         now = self.fleet.clock()
