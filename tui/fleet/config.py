@@ -9,9 +9,10 @@ admin_token_file = "tokens/line-1.token"    # optional: actions from the box's s
 ```
 
 ``token`` / ``token_file``: what reads send (the box's ``read_token`` is enough; its
-predict or admin token read too). ``admin_token`` / ``admin_token_file``: sent only with
-actions (promote, retrain, release, discard) from that box's own screens; without it they
-are read-only. Either is sent only to a box that first proved it holds it
+predict or admin token read too). ``admin_token`` / ``admin_token_file``: sent with
+actions (promote, retrain, release, discard) from that box's own screens, and with reads
+when there is no ``token``; without it the box's screens are read-only. Either is sent
+only to a box that first proved it holds it
 (``GET /v1/identity``). A relative ``*_file`` is read from the fleet file's folder; a token
 file, and a fleet file that holds a token itself, must not be readable by group or others
 (``chmod 600``), as ssh asks of its keys.

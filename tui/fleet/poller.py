@@ -62,10 +62,12 @@ def ssl_context() -> ssl.SSLContext:
 
 def box_client(box: FleetBox, timeout: float, *, admin: bool = False,
                transport: httpx.AsyncBaseTransport | None = None) -> ApplianceClient:
-    """A client of one box: its read token for reads (the admin token too when ``admin``,
-    for the box's own screens), each sent only after the box proved it holds it."""
+    """A client of one box: reads send its ``token`` (else its admin token, as the
+    single-box console does), actions its admin token (when ``admin``: the box's own
+    screens); each only after the box proved it holds that token."""
     return ApplianceClient(box.url, box.admin_token if admin else None, timeout=timeout,
-                           transport=transport, read_token=box.token, check_reads=True,
+                           transport=transport, read_token=box.token or box.admin_token,
+                           check_reads=True,
                            user_agent="appliance-fleet", verify=ssl_context())
 
 
