@@ -232,7 +232,7 @@ def status(url: str | None, state_dir: str | None, as_json: bool, fleet_file: st
     if fleet_file is not None:
         from appliance.cli.fleet import status_fleet
 
-        sys.exit(status_fleet(fleet_file, as_json, timeout))
+        sys.exit(status_fleet(fleet_file, as_json, timeout, bool(url)))
     client = Client(url, state_dir)
     body = client.call("GET", "/v1/pipelines")
     if as_json:
@@ -549,7 +549,7 @@ def tui(url: str | None, state_dir: str | None, token: str | None, read_token: s
 
         source = click.get_current_context().get_parameter_source("refresh")
         sys.exit(tui_fleet(fleet_file, None if source is click.core.ParameterSource.DEFAULT
-                           else refresh))
+                           else refresh, bool(url or token or read_token or pipeline)))
     from tui.app import run as run_tui
 
     client = Client(url, state_dir)

@@ -97,9 +97,13 @@ async def _poll(boxes: list[FleetBox], timeout: float) -> list[BoxState]:
         await poller.stop()
 
 
-def status_fleet(path: str, as_json: bool, timeout: float) -> int:
+def status_fleet(path: str, as_json: bool, timeout: float, url_given: bool = False) -> int:
     """Print the fleet; 0 when every box answered, 1 when one did not (for cron), 2 when
     the fleet file can't be used."""
+    if url_given:
+        click.echo("appliance: --fleet takes each box's URL from the fleet file; drop --url",
+                   err=True)
+        return 2
     try:
         boxes = load_fleet(path)
     except FleetFileError as exc:
@@ -123,10 +127,14 @@ def status_fleet(path: str, as_json: bool, timeout: float) -> int:
     return 0 if all(s.state == "up" for s in states) else 1
 
 
-def tui_fleet(path: str, refresh: float | None) -> int:
+def tui_fleet(path: str, refresh: float | None, single_box_flags: bool = False) -> int:
     """``appliance tui --fleet FILE``: the fleet console (every 5 s unless told)."""
     from tui.fleet.app import run
 
+    if single_box_flags:
+        click.echo("appliance: --fleet takes each box's URL and tokens from the fleet file; "
+                   "drop --url, --token, --read-token and --pipeline", err=True)
+        return 2
     try:
         boxes = load_fleet(path)
     except FleetFileError as exc:

@@ -18,6 +18,7 @@ from tests.tui.test_tui import plain, until
 from tui.fleet.app import FleetApp
 from tui.fleet.config import FleetFileError, load_fleet
 from tui.fleet.screen import FleetEvents, FleetScreen, FleetTable
+from tui.screens.base import FilterBar
 from tui.screens.overview import OverviewScreen
 from tui.screens.pipeline import PipelineScreen
 from tui.widgets.pipeline_table import PipelineTable
@@ -237,3 +238,36 @@ async def test_a_dead_box_is_asked_again_later_and_later_and_at_once_when_it_ans
     state = await poller.poll(box.name)
     assert (state.state, state.since, state.failures, state.next_poll_s) == ("up", None, 0, 2)
     await poller.stop()
+
+
+async def test_fifty_boxes_some_hung_never_block_the_screen():
+    """50 boxes, 10 of which accept and never answer: every key is handled at once while
+    their polls wait, and they are down once the poll's bound has passed."""
+    import asyncio
+
+    from tests.tui.fleet_fixture import answering
+    from tui.fleet.config import FleetBox
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(60)
+        raise AssertionError("not reached")
+
+    boxes = [FleetBox(name=f"box-{i:02d}", url=f"http://box-{i:02d}.test") for i in range(50)]
+    transports = {b.name: (httpx.MockTransport(hang) if i % 5 == 0 else answering())
+                  for i, b in enumerate(boxes)}
+    app = FleetApp(boxes, transports=transports, clock=tui_fixture.clock,
+                   refresh_seconds=3600, poll_timeout=1.5)
+    async with app.run_test(size=SIZE) as pilot:
+        states = app.poller.states
+        await until(pilot, lambda: sum(s.state == "up" for s in states.values()) == 40,
+                    timeout=10, what="the 40 answering boxes")
+        assert sum(s.state == "connecting" for s in states.values()) == 10  # still waiting
+        started = time.perf_counter()
+        await pilot.press("slash")  # the filter opens while 10 polls hang
+        await pilot.press(*"box-07")
+        took = time.perf_counter() - started
+        assert app.screen.query_one(FilterBar).value == "box-07" and took < 1.0, took
+        await until(pilot, lambda: all(s.state != "connecting" for s in states.values()),
+                    timeout=5, what="the hung boxes given up on")
+        hung = [s for s in states.values() if s.state == "down"]
+        assert len(hung) == 10 and {s.reason for s in hung} == {"no answer in time"}
