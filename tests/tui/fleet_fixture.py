@@ -17,7 +17,8 @@ ENERGY = PipelineSummary(
     name="energy", status="serving", task="regression", production_version=7,
     serving_version=7, primary_metric="rmse", primary_metric_value=2.91, datasets=9,
     rows=48_000, last_ingestion=tui_fixture.iso(55), requests_per_s=12.0, p50_ms=1.4,
-    p99_ms=38.5, error_rate=0.034, drift_status="ok", drift_share=0.0)
+    p99_ms=38.5, error_rate=0.034, drift_status="ok", drift_share=0.0,
+    drift_summary="no drift: 0 of 6 features past their threshold on 1,200 rows")
 
 
 def answering(pipelines: list[PipelineSummary] | None = None,

@@ -80,6 +80,12 @@ async def test_every_box_with_its_pipelines_and_a_dead_one_is_down_not_an_error(
         detail = plain(app.screen.query_one("#fleet-detail").content)
         assert detail == ("shop-3 · http://shop-3.test · down since 10:00:00 (connection "
                           "refused); next try in 60 s · read-only (no admin token)")
+        app.screen.query_one(FleetTable).move_cursor(row=3)  # line-2's energy
+        await pilot.pause()
+        detail = plain(app.screen.query_one("#fleet-detail").content)
+        assert ("· energy: no drift: 0 of 6 features past their threshold on 1,200 rows"
+                in detail), detail
+        assert rows["line-1\tenergy"][:2] == ["line-1", ""]  # the box on each of its rows
         # shop-4 answers but does not hold the token the fleet file gives for it.
         assert rows["shop-4\t"][1] == "refused <1m"
         assert "does not hold this token" in app.poller.states["shop-4"].reason

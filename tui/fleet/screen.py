@@ -59,7 +59,9 @@ def box_rows(state: BoxState, now: datetime) -> list[Row]:
         err = Text(fmt.percent(p.error_rate), justify="right",
                    style="bold red" if (p.error_rate or 0) >= 0.01 else dim)
         cells: list[Cell] = [
-            *(head if i == 0 else ["", ""]),
+            # The box's name on each of its rows (dim after the first), so filtering by it
+            # keeps them all.
+            *(head if i == 0 else [Text(state.name, style="dim"), ""]),
             Text(p.name, style=dim), Text(model, style=dim), status_text(p.status),
             drift_text(p.drift_status, drift_share(p)), err,
             Text(fmt.ms(p.p99_ms), justify="right", style=dim),
@@ -198,6 +200,10 @@ class FleetScreen(Screen[None]):
             text.append(f" · answered at {fmt.clock(state.last_ok.timestamp())}")
         if state.system_note:
             text.append(f" · {state.system_note}")
+        pipeline = next((p for p in state.pipelines if key and p.name == key.split(SEP)[1]),
+                        None)
+        if pipeline is not None and pipeline.drift_summary:
+            text.append(f" · {pipeline.name}: {pipeline.drift_summary}")
         if not state.box.admin_token:
             text.append(" · read-only (no admin token)")
         detail.update(text)
