@@ -275,3 +275,18 @@ async def test_fifty_boxes_some_hung_never_block_the_screen():
                     timeout=5, what="the hung boxes given up on")
         hung = [s for s in states.values() if s.state == "down"]
         assert len(hung) == 10 and {s.reason for s in hung} == {"no answer in time"}
+
+
+async def test_help_says_what_the_fleet_shows_then_what_a_box_shows():
+    from textual.widgets import Markdown
+
+    from tui.screens.help import HelpScreen
+
+    app = fleet_app()
+    async with app.run_test(size=SIZE) as pilot:
+        await settled(pilot)
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+        text = app.screen.query_one(Markdown).source
+        assert text.startswith("# appliance fleet\n\n## The fleet")
+        assert "## A pipeline" in text and "appliance console" not in text

@@ -21,10 +21,36 @@ from tui.client import ApplianceClient
 from tui.fleet.config import FleetBox
 from tui.fleet.poller import BoxState, FleetPoller, box_client
 from tui.fleet.screen import FleetScreen
+from tui.screens.help import HELP, HelpScreen
 from tui.screens.overview import OverviewScreen
 from tui.widgets.banner import Link
 
 BOX_TIMEOUT_S = 5.0  # the box's own screens, as the single-box console
+
+FLEET_HELP = """\
+# appliance fleet
+
+## The fleet
+
+Every box of the fleet file, each polled on its own: a row per pipeline (production
+version, status, drift, error rate, p99, when data last arrived) with the box's memory and
+free disk, and below, the fleet's latest events. A box that does not answer is **down**
+with how long (the line under the table says since when, why, and when it is asked
+again); one that answers without proving it holds its token is **refused** and gets no
+token. What a box last said stays on screen.
+
+| key | does |
+| --- | --- |
+| `enter` | open the highlighted box: its own screens, as below |
+| `escape` | from a box's overview, back to the fleet |
+| `/` | filter the fleet (by box, pipeline, state...) |
+| `ctrl+r` | ask every box now, the down ones too |
+
+A box's actions (promote, retrain, release, discard) need its `admin_token` in the fleet
+file; without it its screens are read-only.
+
+# A box's own screens
+"""
 
 
 class FleetApp(ApplianceApp):
@@ -65,6 +91,10 @@ class FleetApp(ApplianceApp):
 
     def get_default_screen(self) -> Screen:
         return FleetScreen()
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(FLEET_HELP + HELP.split("\n", 1)[1]))
 
     def on_mount(self) -> None:
         self.poller.start()
