@@ -19,7 +19,7 @@ from textual.screen import Screen
 from tui.app import ApplianceApp
 from tui.client import ApplianceClient
 from tui.fleet.config import FleetBox
-from tui.fleet.poller import BoxState, FleetPoller, box_client
+from tui.fleet.poller import FleetPoller, box_client
 from tui.fleet.screen import FleetScreen
 from tui.screens.help import HELP, HelpScreen
 from tui.screens.overview import OverviewScreen
@@ -76,7 +76,7 @@ class FleetApp(ApplianceApp):
         self.box: FleetBox | None = None
         self.poller = FleetPoller(boxes, refresh=refresh_seconds, timeout=poll_timeout,
                                   max_backoff=max_backoff, clock=self.clock,
-                                  transports=self._transports, on_change=self._changed)
+                                  transports=self._transports)
         self.sub_title = f"{len(boxes)} boxes"
 
     def _client_for(self, box: FleetBox) -> ApplianceClient:
@@ -107,9 +107,6 @@ class FleetApp(ApplianceApp):
     async def on_unmount(self) -> None:
         await self.poller.stop()  # (ApplianceApp's own on_unmount closes the box's client)
 
-    def _changed(self, state: BoxState) -> None:
-        pass  # the fleet screen redraws from the states on its own timer
-
     # --- one box's own screens -----------------------------------------------------------
 
     def open_box(self, name: str) -> None:
@@ -137,10 +134,6 @@ class FleetApp(ApplianceApp):
         self.link = Link("connecting", "")
         self.pop_screen()
         self.sub_title = f"{len(self.boxes)} boxes"
-
-
-def make_fleet_app(boxes: list[FleetBox], **kw: object) -> FleetApp:
-    return FleetApp(boxes, **kw)  # type: ignore[arg-type]
 
 
 def run(boxes: list[FleetBox], *, refresh_seconds: float = 5.0) -> int:

@@ -72,20 +72,17 @@ def box_client(box: FleetBox, timeout: float, *, admin: bool = False,
 
 
 class FleetPoller:
-    """Polls every box every ``refresh`` seconds (a failed box with backoff).
-
-    ``on_change(state)`` is called (on the event loop) after every poll of a box."""
+    """Polls every box every ``refresh`` seconds (a failed box with backoff). The states
+    are read by whoever draws them (each bumps ``version`` when polled)."""
 
     def __init__(self, boxes: list[FleetBox], *, refresh: float = 5.0, timeout: float = 3.0,
                  max_backoff: float = 60.0,
                  clock: Callable[[], datetime] | None = None,
-                 transports: dict[str, httpx.AsyncBaseTransport] | None = None,
-                 on_change: Callable[[BoxState], None] | None = None) -> None:
+                 transports: dict[str, httpx.AsyncBaseTransport] | None = None) -> None:
         self.refresh = refresh
         self.timeout = timeout
         self.max_backoff = max_backoff
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.on_change = on_change
         self.states = {b.name: BoxState(b) for b in boxes}
         self._clients = {b.name: box_client(b, timeout,
                                             transport=(transports or {}).get(b.name))
@@ -135,8 +132,6 @@ class FleetPoller:
                 state.system = samples[-1] if samples else None
                 state.system_note = "" if samples else "no resource samples yet"
         state.version += 1
-        if self.on_change is not None:
-            self.on_change(state)
         return state
 
     def _failed(self, state: BoxState, kind: str, reason: str) -> None:
