@@ -43,6 +43,15 @@ def state_text(state: BoxState, now: datetime) -> Text:
     return Text("connecting…" if state.state == "connecting" else state.state, style=style)
 
 
+def last_data(ts: str | None, now: datetime) -> str:
+    """How long ago, in minutes at the finest ("<1m ago"): 50 boxes' cells then change at
+    most once a minute, not every second (each change draws the table again)."""
+    when = fmt.parse_ts(ts)
+    if when is not None and 0 <= (now - when).total_seconds() < 60:
+        return "<1m ago"
+    return fmt.ago(ts, now)
+
+
 def box_rows(state: BoxState, now: datetime) -> list[Row]:
     """A box's rows: one per pipeline (what it knew last, when it is down now), or one
     saying why there is none."""
@@ -65,7 +74,7 @@ def box_rows(state: BoxState, now: datetime) -> list[Row]:
             Text(p.name, style=dim), Text(model, style=dim), status_text(p.status),
             drift_text(p.drift_status, drift_share(p)), err,
             Text(fmt.ms(p.p99_ms), justify="right", style=dim),
-            Text(fmt.ago(p.last_ingestion, now), style=dim),
+            Text(last_data(p.last_ingestion, now), style=dim),
             *((Text(mem, justify="right"), Text(disk, justify="right")) if i == 0
               else ("", "")),
         ]
