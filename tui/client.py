@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -109,7 +110,9 @@ class ApplianceClient:
     def __init__(self, url: str, token: str | None = None, *, timeout: float = 5.0,
                  transport: httpx.AsyncBaseTransport | None = None,
                  discover: Callable[[], str | None] | None = None,
-                 read_token: str | None = None) -> None:
+                 read_token: str | None = None, check_reads: bool = False,
+                 user_agent: str = "appliance-tui",
+                 verify: ssl.SSLContext | bool = True) -> None:
         self.url = url.rstrip("/")
         self.token = token or None
         # Reads need a token when the daemon listens beyond loopback: the read token when
@@ -117,8 +120,15 @@ class ApplianceClient:
         self.read_token = read_token or None
         self.timeout = timeout
         self._discover = discover
+        # The fleet console reaches boxes by address over the network: a read carries its
+        # token only to a box that proved it holds it (once, and again after it was gone).
+        self.check_reads = check_reads
+        self._reads_proven = False
+        self._proving = asyncio.Lock()
+        # ``verify``: an SSL context shared by many clients (building one reads the CA
+        # bundle: 20 ms of the event loop each, a second for a fleet of 50).
         self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, transport=transport,
-                                       headers={"user-agent": "appliance-tui"})
+                                       headers={"user-agent": user_agent}, verify=verify)
 
     @property
     def can_admin(self) -> bool:
@@ -154,10 +164,13 @@ class ApplianceClient:
             await self._check_identity(self.token)
             headers["Authorization"] = f"Bearer {self.token}"
         elif self.read_token or self.token:
-            headers["Authorization"] = f"Bearer {self.read_token or self.token}"
+            token = self.read_token or self.token
+            await self.prove_reads()
+            headers["Authorization"] = f"Bearer {token}"
         try:
             resp = await self._http.request(method, path, headers=headers, params=params)
         except httpx.TransportError as exc:
+            self._reads_proven = False  # whatever answers next proves itself again
             raise DaemonUnavailable(self.url, _reason(exc)) from exc
         if resp.status_code >= 400:
             raise self._error(resp)
@@ -168,6 +181,17 @@ class ApplianceClient:
                            f"{method} {path}: the daemon's answer does not match this TUI's "
                            f"API types ({exc}); are the TUI and the daemon the same version?"
                            ) from exc
+
+    async def prove_reads(self) -> None:
+        """With ``check_reads``: before the first read that carries a token (and again
+        after the daemon was gone), whatever answers proves it holds that token."""
+        token = self.read_token or self.token
+        if not self.check_reads or token is None or self._reads_proven:
+            return
+        async with self._proving:  # calls made together share one check
+            if not self._reads_proven:
+                await self._check_identity(token)
+                self._reads_proven = True
 
     async def _check_identity(self, token: str) -> None:
         """Before a call that carries the token: whatever answers must prove it holds the
@@ -180,6 +204,7 @@ class ApplianceClient:
         try:
             resp = await self._http.get("/v1/identity", params={"challenge": challenge})
         except httpx.TransportError as exc:
+            self._reads_proven = False
             raise DaemonUnavailable(self.url, _reason(exc)) from exc
         url = httpx.URL(self.url)
         port = url.port or (443 if url.scheme == "https" else 80)
@@ -242,8 +267,9 @@ class ApplianceClient:
         return await self._request("GET", f"/v1/pipelines/{name}/explanations/latest",
                                    LatestExplanation, params={"k": k})
 
-    async def system(self) -> SystemResponse:
-        return await self._request("GET", "/v1/system", SystemResponse)
+    async def system(self, seconds: float | None = None) -> SystemResponse:
+        return await self._request("GET", "/v1/system", SystemResponse,
+                                   params={"seconds": seconds} if seconds else None)
 
     async def events(self, after: int = 0, pipeline: str | None = None,
                      limit: int = 200) -> EventList:

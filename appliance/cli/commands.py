@@ -219,8 +219,20 @@ def _client_options(f: Any) -> Any:
 @cli.command()
 @_client_options
 @click.option("--json", "as_json", is_flag=True, help="print the raw JSON")
-def status(url: str | None, state_dir: str | None, as_json: bool) -> None:
-    """One screen of the daemon's state, for scripts and ssh."""
+@click.option("--fleet", "fleet_file", type=click.Path(dir_okay=False), default=None,
+              help="every box of this fleet file (TOML [[box]] entries) in one table; exit "
+                   "1 when a box does not answer")
+@click.option("--timeout", type=click.FloatRange(0.1, 120), default=5.0, show_default=True,
+              help="with --fleet: seconds a box has to answer")
+def status(url: str | None, state_dir: str | None, as_json: bool, fleet_file: str | None,
+           timeout: float) -> None:
+    """One screen of the daemon's state, for scripts and ssh.
+
+    With --fleet FILE: every box of the fleet in one table (--json for scripts)."""
+    if fleet_file is not None:
+        from appliance.cli.fleet import status_fleet
+
+        sys.exit(status_fleet(fleet_file, as_json, timeout, bool(url)))
     client = Client(url, state_dir)
     body = client.call("GET", "/v1/pipelines")
     if as_json:
@@ -520,15 +532,24 @@ def runfile_url(state_dir: str | None) -> str | None:
 @click.option("--refresh", type=click.FloatRange(0.2, 60), default=1.5, show_default=True,
               help="seconds between refreshes")
 @click.option("--pipeline", default=None, help="open this pipeline's screen first")
+@click.option("--fleet", "fleet_file", type=click.Path(dir_okay=False), default=None,
+              help="watch every box of this fleet file (TOML [[box]] entries); enter opens "
+                   "a box [--refresh default 5 s here]")
 def tui(url: str | None, state_dir: str | None, token: str | None, read_token: str | None,
-        refresh: float, pipeline: str | None) -> None:
+        refresh: float, pipeline: str | None, fleet_file: str | None) -> None:
     """The operator's console: watch and drive a running daemon from the terminal.
 
     It talks to the daemon's HTTP API only, so it works the same over ssh. Without the
-    admin token it is read-only.
+    admin token it is read-only. With --fleet FILE, many boxes at once.
 
     Example: appliance tui --state-dir /var/lib/appliance
     """
+    if fleet_file is not None:
+        from appliance.cli.fleet import tui_fleet
+
+        source = click.get_current_context().get_parameter_source("refresh")
+        sys.exit(tui_fleet(fleet_file, None if source is click.core.ParameterSource.DEFAULT
+                           else refresh, bool(url or token or read_token or pipeline)))
     from tui.app import run as run_tui
 
     client = Client(url, state_dir)
