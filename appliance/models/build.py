@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from appliance.core import ApplianceError, Settings, StateDir
+from appliance.core import DASK_INSTALL, ApplianceError, Settings, StateDir, dask_missing
 from appliance.features import encode_target, to_matrix
 from appliance.models import metrics as m
 from appliance.models.gate import Decision, PastRows, decide
@@ -82,8 +82,14 @@ class ModelBuilder:
         champion = self.live.get(pipeline)
         past = self._past_rows(pipeline, champion)
         exclude = self._match_window(data.frame, past, pipeline, data.window)
-        candidate = train(data.frame, settings, ts, tune_trials=trials, tune_seconds=seconds,
-                          should_stop=should_stop, exclude=exclude)
+        engine = self._engine(pipeline)
+        try:
+            candidate = train(data.frame, settings, ts, tune_trials=trials,
+                              tune_seconds=seconds, should_stop=should_stop, exclude=exclude,
+                              engine=engine)
+        finally:
+            if engine is not None:
+                engine.close()
         del exclude
         if serving:
             candidate.spec.joins = serving["joins"]
@@ -105,6 +111,7 @@ class ModelBuilder:
                           threads=training_threads(ts.threads))
         del past
         lineage = self._lineage(trigger, datasets, data, rows, candidate, loaded_s)
+        lineage["engine"] = engine.describe() if engine is not None else {"name": "local"}
         lineage["gate"] = {**(decision.details or {}), "reason": decision.reason}
         record = self.registry.register(pipeline, candidate, lineage, extra={
             "gate": lineage["gate"], "champion_metrics": decision.champion_metrics,
@@ -113,15 +120,33 @@ class ModelBuilder:
         self.store.set_pipeline_task(pipeline, candidate.spec.task)
         tuned = (f", tuned over {candidate.tuning['trials_completed']} trials"
                  if candidate.tuning else "")
+        where = f" {engine.where()}" if engine is not None else ""
         self.events.emit(
             "trained",
-            f"v{record.version} trained on {rows} rows in {candidate.seconds:.1f}s{tuned}",
-            pipeline=pipeline, version=record.version, metrics=candidate.metrics,
+            f"v{record.version} trained on {rows} rows{where} in {candidate.seconds:.1f}s"
+            f"{tuned}", pipeline=pipeline, version=record.version, metrics=candidate.metrics,
+            engine=lineage["engine"]["name"],
         )
         apply_policy(pipeline, record.version, settings=self.settings,
                      production=self.production, registry=self.registry, events=self.events,
                      decision=decision, shadows=self.shadows)
         return self.store.model(pipeline, record.version) or record
+
+    def _engine(self, pipeline: str) -> Any:
+        """The pipeline's training engine for one run: None for this box, else a
+        connection to the Dask cluster (dask is imported only here, only then)."""
+        if self.settings.engine(pipeline) != "dask":
+            return None
+        missing = dask_missing()
+        if missing:
+            raise ApplianceError(
+                "dask_not_installed",
+                f"`{pipeline}` trains on Dask (engine = \"dask\"), but {', '.join(missing)} "
+                f"is not installed: run {DASK_INSTALL}, or set engine = \"local\"",
+                {"pipeline": pipeline, "missing": missing})
+        from appliance.models.dask_engine import DaskEngine
+
+        return DaskEngine(self.settings.dask)
 
     def apply_policy(self, pipeline: str, version: int, source: str = "imported"
                      ) -> PolicyOutcome:

@@ -253,11 +253,32 @@ class _Fit:
     value: float  # the primary metric on the validation rows
 
 
-def _fit(params: dict[str, Any], train_set: lgb.Dataset, valid_set: lgb.Dataset,
-         x_valid: np.ndarray, y_valid: np.ndarray, task: str, metric: str, ts: TrainSettings,
-         extra_callbacks: list[Any] | None = None) -> _Fit:
+@dataclass
+class _Rows:
+    """What a fit trains on: LightGBM's binned Datasets for a local fit, the encoded rows
+    for an engine that sends them elsewhere (the Dask cluster)."""
+
+    x_valid: np.ndarray
+    y_valid: np.ndarray
+    train_set: lgb.Dataset | None = None
+    valid_set: lgb.Dataset | None = None
+    x_train: np.ndarray | None = None
+    y_train: np.ndarray | None = None
+    feature_names: list[str] | None = None
+    categorical: list[int] | None = None
+
+
+def _fit(params: dict[str, Any], rows: _Rows, task: str, metric: str, ts: TrainSettings,
+         extra_callbacks: list[Any] | None = None, engine: Any = None,
+         should_stop: Callable[[], bool] | None = None,
+         budget_deadline: float | None = None) -> _Fit:
+    if engine is not None:
+        return _engine_fit(params, rows, task, metric, ts, engine, should_stop,
+                           budget_deadline)
+    x_valid, y_valid = rows.x_valid, rows.y_valid
     booster = lgb.train(
-        params, train_set, num_boost_round=ts.num_boost_round, valid_sets=[valid_set],
+        params, rows.train_set, num_boost_round=ts.num_boost_round,
+        valid_sets=[rows.valid_set],
         callbacks=[lgb.early_stopping(ts.early_stopping_rounds, verbose=False),
                    *(extra_callbacks or [])],
         keep_training_booster=True,  # no text round trip here; valid scores stay readable
@@ -268,6 +289,31 @@ def _fit(params: dict[str, Any], train_set: lgb.Dataset, valid_set: lgb.Dataset,
     text = booster.model_to_string(num_iteration=best)
     booster.free_dataset()
     value = m.evaluate(task, y_valid, p_valid)[metric]
+    return _Fit(params=params, model_text=text, best_iteration=best, p_valid=p_valid,
+                value=value)
+
+
+def _engine_fit(params: dict[str, Any], rows: _Rows, task: str, metric: str,
+                ts: TrainSettings, engine: Any, should_stop: Callable[[], bool] | None,
+                budget_deadline: float | None) -> _Fit:
+    """A fit on another engine: it trains (stopping early on the whole validation rows);
+    the box recomputes the validation curve from the returned model and cuts it at the
+    round ``lgb.early_stopping`` would keep on those rows (see early_stop.py)."""
+    from appliance.models import early_stop
+
+    result = engine.fit(
+        params, rows.x_train, rows.y_train, rows.x_valid, rows.y_valid, task=task,
+        num_boost_round=ts.num_boost_round, early_stopping_rounds=ts.early_stopping_rounds,
+        feature_names=rows.feature_names or [], categorical=rows.categorical or [],
+        should_stop=should_stop or (lambda: False), budget_deadline=budget_deadline)
+    booster = lgb.Booster(model_str=result.model_text)
+    threads = params.get("num_threads", 0)
+    curve = early_stop.metric_curve(booster, rows.x_valid, rows.y_valid, task,
+                                    float(params.get("sigmoid", 1.0)), threads)
+    best = early_stop.best_iteration(curve, ts.early_stopping_rounds)
+    p_valid = booster.predict(rows.x_valid, num_iteration=best, num_threads=threads)
+    text = booster.model_to_string(num_iteration=best)
+    value = m.evaluate(task, rows.y_valid, p_valid)[metric]
     return _Fit(params=params, model_text=text, best_iteration=best, p_valid=p_valid,
                 value=value)
 
@@ -340,12 +386,12 @@ def _search_space(trial: Any, base: dict[str, Any], train_rows: int) -> dict[str
     return params
 
 
-def _tune(default: _Fit, train_set: lgb.Dataset, valid_set: lgb.Dataset, x_valid: np.ndarray,
-          y_valid: np.ndarray, task: str, metric: str, ts: TrainSettings, trials: int,
-          seconds: float, train_rows: int,
-          stop: list[Any] | None = None) -> tuple[_Fit, dict[str, Any]]:
+def _tune(default: _Fit, rows: _Rows, task: str, metric: str, ts: TrainSettings, trials: int,
+          seconds: float, train_rows: int, stop: list[Any] | None = None, engine: Any = None,
+          should_stop: Callable[[], bool] | None = None) -> tuple[_Fit, dict[str, Any]]:
     """A budgeted, seeded search (Optuna's TPE) on the validation rows. The configured
-    parameters are the incumbent: a trial replaces them only when it scores better."""
+    parameters are the incumbent: a trial replaces them only when it scores better. With
+    an engine, the trials' fits run there, one after another."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -361,8 +407,17 @@ def _tune(default: _Fit, train_set: lgb.Dataset, valid_set: lgb.Dataset, x_valid
     def objective(trial: Any) -> float:
         nonlocal best
         params = _search_space(trial, default.params, train_rows)
-        fit = _fit(params, train_set, valid_set, x_valid, y_valid, task, metric, ts,
-                   [_Deadline(deadline, optuna.TrialPruned), *(stop or [])])
+        if engine is not None:
+            from appliance.models.dask_engine import BudgetSpent
+
+            try:
+                fit = _fit(params, rows, task, metric, ts, engine=engine,
+                           should_stop=should_stop, budget_deadline=deadline)
+            except BudgetSpent as exc:
+                raise optuna.TrialPruned(str(exc)) from None
+        else:
+            fit = _fit(params, rows, task, metric, ts,
+                       [_Deadline(deadline, optuna.TrialPruned), *(stop or [])])
         if np.isnan(fit.value):
             raise optuna.TrialPruned("the metric could not be computed")
         if (fit.value > best.value) if higher else (fit.value < best.value):
@@ -420,13 +475,14 @@ def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
           params_override: dict[str, Any] | None = None, *, tune_trials: int = 0,
           tune_seconds: float = 600.0,
           should_stop: Callable[[], bool] | None = None,
-          exclude: np.ndarray | None = None) -> Candidate:
+          exclude: np.ndarray | None = None, engine: Any = None) -> Candidate:
     """Train one candidate on ``df``: infer the task, encode, split, fit with early stopping
     (and, with ``tune_trials``, a budgeted hyperparameter search), and evaluate it.
     ``should_stop`` is polled at every boosting round; when it answers True the training
     raises :class:`TrainingCancelled`. Rows where ``exclude`` is True are not trained on
     (the champion's held-out rows, so that the gate scores both out of sample), unless
-    too few rows would be left."""
+    too few rows would be left. ``engine`` (the Dask engine; None: this box) runs the fits
+    elsewhere; everything before and after them is the same."""
     started = time.monotonic()
     target = settings.target
     if target not in df.columns:
@@ -476,23 +532,29 @@ def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
 
     params = base_params(task, spec, ts, n_train)
     params.update(params_override or {})
-    # The binned data set is built once; tuning trials reuse it (min_data_in_leaf may vary
-    # between trials only without LightGBM's pre-filter of features).
-    train_set = lgb.Dataset(
-        x_train, y_train, feature_name=booster_feature_names(spec.columns),
-        categorical_feature=spec.categorical_indices or "auto", free_raw_data=True,
-        params={"feature_pre_filter": False} if tune_trials else None,
-    )
-    valid_set = lgb.Dataset(x_valid, y_valid, reference=train_set,
-                            params={"feature_pre_filter": False} if tune_trials else None)
-    del x_train
     stop = [_cancel_callback(should_stop)] if should_stop else []
-    fit = _fit(params, train_set, valid_set, x_valid, y_valid, task, metric, ts, stop)
+    rows = _Rows(x_valid, y_valid, feature_names=booster_feature_names(spec.columns),
+                 categorical=list(spec.categorical_indices or []))
+    if engine is not None:
+        rows.x_train, rows.y_train = x_train, y_train
+    else:
+        # The binned data set is built once; tuning trials reuse it (min_data_in_leaf may
+        # vary between trials only without LightGBM's pre-filter of features).
+        rows.train_set = lgb.Dataset(
+            x_train, y_train, feature_name=rows.feature_names,
+            categorical_feature=spec.categorical_indices or "auto", free_raw_data=True,
+            params={"feature_pre_filter": False} if tune_trials else None,
+        )
+        rows.valid_set = lgb.Dataset(
+            x_valid, y_valid, reference=rows.train_set,
+            params={"feature_pre_filter": False} if tune_trials else None)
+    del x_train
+    fit = _fit(params, rows, task, metric, ts, stop, engine=engine, should_stop=should_stop)
     tuning = None
     if tune_trials:
-        fit, tuning = _tune(fit, train_set, valid_set, x_valid, y_valid, task, metric, ts,
-                            tune_trials, tune_seconds, n_train, stop)
-    del train_set, valid_set
+        fit, tuning = _tune(fit, rows, task, metric, ts, tune_trials, tune_seconds, n_train,
+                            stop, engine=engine, should_stop=should_stop)
+    del rows
 
     booster = lgb.Booster(model_str=fit.model_text)
     metrics = m.evaluate(task, y_valid, fit.p_valid)
