@@ -127,8 +127,10 @@ class StopOnRows:
         self.raw = step if self.raw is None else self.raw + step
         score = round_metric(self.task, self.raw, self.y, self.sigmoid)
         if self.rule.step(env.iteration, score):
+            # Stop, keeping every round trained (LightGBM would otherwise save the model
+            # cut at the best round): the box cuts it, after checking the curve itself.
             raise lgb.callback.EarlyStopException(
-                self.rule.best, [("valid_whole", "default", self.rule.best_score, False)])
+                env.iteration, [("valid_whole", "default", score, False)])
 
 
 def lightgbm_version() -> str | None:
