@@ -23,6 +23,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ import dask
 import dask.array as da
 import distributed
 import lightgbm as lgb
+import msgspec
 import numpy as np
 
 from appliance.core import ApplianceError, DaskSettings
@@ -174,7 +176,9 @@ class DaskEngine:
 
         def run() -> None:
             try:
-                with self.client.as_current():
+                with self.client.as_current(), warnings.catch_warnings():
+                    # lightgbm.dask drops n_jobs/num_threads (each worker uses its own).
+                    warnings.filterwarnings("ignore", message="Parameter .* will be ignored")
                     model.fit(dx, dy, feature_name=feature_names,
                               categorical_feature=categorical or "auto",
                               callbacks=[callback])
@@ -254,9 +258,8 @@ def check_cluster(settings: DaskSettings) -> list[tuple[str, str, str | None]]:
     """For ``appliance doctor``: (status, message, fix) per finding."""
     address = settings.scheduler
     try:
-        client = connect(DaskSettings(**{
-            **{f: getattr(settings, f) for f in settings.__struct_fields__},
-            "connect_timeout_s": min(settings.connect_timeout_s, 5.0)}))
+        client = connect(msgspec.structs.replace(
+            settings, connect_timeout_s=min(settings.connect_timeout_s, 5.0)))
     except ApplianceError as err:
         return [("fail", err.message, f"start the scheduler (`dask scheduler`) or fix "
                  f"[dask] scheduler = \"{address}\"")]

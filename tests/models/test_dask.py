@@ -20,7 +20,7 @@ distributed = pytest.importorskip("distributed")
 
 from appliance.core import ConfigError, DaskSettings, parse  # noqa: E402
 from appliance.models import early_stop  # noqa: E402
-from appliance.models.dask_engine import DaskEngine, check_cluster  # noqa: E402
+from appliance.models.dask_engine import DaskEngine  # noqa: E402
 from appliance.models.train import train  # noqa: E402
 from tests.conftest import FAST_CONFIG, ROOT, SAMPLES, drop, wait_for  # noqa: E402
 
@@ -158,14 +158,25 @@ def test_tuning_trials_run_on_the_cluster(cluster):
     assert c.tuning["trials_completed"] == 2 and c.metrics["r2"] > 0.3
 
 
-def test_doctor_checks_the_scheduler_and_the_versions(cluster):
-    found = check_cluster(DaskSettings(scheduler=cluster.scheduler_address))
-    assert [f[0] for f in found] == ["ok", "ok"], found
-    assert "2 workers" in found[0][1] and "lightgbm" in found[1][1]
+def test_doctor_checks_the_scheduler_and_the_versions(cluster, state_root):
+    from click.testing import CliRunner
+
+    from appliance.cli import cli
+
+    def doctor(scheduler: str) -> str:
+        (state_root / "appliance.toml").write_text(
+            '[pipelines.p.train]\nengine = "dask"\n'
+            f'[dask]\nscheduler = "{scheduler}"\nconnect_timeout_s = 2\n')
+        result = CliRunner().invoke(cli, ["doctor", "--state-dir", str(state_root)])
+        return "\n".join(line for line in result.output.splitlines() if " dask " in line)
+
+    up = doctor(cluster.scheduler_address)
+    assert up.count("OK    dask") == 2, up
+    assert "2 workers" in up and "lightgbm 4." in up
     down = f"tcp://127.0.0.1:{unused_port()}"
     started = time.monotonic()
-    found = check_cluster(DaskSettings(scheduler=down, connect_timeout_s=2))
-    assert found[0][0] == "fail" and down in found[0][1]
+    report = doctor(down)
+    assert f"FAIL  dask       the Dask scheduler at {down} did not answer" in report, report
     assert time.monotonic() - started < 15
 
 
