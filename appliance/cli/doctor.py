@@ -273,7 +273,7 @@ def check_network(settings: Settings | None,
         "; put a firewall or a TLS proxy in front of it too")]
 
 
-def check_dask(settings: Settings | None) -> list[Finding]:
+def check_dask(settings: Settings | None, state_root: Path | None = None) -> list[Finding]:
     """When a pipeline trains on Dask: the libraries, the scheduler (a short timeout), and
     the same dask, distributed and lightgbm versions on the scheduler and workers."""
     if settings is None:
@@ -288,7 +288,8 @@ def check_dask(settings: Settings | None) -> list[Finding]:
     from appliance.models import check_dask_cluster
 
     return [Finding("dask", status, message, fix)
-            for status, message, fix in check_dask_cluster(settings.dask)]
+            for status, message, fix in check_dask_cluster(
+                settings.dask, str(state_root) if state_root else "")]
 
 
 def run_checks(state_root: Path, config: Path | None = None,
@@ -302,7 +303,7 @@ def run_checks(state_root: Path, config: Path | None = None,
     findings += check_port(state, settings)
     findings += check_network(settings, dropin_dirs)
     findings += check_models(state)
-    findings += check_dask(settings)
+    findings += check_dask(settings, state.root)
     return findings
 
 

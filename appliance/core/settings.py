@@ -203,6 +203,10 @@ class DaskSettings(_Section):
         "the key of tls_client_cert (PEM); empty when the certificate file holds it")] = ""
     require_encryption: Annotated[bool, _doc(
         "refuse any connection to the cluster that is not encrypted (TLS)")] = False
+    shared_storage: Annotated[bool, _doc(
+        "the workers read the training rows from the data set files themselves (the state "
+        "directory mounted at the same path on every worker, the appliance installed "
+        "there); false: the box sends the rows")] = False
 
 
 class JobsSettings(_Section):

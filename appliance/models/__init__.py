@@ -30,12 +30,13 @@ from appliance.models.train import (
 )
 
 
-def check_dask_cluster(settings: Any) -> list[tuple[str, str, str | None]]:
+def check_dask_cluster(settings: Any, state_root: str = ""
+                       ) -> list[tuple[str, str, str | None]]:
     """``appliance doctor``'s check of the Dask scheduler of ``settings`` (a DaskSettings):
     (status, message, fix) per finding. Imports dask only when called."""
     from appliance.models.dask_engine import check_cluster
 
-    return check_cluster(settings)
+    return check_cluster(settings, state_root)
 
 
 __all__ = [

@@ -86,7 +86,8 @@ class ModelBuilder:
         try:
             candidate = train(data.frame, settings, ts, tune_trials=trials,
                               tune_seconds=seconds, should_stop=should_stop, exclude=exclude,
-                              engine=engine)
+                              engine=engine,
+                              row_ids=self._row_ids(engine, settings, datasets, data))
         finally:
             if engine is not None:
                 engine.close()
@@ -147,6 +148,29 @@ class ModelBuilder:
         from appliance.models.dask_engine import DaskEngine
 
         return DaskEngine(self.settings.dask)
+
+    def _row_ids(self, engine: Any, settings: Any, datasets: list[Any], data: Any
+                  ) -> np.ndarray | None:
+        """With [dask] shared_storage: each training row's (data set version, row number in
+        its file), for the workers to read the files themselves, when the frame is the
+        files' rows as they are (else the rows are sent, and the lineage says why)."""
+        if engine is None or not self.settings.dask.shared_storage:
+            return None
+        why = ""
+        if settings.join or settings.derived:
+            why = "the pipeline's joined and derived features are computed on the box"
+        elif data.window.get("kind") != "all":
+            why = "a data window chooses the rows on the box"
+        else:
+            ids = np.concatenate([np.column_stack([np.full(d.rows, d.version, np.int64),
+                                                   np.arange(d.rows, dtype=np.int64)])
+                                  for d in datasets])
+            if len(ids) == data.frame.height:
+                engine.sources = {d.version: str(self.state.root / d.path) for d in datasets}
+                return ids
+            why = "the data sets' row counts do not match the training frame"
+        engine.not_shared = f"shared_storage is on, but {why}"
+        return None
 
     def apply_policy(self, pipeline: str, version: int, source: str = "imported"
                      ) -> PolicyOutcome:

@@ -140,3 +140,15 @@ def lightgbm_version() -> str | None:
     except ImportError:
         return None
     return str(lightgbm.__version__)
+
+
+def shared_storage_probe(state_root: str) -> tuple[bool, str | None]:
+    """Run on each worker by ``appliance doctor`` with [dask] shared_storage: whether the
+    state directory is there, and the appliance version installed (None: not installed)."""
+    import os
+
+    try:
+        import appliance
+    except ImportError:
+        return os.path.isdir(state_root), None
+    return os.path.isdir(state_root), str(appliance.__version__)

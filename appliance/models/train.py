@@ -266,15 +266,22 @@ class _Rows:
     y_train: np.ndarray | None = None
     feature_names: list[str] | None = None
     categorical: list[int] | None = None
+    spec: FeatureSpec | None = None
+    # (data set version, row number in its file) of each training row, for workers that
+    # read the files themselves; None: the rows are sent.
+    train_ids: np.ndarray | None = None
+    schema: dict[str, Any] | None = None  # the features' types in the training frame
 
 
 def _fit(params: dict[str, Any], rows: _Rows, task: str, metric: str, ts: TrainSettings,
          extra_callbacks: list[Any] | None = None, engine: Any = None,
          should_stop: Callable[[], bool] | None = None,
          budget_deadline: float | None = None) -> _Fit:
-    if engine is not None:
-        return _engine_fit(params, rows, task, metric, ts, engine, should_stop,
-                           budget_deadline)
+    if engine is not None:  # the engine's module (dask's) is imported only then
+        from appliance.models.dask_engine import engine_fit
+
+        return engine_fit(params, rows, task, metric, ts, engine, should_stop,
+                          budget_deadline)
     x_valid, y_valid = rows.x_valid, rows.y_valid
     booster = lgb.train(
         params, rows.train_set, num_boost_round=ts.num_boost_round,
@@ -289,31 +296,6 @@ def _fit(params: dict[str, Any], rows: _Rows, task: str, metric: str, ts: TrainS
     text = booster.model_to_string(num_iteration=best)
     booster.free_dataset()
     value = m.evaluate(task, y_valid, p_valid)[metric]
-    return _Fit(params=params, model_text=text, best_iteration=best, p_valid=p_valid,
-                value=value)
-
-
-def _engine_fit(params: dict[str, Any], rows: _Rows, task: str, metric: str,
-                ts: TrainSettings, engine: Any, should_stop: Callable[[], bool] | None,
-                budget_deadline: float | None) -> _Fit:
-    """A fit on another engine: it trains (stopping early on the whole validation rows);
-    the box recomputes the validation curve from the returned model and cuts it at the
-    round ``lgb.early_stopping`` would keep on those rows (see early_stop.py)."""
-    from appliance.models import early_stop
-
-    result = engine.fit(
-        params, rows.x_train, rows.y_train, rows.x_valid, rows.y_valid, task=task,
-        num_boost_round=ts.num_boost_round, early_stopping_rounds=ts.early_stopping_rounds,
-        feature_names=rows.feature_names or [], categorical=rows.categorical or [],
-        should_stop=should_stop or (lambda: False), budget_deadline=budget_deadline)
-    booster = lgb.Booster(model_str=result.model_text)
-    threads = params.get("num_threads", 0)
-    curve = early_stop.metric_curve(booster, rows.x_valid, rows.y_valid, task,
-                                    float(params.get("sigmoid", 1.0)), threads)
-    best = early_stop.best_iteration(curve, ts.early_stopping_rounds)
-    p_valid = booster.predict(rows.x_valid, num_iteration=best, num_threads=threads)
-    text = booster.model_to_string(num_iteration=best)
-    value = m.evaluate(task, rows.y_valid, p_valid)[metric]
     return _Fit(params=params, model_text=text, best_iteration=best, p_valid=p_valid,
                 value=value)
 
@@ -475,14 +457,16 @@ def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
           params_override: dict[str, Any] | None = None, *, tune_trials: int = 0,
           tune_seconds: float = 600.0,
           should_stop: Callable[[], bool] | None = None,
-          exclude: np.ndarray | None = None, engine: Any = None) -> Candidate:
+          exclude: np.ndarray | None = None, engine: Any = None,
+          row_ids: np.ndarray | None = None) -> Candidate:
     """Train one candidate on ``df``: infer the task, encode, split, fit with early stopping
     (and, with ``tune_trials``, a budgeted hyperparameter search), and evaluate it.
     ``should_stop`` is polled at every boosting round; when it answers True the training
     raises :class:`TrainingCancelled`. Rows where ``exclude`` is True are not trained on
     (the champion's held-out rows, so that the gate scores both out of sample), unless
     too few rows would be left. ``engine`` (the Dask engine; None: this box) runs the fits
-    elsewhere; everything before and after them is the same."""
+    elsewhere; everything before and after them is the same. ``row_ids`` (each row's data
+    set version and row number) lets its workers read the training rows themselves."""
     started = time.monotonic()
     target = settings.target
     if target not in df.columns:
@@ -502,6 +486,8 @@ def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
         df = df.filter(labelled)
         if exclude is not None:
             exclude = exclude[labelled.to_numpy()]
+        if row_ids is not None:
+            row_ids = row_ids[labelled.to_numpy()]
     if df.height < MIN_ROWS:
         raise ApplianceError(
             "too_few_rows",
@@ -527,6 +513,8 @@ def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
     valid_df = df[valid_idx]
     # Drift reference of the features: the training split's distributions.
     reference = reference_stats(df[train_idx], spec)
+    schema = ({f.name: df.schema[f.name] for f in spec.features}
+              if row_ids is not None else None)  # for workers that read the files
     del y_all, df
     n_train = len(y_train)
 
@@ -534,9 +522,12 @@ def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
     params.update(params_override or {})
     stop = [_cancel_callback(should_stop)] if should_stop else []
     rows = _Rows(x_valid, y_valid, feature_names=booster_feature_names(spec.columns),
-                 categorical=list(spec.categorical_indices or []))
+                 categorical=list(spec.categorical_indices or []), spec=spec)
     if engine is not None:
         rows.x_train, rows.y_train = x_train, y_train
+        if row_ids is not None:
+            rows.train_ids = row_ids[train_idx]
+            rows.schema = schema
     else:
         # The binned data set is built once; tuning trials reuse it (min_data_in_leaf may
         # vary between trials only without LightGBM's pre-filter of features).

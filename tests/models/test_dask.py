@@ -166,12 +166,14 @@ def test_doctor_checks_the_scheduler_and_the_versions(cluster, state_root):
     def doctor(scheduler: str) -> str:
         (state_root / "appliance.toml").write_text(
             '[pipelines.p.train]\nengine = "dask"\n'
-            f'[dask]\nscheduler = "{scheduler}"\nconnect_timeout_s = 2\n')
+            f'[dask]\nscheduler = "{scheduler}"\nconnect_timeout_s = 2\n'
+            "shared_storage = true\n")
         result = CliRunner().invoke(cli, ["doctor", "--state-dir", str(state_root)])
         return "\n".join(line for line in result.output.splitlines() if " dask " in line)
 
     up = doctor(cluster.scheduler_address)
-    assert up.count("OK    dask") == 2, up
+    assert up.count("OK    dask") == 3, up
+    assert f"every worker sees {state_root}" in up
     assert "2 workers" in up and "lightgbm 4." in up
     down = f"tcp://127.0.0.1:{unused_port()}"
     started = time.monotonic()
@@ -195,7 +197,9 @@ def events_of(daemon, kind: str) -> list[dict]:
 @pytest.mark.timeout(150)
 def test_a_dask_pipeline_trains_passes_the_gate_and_serves(cluster, machines_state,
                                                            start_daemon):
-    (machines_state / "appliance.toml").write_text(dask_config(cluster.scheduler_address))
+    (machines_state / "appliance.toml").write_text(
+        dask_config(cluster.scheduler_address).replace(
+            "[dask]\n", "[dask]\nshared_storage = true\n"))
     daemon = start_daemon(machines_state)
     drop(machines_state, "machines", SAMPLES / "machines_01.csv")
     daemon.wait_ready_model("machines", 1, timeout=120)
@@ -203,6 +207,7 @@ def test_a_dask_pipeline_trains_passes_the_gate_and_serves(cluster, machines_sta
     engine = meta["lineage"]["engine"]
     assert engine["name"] == "dask" and engine["scheduler"] == cluster.scheduler_address
     assert engine["worker_count"] == 2 and engine["versions"]["distributed"]
+    assert engine["data"].startswith("read by the workers from the shared state directory")
     trained = events_of(daemon, "trained")[0]["message"]
     assert f"on the Dask cluster at {cluster.scheduler_address} (2 workers)" in trained
     rows = pl.read_csv(SAMPLES / "machines_02.csv").head(200)
@@ -234,15 +239,95 @@ def test_a_scheduler_that_is_down_fails_the_job_while_the_box_serves(
     assert not (root / "models/machines/2").exists()  # nothing registered
 
 
+def test_workers_reading_shared_storage_build_the_matrix_the_box_would_send(cluster,
+                                                                             tmp_path):
+    from appliance.features import build_spec, encode_target, to_matrices
+    from appliance.models.train import read_datasets
+
+    paths = []
+    for i, seed in enumerate((4, 5)):
+        part = frame(2000, "binary", seed=seed)
+        if i == 1:  # a column the first version lacks, and missing values
+            part = part.with_columns(extra=pl.when(pl.col("f1") > 1.0).then(None)
+                                     .otherwise(pl.col("f2") * 2))
+        paths.append(tmp_path / f"v{i + 1}.parquet")
+        part.write_parquet(paths[-1])
+    df = read_datasets(paths)
+    ids = np.concatenate([np.column_stack([np.full(2000, v), np.arange(2000)])
+                          for v in (1, 2)])
+    s = parse({"dask": {"scheduler": cluster.scheduler_address, "shared_storage": True}})
+    spec = build_spec(df, s.pipeline("p"), "binary")
+    rows = np.random.default_rng(0).permutation(df.height)[:3000]  # any rows, any order
+    x = to_matrices(df, spec, [rows])[0]
+    y = encode_target(df["target"], spec)[rows]
+    engine = DaskEngine(s.dask)
+    engine.sources = {1: str(paths[0]), 2: str(paths[1])}
+    try:
+        schema = {f.name: df.schema[f.name] for f in spec.features}
+        dx, dy, _ = engine._read_on_workers(ids[rows], y, spec, x.shape[1], schema)
+        assert np.array_equal(engine.client.compute(dx).result(), x, equal_nan=True)
+        assert np.array_equal(engine.client.compute(dy).result(), y)
+        assert "read by the workers" in engine.describe()["data"]
+        c = train(df, s.pipeline("p"), s.train, engine=engine, row_ids=ids)
+        assert c.metrics["auc"] > 0.7
+    finally:
+        engine.close()
+
+
+def test_a_worker_that_cannot_read_the_shared_files_fails_the_fit_clearly(cluster,
+                                                                         tmp_path):
+    from appliance.core import ApplianceError
+
+    df = frame(500, "binary")
+    s = parse({"dask": {"scheduler": cluster.scheduler_address, "shared_storage": True}})
+    engine = DaskEngine(s.dask)
+    missing = tmp_path / "not-mounted" / "v000001.parquet"
+    engine.sources = {1: str(missing)}
+    try:
+        with pytest.raises(ApplianceError) as err:
+            train(df, s.pipeline("p"), s.train, engine=engine,
+                  row_ids=np.column_stack([np.ones(500, np.int64), np.arange(500)]))
+    finally:
+        engine.close()
+    assert err.value.code == "dask_read_failed"
+    assert str(missing) in err.value.message and "mounted at the same path" in err.value.message
+
+
+def lightgbm_linked(pids: dict[str, int]) -> bool:
+    """The workers' LightGBM processes are connected to each other (boosting has begun):
+    a connection between two worker processes that is not Dask's."""
+    import psutil
+
+    dask_ports = {int(addr.rsplit(":", 1)[1]) for addr in pids}
+    listening = {pid: {c.laddr.port for c in psutil.Process(pid).net_connections("tcp")
+                       if c.status == psutil.CONN_LISTEN} - dask_ports
+                 for pid in pids.values()}
+    for pid in pids.values():
+        others = set().union(*(ports for p, ports in listening.items() if p != pid))
+        for c in psutil.Process(pid).net_connections("tcp"):
+            if c.status == psutil.CONN_ESTABLISHED and c.raddr and c.raddr.port in others:
+                return True
+    return False
+
+
 @pytest.mark.timeout(170)
 def test_a_worker_lost_during_the_fit_fails_the_job_which_is_retried(
-        cluster, client, state_root, tmp_path, start_daemon):
+        state_root, tmp_path, start_daemon):
+    # Its own cluster: this test kills one of its workers.
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None, host="127.0.0.1") as cluster, \
+            distributed.Client(cluster.scheduler_address, set_as_default=False) as client:
+        worker_lost_then_retried(cluster, client, state_root, tmp_path, start_daemon)
+
+
+def worker_lost_then_retried(cluster, client, state_root, tmp_path, start_daemon):
     # A fit that takes a while: slow learning, no early stop before 5000 rounds.
     (state_root / "appliance.toml").write_text(
         '[ingest]\nsettle_seconds = 0.2\n[train]\nengine = "dask"\nlearning_rate = 0.001\n'
         'num_boost_round = 5000\nearly_stopping_rounds = 5000\n'
-        f'[dask]\nscheduler = "{cluster.scheduler_address}"\n'
+        f'[dask]\nscheduler = "{cluster.scheduler_address}"\ntimeout_s = 60\n'
         "[jobs]\nretry_attempts = 2\nretry_backoff_seconds = 1\n")
+    client.wait_for_workers(2, timeout=60)
     rng = np.random.default_rng(0)
     n = 50_000
     x = rng.normal(size=(n, 6))
@@ -260,6 +345,7 @@ def test_a_worker_lost_during_the_fit_fails_the_job_which_is_retried(
         return None
 
     victim = wait_for(fitting, timeout=60, what="the fit to run on the workers")
+    wait_for(lambda: lightgbm_linked(pids), timeout=60, what="LightGBM's workers to link")
     os.kill(pids[victim], signal.SIGKILL)
     failed = wait_for(lambda: events_of(daemon, "training_failed"), timeout=60,
                       what="the fit to fail")
@@ -268,6 +354,9 @@ def test_a_worker_lost_during_the_fit_fails_the_job_which_is_retried(
     assert victim in message and cluster.scheduler_address in message
     assert events_of(daemon, "training_retry_scheduled")
     client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed worker
+    wait_for(lambda: [e for e in events_of(daemon, "training_started")
+                      if e["details"].get("trigger") == "retry"], timeout=30,
+             what="the retry")
     wait_for(fitting, timeout=60, what="the retry's fit on the cluster")
     # SIGTERM during the fit: the workers are told to stop; the daemon exits cleanly.
     started = time.monotonic()
