@@ -45,11 +45,11 @@ def main() -> None:
 
     import distributed
     import lightgbm as lgb
+    from train import make_frame  # bench/train.py's data set
 
     from appliance.core import parse
     from appliance.models.dask_engine import DaskEngine
     from appliance.models.train import train
-    from train import make_frame  # bench/train.py's data set
 
     frame = make_frame(args.rows)
     print(f"data: {frame.height} rows x {frame.width - 1} features (18 numeric, 2 text "
