@@ -102,6 +102,17 @@ def test_engine_dask_needs_a_scheduler_address():
     assert err.value.key == "dask.scheduler" and "tcp://HOST:8786" in str(err.value)
 
 
+def test_engine_dask_without_the_libraries_names_the_extra(monkeypatch):
+    import appliance.core.config as config
+
+    monkeypatch.setattr(config, "dask_missing", lambda: ["dask", "distributed"])
+    with pytest.raises(ConfigError) as err:
+        parse({"pipelines": {"p": {"train": {"engine": "dask"}}},
+               "dask": {"scheduler": "tcp://10.0.0.5:8786"}})
+    assert err.value.key == "pipelines.p.train.engine"
+    assert "pip install 'appliance[dask]'" in str(err.value)
+
+
 # --- on the cluster ---------------------------------------------------------------------
 
 def test_local_and_dask_agree_on_the_same_rows(cluster, client):
