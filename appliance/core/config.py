@@ -123,6 +123,7 @@ def parse(raw: dict[str, Any], path: Path | None = None) -> Settings:
                     key=f"pipelines.{name}.retrain.cron", path=path,
                 ) from None
         _check_pipeline_train(name, pipelines[name], path)
+        _check_csv(f"pipelines.{name}", pipelines[name], path)
     feature_sets = _parse_feature_sets(raw.get("feature_sets", {}), pipelines, path)
     rest = {k: v for k, v in raw.items() if k not in ("pipelines", "feature_sets")}
     try:
@@ -186,6 +187,7 @@ def _parse_feature_sets(raw: Any, pipelines: dict[str, PipelineSettings],
             message, key = _split_validation_error(exc)
             raise ConfigError(message, key=f"{where}.{key}" if key else where,
                               path=path) from None
+        _check_csv(where, fs, path)
         if not fs.key:
             raise ConfigError('a feature set needs its entity key column: key = "..."',
                               key=f"{where}.key", path=path)
@@ -229,6 +231,14 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "multiclass": ("log_loss", "accuracy", "macro_f1"),
     "regression": ("rmse", "mae", "r2"),
 }
+
+
+def _check_csv(where: str, section: PipelineSettings | FeatureSetSettings,
+               path: Path | None) -> None:
+    if section.csv_decimal == "," and section.csv_separator == ",":
+        raise ConfigError(
+            "a decimal comma needs another column separator: set csv_separator = \";\" (or "
+            "\"\\t\"), or leave it \"auto\"", key=f"{where}.csv_decimal", path=path)
 
 
 def _check_pipeline_train(name: str, p: PipelineSettings, path: Path | None) -> None:

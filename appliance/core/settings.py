@@ -1,6 +1,10 @@
 """The settings' shape: every section of ``appliance.toml`` with its defaults and help text
 (the ``doc`` of each field). The README's config reference is checked against these Structs
 by a test; ``appliance.core.config`` loads and checks a file into them.
+
+Kept as one piece: a flat list of declarations, one per setting, read section by section
+like the README's config reference that mirrors it; cut in two, a setting's home would be
+a guess.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import msgspec
 Task = Literal["binary", "multiclass", "regression"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 TrainEngine = Literal["local", "dask"]
+CsvSeparator = Literal["auto", ",", ";", "\t", "|"]
+CsvDecimal = Literal["auto", ".", ","]
 
 DEFAULT_STATE_DIR = "./appliance-state"
 CONFIG_FILE_NAME = "appliance.toml"
@@ -179,6 +185,13 @@ class TrainSettings(_Section):
                     "the limit is stopped"),
         msgspec.Meta(gt=0),
     ] = 600.0
+    memory_limit_mb: Annotated[
+        int, _doc("most memory a training may take, estimated from its rows and columns "
+                  "before it loads them; a pipeline whose data would take more trains on "
+                  "its newest rows that fit, and says so; 0: 80% of the memory available "
+                  "when it starts"),
+        msgspec.Meta(ge=0),
+    ] = 0
     engine: Annotated[TrainEngine, _doc(
         "where the fits run: `local` (this box's LightGBM) or `dask` (`lightgbm.dask` on the "
         "Dask cluster of [dask] scheduler; needs `pip install 'appliance[dask]'`); a "
@@ -295,7 +308,8 @@ class DriftSettings(_Section):
         int, _doc("a sample of at most this many rows is judged by tests with a p-value "
                   "(Kolmogorov-Smirnov, chi-square, Fisher's exact for missing values) "
                   "corrected for testing every feature at once (Holm); a larger one by the "
-                  "effect-size thresholds below"),
+                  "effect-size thresholds below and by the same tests on a seeded sample of "
+                  "this many of its rows (0: effect sizes only)"),
         msgspec.Meta(ge=0),
     ] = 1000
     alpha: Annotated[
@@ -509,6 +523,24 @@ class PipelineSettings(_Section):
         _doc("a request's entity key with no stored features: its features are missing "
              "(null) or the request is refused (error)"),
     ] = "null"
+    timestamp_format: Annotated[
+        str | None,
+        _doc("the format of the timestamp column when it is text other than ISO 8601, as "
+             "strftime writes it (\"%m/%d/%Y %I:%M %p\" for 1/31/2026 1:05 PM); unset: "
+             "times as Polars reads them, and a file whose timestamps it can't read, or "
+             "whose day and month order it can't tell, is refused"),
+    ] = None
+    csv_separator: Annotated[
+        CsvSeparator,
+        _doc("what separates the columns of its CSV files: auto (a comma, unless the header "
+             "line has none and has `;`, a tab or `|`), or one of `,` `;` `\\t` `|`"),
+    ] = "auto"
+    csv_decimal: Annotated[
+        CsvDecimal,
+        _doc("the decimal mark of numbers in its CSV files: auto (`,` when the columns are "
+             "not separated by commas and the first lines' numbers are written 1,5; else "
+             "`.`), or `.` or `,`"),
+    ] = "auto"
 
 
 class FeatureSetSettings(_Section):
@@ -516,6 +548,24 @@ class FeatureSetSettings(_Section):
     timestamp: Annotated[
         str | None, _doc("time the values became true: point-in-time joins use it")
     ] = None
+    timestamp_format: Annotated[
+        str | None,
+        _doc("the format of the timestamp column when it is text other than ISO 8601, as "
+             "strftime writes it (\"%m/%d/%Y %I:%M %p\" for 1/31/2026 1:05 PM); unset: "
+             "times as Polars reads them, and a file whose timestamps it can't read, or "
+             "whose day and month order it can't tell, is refused"),
+    ] = None
+    csv_separator: Annotated[
+        CsvSeparator,
+        _doc("what separates the columns of its CSV files: auto (a comma, unless the header "
+             "line has none and has `;`, a tab or `|`), or one of `,` `;` `\\t` `|`"),
+    ] = "auto"
+    csv_decimal: Annotated[
+        CsvDecimal,
+        _doc("the decimal mark of numbers in its CSV files: auto (`,` when the columns are "
+             "not separated by commas and the first lines' numbers are written 1,5; else "
+             "`.`), or `.` or `,`"),
+    ] = "auto"
 
 
 class OnlineStoreSettings(_Section):

@@ -428,7 +428,10 @@ class Daemon:
         removed = services.registry.cleanup()
         abandoned = services.store.abandon_running_jobs("the daemon stopped during the job")
         if removed or abandoned:
-            log.info("recovered removed=%d abandoned_jobs=%d", len(removed), abandoned)
+            log.info("recovered removed=%d abandoned_jobs=%d", len(removed), len(abandoned))
+        # A training the process died in counts as a failed attempt (backoff, then give up),
+        # so a run that kills the daemon (out of memory, say) can't restart it for ever.
+        services.trainer.count_interrupted([p for p, kind in abandoned if kind == "train"])
         sdnotify.status("loading models")
         await asyncio.to_thread(services.load_production_models)
         if services.shadows is not None:
@@ -503,6 +506,11 @@ class Daemon:
             self.services.monitor.flush_windows(force=True)
         except Exception:
             log.exception("flush_failed")
+        if self.services.rollout is not None:
+            try:
+                self.services.rollout.save_all()  # the next start resumes the watch
+            except Exception:
+                log.exception("rollout_save_failed")
         if finished:
             self.services.events.emit("stopped", "stopped cleanly")
         else:

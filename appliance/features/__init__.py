@@ -6,6 +6,7 @@ store) and the profile of a model's training data that drift is measured against
 
 from appliance.features.featurestore import FeatureStore, RowDerivation
 from appliance.features.profile import prediction_stats, reference_stats
+from appliance.features.sampling import CHECK_MAX_ROWS, read_rows
 from appliance.features.spec import (
     Feature,
     FeatureSpec,
@@ -23,6 +24,7 @@ from appliance.features.spec import (
 )
 
 __all__ = [
+    "CHECK_MAX_ROWS",
     "Feature",
     "FeatureSpec",
     "FeatureStore",
@@ -37,6 +39,7 @@ __all__ = [
     "feature_kind",
     "infer_task",
     "prediction_stats",
+    "read_rows",
     "reference_stats",
     "to_matrices",
     "to_matrix",

@@ -81,9 +81,61 @@ def polars_call(fn: Callable[[], Any]) -> Any:
 # --- opening: header and metadata checks before any data is read -----------------------
 
 
-def scan_csv(path: Path, **options: Any) -> pl.LazyFrame:
-    """A lazy CSV scan of exactly ``path`` (never a glob pattern)."""
-    return pl.scan_csv(path, glob=False, **options)
+def scan_csv(path: Path, work: Work, **options: Any) -> pl.LazyFrame:
+    """A lazy CSV scan of exactly ``path`` (never a glob pattern), with the file's separator
+    and decimal mark."""
+    return pl.scan_csv(path, glob=False, separator=work.separator,
+                       decimal_comma=work.decimal_comma, **options)
+
+
+def read_csv_head(path: Path, work: Work, rows: int) -> pl.DataFrame:
+    """The first ``rows`` rows, read eagerly with the types Polars infers from them."""
+    return pl.read_csv(path, n_rows=rows, try_parse_dates=True, glob=False,
+                       separator=work.separator, decimal_comma=work.decimal_comma)
+
+
+def read_csv_text_head(path: Path, work: Work, rows: int) -> pl.DataFrame:
+    """The first ``rows`` rows, every column as text."""
+    return pl.read_csv(path, n_rows=rows, infer_schema=False, glob=False,
+                       separator=work.separator, decimal_comma=work.decimal_comma)
+
+
+_SEPARATORS = (";", "\t", "|")
+_COMMA_DECIMAL = re.compile(r"[+-]?\d+,\d+")
+_DOT_DECIMAL = re.compile(r"[+-]?\d*\.\d+([eE][+-]?\d+)?")
+_SNIFF_ROWS = 200
+
+
+def csv_dialect(text: str, separator: str, decimal: str) -> tuple[str, bool]:
+    """The separator and whether numbers use a decimal comma, for a CSV that starts with
+    ``text``: as configured, or (``auto``) a comma unless the header line has none and has
+    a semicolon, a tab or a bar (a European spreadsheet's export); and a decimal comma only
+    when the columns are not separated by commas and the first rows' numbers are all
+    written ``1,5`` (none ``1.5``)."""
+    if separator == "auto":
+        header = text.split("\n", 1)[0]
+        separator = "," if "," in header else next(
+            (c for c in _SEPARATORS if c in header), ",")
+    if decimal != "auto":
+        return separator, decimal == ","
+    if separator == ",":
+        return separator, False
+    comma = dot = 0
+    reader = csv.reader(io.StringIO(text), delimiter=separator)
+    try:
+        next(reader, None)  # the header
+        for i, row in enumerate(reader):
+            if i >= _SNIFF_ROWS:
+                break
+            for value in row:
+                v = value.strip()
+                if _COMMA_DECIMAL.fullmatch(v):
+                    comma += 1
+                elif _DOT_DECIMAL.fullmatch(v):
+                    dot += 1
+    except csv.Error:
+        pass  # a broken line: the parser will name it
+    return separator, comma > 0 and dot == 0
 
 
 def gunzip(work: Work, limits: IngestSettings, room: Callable[[], int]) -> Path:
@@ -178,10 +230,11 @@ def open_parquet(work: Work, path: Path,
     return lf, have
 
 
-def open_csv(work: Work, path: Path,
-             limits: IngestSettings) -> tuple[pl.LazyFrame, dict[str, Any]]:
-    """Check the header line (UTF-8, column count, unique names) and return a scan that
-    reads every column as text, to learn the names."""
+def open_csv(work: Work, path: Path, limits: IngestSettings, separator: str = "auto",
+             decimal: str = "auto") -> tuple[pl.LazyFrame, dict[str, Any]]:
+    """Find the separator and decimal mark (:func:`csv_dialect`, kept on ``work``), check
+    the header line (UTF-8, column count, unique names) and return a scan that reads every
+    column as text, to learn the names."""
     name = work.name
     with open(path, "rb") as f:
         head = f.read(_PROBE_BYTES)
@@ -200,8 +253,9 @@ def open_csv(work: Work, path: Path,
             "unparseable",
             f"`{name}` has no line break in its first {_PROBE_BYTES >> 20} MB; a CSV file "
             "starts with one header line of column names", {"line": 1})
+    work.separator, work.decimal_comma = csv_dialect(text, separator, decimal)
     try:
-        header = next(csv.reader(io.StringIO(text)), [])
+        header = next(csv.reader(io.StringIO(text), delimiter=work.separator), [])
     except csv.Error as exc:
         raise ApplianceError("unparseable", f"`{name}`: the header line can't be read: "
                              f"{exc}", {"line": 1, "error": str(exc)}) from None
@@ -217,7 +271,7 @@ def open_csv(work: Work, path: Path,
             f"`{name}` names column(s) {', '.join(f'`{c}`' for c in dupes[:10])} more than "
             "once in its header; every column needs its own name",
             {"duplicates": dupes[:50], "line": 1})
-    lf = pl.scan_csv(path, infer_schema=False, glob=False)
+    lf = scan_csv(path, work, infer_schema=False)
     try:
         have = dict(polars_call(lf.collect_schema))
     except PolarsFailure as exc:
@@ -249,10 +303,10 @@ def csv_failure(work: Work, path: Path, exc: PolarsFailure) -> ApplianceError:
     m = re.search(r"could not parse `(.*?)` as dtype `([^`]+)` at column '(.*?)'", text, re.S)
     if m:
         value, dtype, col = m.group(1), m.group(2), m.group(3)
-        row = locate_value(path, col, value)
+        row = locate_value(path, work, col, value)
         return bad_value(work, col, row, value, dtype)
     if "more fields" in text:
-        found = _locate_ragged(path)
+        found = _locate_ragged(path, work.separator)
         if found is not None:
             row, line, fields, expected = found
             return ApplianceError(
@@ -272,10 +326,10 @@ def csv_failure(work: Work, path: Path, exc: PolarsFailure) -> ApplianceError:
                           details)
 
 
-def locate_value(path: Path, col: str, value: str) -> int | None:
+def locate_value(path: Path, work: Work, col: str, value: str) -> int | None:
     """The 1-based data row where ``value`` first appears in column ``col``."""
     try:
-        found = polars_call(lambda: scan_csv(path, infer_schema=False)
+        found = polars_call(lambda: scan_csv(path, work, infer_schema=False)
                             .with_row_index(ROW_INDEX).filter(pl.col(col) == value)
                             .select(ROW_INDEX).head(1).collect())
     except PolarsFailure:
@@ -306,10 +360,10 @@ def _locate_bad_utf8(path: Path) -> tuple[int | None, int | None, bytes]:
     return None, None, b""
 
 
-def _locate_ragged(path: Path) -> tuple[int, int, int, int] | None:
+def _locate_ragged(path: Path, separator: str) -> tuple[int, int, int, int] | None:
     """(row, line, fields, expected) of the first record with more fields than the header."""
     with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
-        reader = csv.reader(f)
+        reader = csv.reader(f, delimiter=separator)
         try:
             header = next(reader)
             for row, fields in enumerate(reader, start=1):

@@ -236,13 +236,17 @@ class Ingester:
         # A feature set's rows are keyed by its entity column, as a pipeline's rows are by
         # their target: the column must be there, and rows without it are dropped.
         feature_set = self.settings.feature_sets.get(work.pipeline)
+        section = feature_set or self.settings.pipeline(work.pipeline)
+        work.section = f"{'feature_sets' if feature_set else 'pipelines'}.{work.pipeline}"
+        work.timestamp, work.timestamp_format = section.timestamp, section.timestamp_format
         target = feature_set.key if feature_set else self.settings.pipeline(work.pipeline).target
         record = self.store.pipeline(work.pipeline)
         schema = record.schema if record is not None and record.schema else None
         if fmt == ".parquet":
             lf, have = open_parquet(work, source, limits)
         else:
-            lf, have = open_csv(work, source, limits)
+            lf, have = open_csv(work, source, limits, section.csv_separator,
+                                section.csv_decimal)
         if feature_set is not None:
             for column, key in ((feature_set.key, "key"), (feature_set.timestamp, "timestamp")):
                 if column and column not in have:
@@ -262,8 +266,9 @@ class Ingester:
         if target not in have:
             only = next(iter(have), "") if len(have) == 1 else ""
             sep = next((c for c in (";", "\t", "|") if c in only), None)
-            hint = (f" The file seems to separate columns with {sep!r}; the appliance reads "
-                    "comma-separated files, so save it with commas." if sep else "")
+            hint = (f" The file seems to separate columns with {sep!r}, but "
+                    f"[pipelines.{work.pipeline}] csv_separator = {work.separator!r}: set it "
+                    f"to {sep!r} (or \"auto\") in appliance.toml." if sep else "")
             raise ApplianceError(
                 "missing_target",
                 f"column `{target}` not found in `{name}`; the target column of pipeline "
@@ -369,11 +374,11 @@ class Ingester:
         for monitoring, never training data."""
         want = dtype_from_name(schema[target]) if schema and target in schema else None
         if work.fmt != ".parquet" and want is None:
-            lf = scan_csv(path, infer_schema_length=INFER_ROWS)
+            lf = scan_csv(path, work, infer_schema_length=INFER_ROWS)
             have = dict(polars_call(lf.collect_schema))
         outcome = pl.col(target)
         if want is not None and have[target] != want:
-            outcome = lossless(target, have[target], want)
+            outcome = lossless(target, have[target], want, work.decimal_comma)
             check_values(work, lf, {target: outcome}, {target: want})
         frame = polars_call(lambda: lf.select(
             pl.col(FEEDBACK_ID).cast(pl.String), outcome.alias(target)).collect())

@@ -17,7 +17,16 @@ import polars as pl
 
 from appliance.core import ApplianceError
 from appliance.features import dtype_from_name
-from appliance.ingest.formats import ROW_INDEX, PolarsFailure, polars_call, read_failure, scan_csv
+from appliance.ingest.dates import check_first, not_a_time, parse_timestamp
+from appliance.ingest.formats import (
+    ROW_INDEX,
+    PolarsFailure,
+    polars_call,
+    read_csv_head,
+    read_csv_text_head,
+    read_failure,
+    scan_csv,
+)
 from appliance.ingest.outcomes import bad_value, unsupported_type
 from appliance.ingest.work import Work
 
@@ -51,8 +60,11 @@ def _plain_types(lf: pl.LazyFrame) -> pl.LazyFrame:
                            if kept_type(t) != t)
 
 
-def lossless(col: str, have: pl.DataType, want: pl.DataType) -> pl.Expr:
-    """``col`` as ``want``; null where a value does not convert without loss."""
+def lossless(col: str, have: pl.DataType, want: pl.DataType,
+             decimal_comma: bool = False, time_format: str | None = None) -> pl.Expr:
+    """``col`` as ``want``; null where a value does not convert without loss. Text read
+    from a CSV with a decimal comma has its numbers written ``1,5``; text times are read
+    by ``time_format`` when given."""
     x = pl.col(col)
     if have == want:
         return x
@@ -68,10 +80,12 @@ def lossless(col: str, have: pl.DataType, want: pl.DataType) -> pl.Expr:
                     .when(low.is_in(["false", "0"])).then(pl.lit(False))
                     .otherwise(pl.lit(None, pl.Boolean)))
         if isinstance(want, pl.Datetime):
-            return s.str.to_datetime(time_unit=want.time_unit, time_zone=want.time_zone,
-                                     strict=False)
+            return s.str.to_datetime(format=time_format, time_unit=want.time_unit,
+                                     time_zone=want.time_zone, strict=False)
         if want == pl.Date:
-            return s.str.to_date(strict=False)
+            return s.str.to_date(format=time_format, strict=False)
+        if decimal_comma and want.is_numeric():
+            s = s.str.replace(",", ".", literal=True)
         y = s.cast(want, strict=False)
         if want.is_integer():
             f = s.cast(pl.Float64, strict=False)
@@ -97,6 +111,7 @@ def lossless(col: str, have: pl.DataType, want: pl.DataType) -> pl.Expr:
 def convert_first(work: Work, path: Path, lf: pl.LazyFrame, have: dict[str, Any],
                   tmp: Path) -> None:
     """The first file of a pipeline: its column types are inferred, and fix the schema."""
+    ts = work.timestamp
     if work.fmt == ".parquet":
         exprs = []
         for col, dtype in have.items():
@@ -104,33 +119,62 @@ def convert_first(work: Work, path: Path, lf: pl.LazyFrame, have: dict[str, Any]
             if kept is None:
                 raise unsupported_type(work.name, col, dtype)
             exprs.append(pl.col(col) if kept == dtype else pl.col(col).cast(kept))
-        sink(work, path, lf.select(exprs), tmp)
+        check_first(work, have, None)
+        sink(work, path, _timestamp_parsed(work, lf, have).select(exprs), tmp)
         return
     # Types from the first rows, read eagerly (fast), then one streaming pass with that
     # schema: a scan told to infer from INFER_ROWS rows itself is about half again slower
     # on a large file. When the head does not parse, the scan's own inference finds and
-    # names the problem.
+    # names the problem. A timestamp with a format is read as text and parsed by it.
+    as_text = {ts: pl.String()} if ts and work.timestamp_format and ts in have else {}
     try:
-        head_schema: Any = polars_call(lambda: pl.read_csv(
-            path, n_rows=INFER_ROWS, try_parse_dates=True, glob=False).schema)
+        head_schema: Any = polars_call(
+            lambda: read_csv_head(path, work, INFER_ROWS).schema)
+        head_schema = {**head_schema, **as_text}
     except PolarsFailure:
         head_schema = None
+
+    def first_pass(scan: pl.LazyFrame) -> None:
+        scan = _plain_types(scan)
+        schema = dict(polars_call(scan.collect_schema))
+        if any(t == pl.Date or isinstance(t, pl.Datetime) for t in schema.values()) or (
+                ts in schema and schema[ts] == pl.String):
+            text = polars_call(lambda: read_csv_text_head(path, work, INFER_ROWS))
+            check_first(work, schema, text)
+        sink(work, path, _timestamp_parsed(work, scan, schema), tmp)
+
     try:
         if head_schema is not None:
-            scan = scan_csv(path, schema=head_schema)
+            first_pass(scan_csv(path, work, schema=head_schema))
         else:
-            scan = scan_csv(path, infer_schema_length=INFER_ROWS, try_parse_dates=True)
-        sink(work, path, _plain_types(scan), tmp)
+            first_pass(scan_csv(path, work, infer_schema_length=INFER_ROWS,
+                                try_parse_dates=True, schema_overrides=as_text or None))
     except ApplianceError as err:
-        if err.code != "bad_value":
+        if err.code != "bad_value" or err.details.get("column") == ts:
             raise
         # A value past the rows the types were inferred from does not fit them (a 2.5
         # after ten thousand integers): infer from the whole file instead.
-        scan = scan_csv(path, infer_schema_length=None, try_parse_dates=True)
-        sink(work, path, _plain_types(scan), tmp)
+        first_pass(scan_csv(path, work, infer_schema_length=None, try_parse_dates=True,
+                            schema_overrides=as_text or None))
         work.warnings.append(
             f"column types were inferred from the whole file, as `{err.details['column']}` "
             f"changes type after row {INFER_ROWS}")
+
+
+def _timestamp_parsed(work: Work, lf: pl.LazyFrame, schema: dict[str, Any]) -> pl.LazyFrame:
+    """The scan with its timestamp column parsed by ``timestamp_format`` (when set and the
+    column is text), refused at the first value that does not match it."""
+    ts, fmt = work.timestamp, work.timestamp_format
+    if not ts or not fmt or ts not in schema or schema[ts] != pl.String:
+        return lf
+    parsed = parse_timestamp(ts, fmt)
+    try:
+        check_values(work, lf, {ts: parsed}, {ts: f"a time written {fmt!r}"})
+    except ApplianceError as err:
+        raise not_a_time(work, ts, str(err.details.get("value")),
+                         f"a value does not match {work.section}.timestamp_format = "
+                         f"{fmt!r} at row {err.details.get('row')}") from None
+    return lf.with_columns(parsed.alias(ts))
 
 
 def convert_to_schema(work: Work, path: Path, lf: pl.LazyFrame,
@@ -151,12 +195,14 @@ def convert_to_schema(work: Work, path: Path, lf: pl.LazyFrame,
                                            else "")
         work.warnings.append(f"extra column(s) dropped: {shown}")
     wants = {c: dtype_from_name(t) for c, t in schema.items()}
+    ts = work.timestamp if work.timestamp_format and work.timestamp in schema else None
+    formats = {ts: work.timestamp_format} if ts else {}
     if work.fmt == ".parquet":
         for col in schema:
             if kept_type(have[col]) is None:
                 raise unsupported_type(work.name, col, have[col])
-        exprs = {c: lossless(c, have[c], w) if w is not None else pl.col(c)
-                 for c, w in wants.items()}
+        exprs = {c: lossless(c, have[c], w, time_format=formats.get(c)) if w is not None
+                 else pl.col(c) for c, w in wants.items()}
         check_values(work, lf, {c: e for c, e in exprs.items() if have[c] != wants[c]
                                 and wants[c] is not None}, wants)
         sink(work, path, lf.select(list(exprs.values())), tmp)
@@ -164,11 +210,13 @@ def convert_to_schema(work: Work, path: Path, lf: pl.LazyFrame,
     # CSV: the parser reads each column straight into its schema type. A column it can't
     # parse so (an integer column holding "3.0") is read as text and cast losslessly
     # instead, after a pass that finds the first value that does not cast.
-    as_text: set[str] = set()
+    as_text: set[str] = set(formats)   # a timestamp with a format: text, parsed by it
     for _ in range(len(schema) + 1):
         overrides = {c: w for c, w in wants.items() if w is not None and c not in as_text}
-        scan = scan_csv(path, infer_schema=False, schema_overrides=overrides)
-        casts = {c: lossless(c, pl.String(), wants[c]) for c in as_text}  # type: ignore[arg-type]
+        scan = scan_csv(path, work, infer_schema=False, schema_overrides=overrides)
+        casts = {c: lossless(c, pl.String(), wants[c], work.decimal_comma,  # type: ignore[arg-type]
+                             formats.get(c))
+                 for c in as_text}
         check_values(work, scan, casts, wants)
         exprs = [casts.get(c, pl.col(c)) for c in schema]
         try:

@@ -48,6 +48,11 @@ class Work:
     temps: list[Path] = field(default_factory=list)
     hashing: HashJob | None = None
     source: Path | None = None          # what Polars reads: the file, or its decompressed copy
+    separator: str = ","                # a CSV's column separator and decimal mark, as
+    decimal_comma: bool = False         # configured or found in its first lines (open_csv)
+    section: str = ""                   # its config section: pipelines.NAME, feature_sets.NAME
+    timestamp: str | None = None        # the section's timestamp column, and its format
+    timestamp_format: str | None = None
     hash_error: OSError | None = None
 
     def digest(self) -> str | None:

@@ -27,6 +27,7 @@ import polars as pl
 
 from appliance.api_types import DatasetActionResponse
 from appliance.core import ApplianceError, Settings, StateDir
+from appliance.features import read_rows
 from appliance.models import LabelCheck, LiveModels, LoadedModel, check_frame
 from appliance.store import DatasetRecord, Events, IngestionRecord, Store
 
@@ -77,7 +78,7 @@ class SuspectBatches:
         if model is None or not record.dataset_path:
             return None
         cfg = self.settings.pipeline(pipeline)
-        frame = pl.read_parquet(self.state.root / record.dataset_path)
+        frame = read_rows(self.state.root / record.dataset_path, record.rows)
         frame = self._with_model_features(frame, model, cfg.timestamp)
         return check_frame(model, frame, tolerance=cfg.retrain.suspect_tolerance,
                            z=cfg.retrain.suspect_z, metric=cfg.train.metric)

@@ -234,6 +234,37 @@ class Trainer:
                 resumed.append(name)
         return resumed
 
+    def count_interrupted(self, pipelines: list[str]) -> None:
+        """At start, before :meth:`resume`: each pipeline whose training the last process
+        died in (a crash, the kernel's out-of-memory killer, a power cut, a stop that could
+        not wait for it) has that run count as a failed attempt: retried after the backoff
+        like any failure, and given up after ``jobs.retry_attempts`` (new data or an
+        operator trains it again). A run that kills the daemon so stops restarting it."""
+        jobs = self.settings.jobs
+        for pipeline in dict.fromkeys(pipelines):
+            pending = self.store.training_request(pipeline)
+            if pending is None or pending.state != "pending":
+                continue
+            attempt = pending.attempt + 1
+            if attempt > jobs.retry_attempts:
+                self.store.give_up_training(pipeline, pending.seq,
+                                            self.store.next_dataset_version(pipeline) - 1)
+                self.events.emit(
+                    "training_failed",
+                    f"the daemon stopped during training {attempt} time(s) in a row (a "
+                    "crash, out of memory, a power cut): given up on this data; new data or "
+                    "`appliance train` runs it again (out of memory: train.window_rows "
+                    "trains on fewer rows)", pipeline=pipeline, level="error",
+                    code="interrupted", attempts=attempt)
+                continue
+            delay = jobs.retry_backoff_seconds * 2 ** (attempt - 1)
+            self.store.schedule_training_retry(pipeline, attempt, time.time() + delay)
+            self.events.emit(
+                "training_failed",
+                f"the daemon stopped during training (a crash, out of memory, a power cut): "
+                f"retry {attempt} of {jobs.retry_attempts} in {delay:g}s",
+                pipeline=pipeline, level="error", code="interrupted", attempt=attempt)
+
     def forget(self, pipeline: str) -> bool:
         """A pipeline is being deleted: drop its pending runs and retries, and take no new
         ones until :meth:`release`. False (and nothing dropped) while it trains."""

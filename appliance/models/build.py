@@ -13,14 +13,23 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import numpy as np
 import polars as pl
 
-from appliance.core import DASK_INSTALL, ApplianceError, Settings, StateDir, dask_missing
-from appliance.features import encode_target, to_matrix
+from appliance.core import (
+    DASK_INSTALL,
+    ApplianceError,
+    PipelineSettings,
+    Settings,
+    StateDir,
+    dask_missing,
+)
+from appliance.features import CHECK_MAX_ROWS, encode_target, read_rows, to_matrix
 from appliance.models import metrics as m
 from appliance.models.gate import Decision, PastRows, decide
 from appliance.models.holdout import holdout_sample, match_rows, read_holdout
+from appliance.models.memory import rows_that_fit
 from appliance.models.policy import PolicyOutcome, ShadowStarter, apply_policy
 from appliance.models.predictor import LoadedModel
 from appliance.models.production import Production
@@ -67,8 +76,11 @@ class ModelBuilder:
         unchecked = self.unchecked(pipeline)
         datasets = [d for d in self.store.training_datasets(pipeline)
                     if d.version not in unchecked]
+        settings, memory = self._fit_memory(pipeline, settings, sum(d.rows for d in datasets))
         data = load_training_data(
             [Source(d.version, self.state.root / d.path, d.rows) for d in datasets], settings)
+        if memory:
+            data.window["memory"] = memory
         loaded_s = time.monotonic() - started
         trials = tune_trials if tune_trials is not None else (
             settings.train.tune_trials if settings.train.tune_trials is not None
@@ -203,7 +215,8 @@ class ModelBuilder:
         model = self.registry.load(pipeline, version)
         spec = model.spec
         newest = datasets[-1]
-        frame = pl.read_parquet(self.state.root / newest.path)
+        frame = read_rows(self.state.root / newest.path, newest.rows,
+                          max(CHECK_MAX_ROWS, 10 * ts.holdout_max_rows))
         if self.features is not None and (settings.join or settings.derived):
             frame, _ = self.features.prepare(frame, settings)
         frame = frame.filter(pl.col(spec.target).is_not_null()) if spec.target in \
@@ -252,6 +265,26 @@ class ModelBuilder:
         if decision.details is not None:
             decision.details["reason"] = decision.reason
         return decision
+
+    def _fit_memory(self, pipeline: str, settings: PipelineSettings, rows: int
+                    ) -> tuple[PipelineSettings, dict[str, Any] | None]:
+        """The pipeline's settings with its data window cut to the newest rows the memory
+        holds (:mod:`appliance.models.memory`), and the numbers, when it must be cut."""
+        cap, numbers = rows_that_fit(self._schema(pipeline), rows,
+                                     self.settings.train.memory_limit_mb)
+        window = settings.train.window_rows
+        if cap is None or (window is not None and window <= cap):
+            return settings, None
+        self.events.emit(
+            "training_memory_capped",
+            f"training on the newest {cap:,} of {rows:,} rows: all of them would take about "
+            f"{numbers['estimated_mb']:,.0f} MB, over the {numbers['budget_mb']:,.0f} MB it "
+            f"may use ({numbers['budget']}); set train.window_rows, free memory, or train on "
+            "a bigger box", pipeline=pipeline, level="warning", rows=rows, kept_rows=cap,
+            **numbers)
+        capped = msgspec.structs.replace(
+            settings, train=msgspec.structs.replace(settings.train, window_rows=cap))
+        return capped, {**numbers, "rows": rows, "kept_rows": cap}
 
     def _schema(self, pipeline: str) -> dict[str, str] | None:
         record = self.store.pipeline(pipeline)

@@ -6,6 +6,7 @@ inputs, live performance from feedback, the prediction log, and Prometheus' view
 from appliance.monitoring.drift_checks import rows_frame
 from appliance.monitoring.monitor import Monitor
 from appliance.monitoring.predlog import PredictionIds, PredictionLog
+from appliance.monitoring.prometheus_candidates import CandidateCollector
 from appliance.monitoring.requests import (
     LATENCY_BOUNDS,
     PREDICT_PREFIX,
@@ -20,6 +21,7 @@ __all__ = [
     "LATENCY_BOUNDS",
     "PREDICT_PREFIX",
     "PREDICT_SUFFIX",
+    "CandidateCollector",
     "Monitor",
     "PredictionIds",
     "PredictionLog",

@@ -43,6 +43,7 @@ from appliance.api_types import (
     SystemResponse,
 )
 from appliance.core import Settings
+from appliance.features import read_rows
 from appliance.models import LiveModels
 from appliance.monitoring import drift
 from appliance.monitoring.drift_checks import DriftChecks
@@ -189,7 +190,7 @@ class Monitor:
         report = None
         try:
             if record.dataset_path:
-                frame = pl.read_parquet(self.state_root / record.dataset_path)
+                frame = read_rows(self.state_root / record.dataset_path, record.rows)
                 report = self.drift_checks.check_frame(pipeline, frame, "ingestion",
                                                        version=record.dataset_version)
         except Exception:

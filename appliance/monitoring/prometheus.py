@@ -5,6 +5,7 @@ time, so the request path pays nothing for Prometheus."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from typing import Protocol
 
 import numpy as np
@@ -30,6 +31,11 @@ from appliance.store import Store
 PROMETHEUS_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                      2.5, 5.0, 10.0)
 _PROM_INDEX = [LATENCY_BOUNDS.index(b) for b in PROMETHEUS_BOUNDS]
+# Every outcome is exported from the start, as 0 until it happens: Prometheus' increase()
+# and rate() see a series' first sample as its start, so a counter born at 1 (the first
+# refused file, the first failed training) would never raise an alert.
+INGESTION_OUTCOMES = ("accepted", "rejected", "duplicate")
+JOB_OUTCOMES = ("succeeded", "failed", "cancelled")
 
 
 class MonitorView(Protocol):
@@ -179,9 +185,21 @@ class MonitorCollector(Collector):
                                          labels=["pipeline", "status"])
         ingest_time = SummaryMetricFamily("appliance_ingestion_duration_seconds",
                                           "time spent ingesting files", labels=["pipeline"])
+        last = GaugeMetricFamily("appliance_last_ingestion_timestamp_seconds",
+                                 "when the pipeline's newest file of each outcome was "
+                                 "ingested (Unix time): stale data shows here",
+                                 labels=["pipeline", "status"])
         per_pipeline: dict[str, list[float]] = {}
-        for c in mon.store.ingestion_counts():
+        counts = mon.store.ingestion_counts()
+        seen = {(c.pipeline, c.status) for c in counts}
+        for name in sorted(mon.known):   # zeros, so that increase() sees the first one
+            for status in INGESTION_OUTCOMES:
+                if (name, status) not in seen:
+                    ingestions.add_metric([name, status], 0)
+        for c in counts:
             ingestions.add_metric([c.pipeline, c.status], c.count)
+            if c.last_at:
+                last.add_metric([c.pipeline, c.status], _unix(c.last_at))
             acc = per_pipeline.setdefault(c.pipeline, [0, 0.0])
             acc[0] += c.count
             acc[1] += c.seconds
@@ -193,14 +211,20 @@ class MonitorCollector(Collector):
                                        "time spent in finished jobs",
                                        labels=["pipeline", "kind"])
         per_job: dict[tuple[str, str], list[float]] = {}
-        for c in mon.store.job_counts():
+        job_counts = mon.store.job_counts()
+        seen = {(c.pipeline, c.kind, c.status) for c in job_counts}
+        for name in sorted(mon.known):
+            for status in JOB_OUTCOMES:
+                if (name, "train", status) not in seen:
+                    jobs.add_metric([name, "train", status], 0)
+        for c in job_counts:
             jobs.add_metric([c.pipeline, c.kind, c.status], c.count)
             acc = per_job.setdefault((c.pipeline, c.kind), [0, 0.0])
             acc[0] += c.count
             acc[1] += c.seconds
         for (name, kind), (count, seconds) in sorted(per_job.items()):
             job_time.add_metric([name, kind], count_value=count, sum_value=seconds)
-        yield from (ingestions, ingest_time, jobs, job_time)
+        yield from (ingestions, ingest_time, last, jobs, job_time)
 
     @staticmethod
     def _resources(mon: MonitorView) -> Iterator[Metric]:
@@ -227,6 +251,10 @@ class MonitorCollector(Collector):
             ("appliance_resources_sampled_timestamp_seconds", "when resources were sampled",
              s.ts),
         ]
+        if mon.resource_sampler.disk_total_bytes is not None:
+            gauges.append(("appliance_state_disk_size_bytes",
+                           "size of the state directory's disk",
+                           mon.resource_sampler.disk_total_bytes))
         if s.temperature_c is not None:
             gauges.append(("appliance_system_temperature_celsius",
                            "the hottest temperature sensor of the box", s.temperature_c))
@@ -234,6 +262,10 @@ class MonitorCollector(Collector):
             g = GaugeMetricFamily(name, doc)
             g.add_metric([], float(value))
             yield g
+
+
+def _unix(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
 def _le(bound: float) -> str:

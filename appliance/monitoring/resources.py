@@ -30,6 +30,8 @@ class ResourceSampler:
         self.state_root = state_root
         self.clock = clock
         self.latest: ResourceRecord | None = None
+        # The state directory's disk size (for Prometheus' free-space ratio; not stored).
+        self.disk_total_bytes: int | None = None
         self._proc = psutil.Process(os.getpid())
         self._proc.cpu_percent(None)  # the first reading primes the counters
         psutil.cpu_percent(None)
@@ -50,7 +52,9 @@ class ResourceSampler:
             load = os.getloadavg()[0]
         except (AttributeError, OSError):
             load = 0.0
-        disk = psutil.disk_usage(str(self.state_root)).free
+        usage = psutil.disk_usage(str(self.state_root))
+        disk = usage.free
+        self.disk_total_bytes = usage.total
         sample = ResourceRecord(
             seconds=self.settings.monitor.resource_interval_seconds, ts=self.clock(),
             process_cpu_percent=cpu, process_rss_bytes=rss, process_threads=threads,

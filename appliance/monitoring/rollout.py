@@ -19,6 +19,10 @@ it: 0.13% at 3), so a single bad request never rolls back:
   predictions of each, the per-row loss (log loss; squared error for regression) of the
   new version's predictions since the promotion against the previous version's over the
   window before it, by Welch's z.
+
+The watch is kept in SQLite (its counts at each check), so a restart resumes it for the
+time it had left, with what it had counted: a version that crashed the daemon, or a box
+rebooted in the middle, is still judged.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,12 +43,13 @@ from appliance.models import Production
 from appliance.monitoring.performance import score_pairs
 from appliance.monitoring.requests import (
     LATENCY_BOUNDS,
+    N_BUCKETS,
     RequestMetrics,
     _Counts,
     merge_records,
     percentile,
 )
-from appliance.store import Store, WindowRecord
+from appliance.store import RolloutWatchRecord, Store, WindowRecord
 
 log = logging.getLogger("appliance.rollout")
 
@@ -63,8 +68,11 @@ class Watch:
     previous: int
     promoted_at: float  # the clock's time (wall)
     until: float
-    at_start: _Counts  # the pipeline's running totals at the promotion
+    at_start: _Counts  # the pipeline's running totals at the promotion (or the resume)
     before: _Counts  # the previous version's requests over the window before it
+    # The new version's requests counted before a restart (a resumed watch).
+    carried: _Counts = field(default_factory=lambda: _Counts(0.0))
+    resumed: bool = False
 
 
 def _minus(a: _Counts, b: _Counts) -> _Counts:
@@ -75,6 +83,13 @@ def _minus(a: _Counts, b: _Counts) -> _Counts:
     out.errors_5xx = a.errors_5xx - b.errors_5xx
     out.latency_sum = a.latency_sum - b.latency_sum
     out.buckets = [x - y for x, y in zip(a.buckets, b.buckets, strict=True)]
+    return out
+
+
+def _plus(a: _Counts, b: _Counts) -> _Counts:
+    out = _Counts(0.0)
+    out.add(a)
+    out.add(b)
     return out
 
 
@@ -113,18 +128,64 @@ class RolloutWatch:
         self.watches: dict[str, Watch] = {}
         self._lock = threading.Lock()
         production.on_promoted.append(self.on_promoted)
+        self._resume()
+
+    def _resume(self) -> None:
+        """The watches a stop, a crash or a power cut interrupted: each goes on for the time
+        it had left at its last check, with the counts it had (a check then drops one whose
+        version no longer serves)."""
+        now = self.clock()
+        for r in self.store.rollout_watches():
+            if not len(r.after.buckets) == len(r.before.buckets) == N_BUCKETS:
+                log.warning("rollout_not_resumed pipeline=%s version=%s reason=other latency "
+                            "bounds", r.pipeline, r.version)
+                self.store.end_rollout_watch(r.pipeline, r.version)
+                continue
+            carried = _Counts(0.0)
+            carried.add(r.after)
+            before = _Counts(0.0)
+            before.add(r.before)
+            left = max(0.0, r.until - r.checked_at)
+            self.watches[r.pipeline] = Watch(
+                r.pipeline, r.version, r.previous, r.promoted_at, now + left,
+                self.requests.totals().get(r.pipeline) or _Counts(0.0), before,
+                carried=carried, resumed=True)
+            log.info("rollout_resumed pipeline=%s version=%s seconds_left=%.0f requests=%d",
+                     r.pipeline, r.version, left, carried.requests)
+
+    def save_all(self) -> None:
+        """Keep every watch's counts as they are now (at a clean stop)."""
+        with self._lock:
+            for w in self.watches.values():
+                self._save(w, self._after(w))
+
+    def _save(self, w: Watch, after: _Counts) -> None:
+        window = self.requests.window
+        self.store.save_rollout_watch(RolloutWatchRecord(
+            pipeline=w.pipeline, version=w.version, previous=w.previous,
+            promoted_at=w.promoted_at, until=w.until, checked_at=self.clock(),
+            before=w.before.record(w.pipeline, window),
+            after=after.record(w.pipeline, window)))
+
+    def _after(self, w: Watch) -> _Counts:
+        """The new version's requests since the promotion."""
+        now = _minus(self.requests.totals().get(w.pipeline) or _Counts(0.0), w.at_start)
+        return _plus(w.carried, now)
 
     def on_promoted(self, pipeline: str, version: int, previous: int | None) -> None:
         cfg = self.settings.rollout
         with self._lock:
-            self.watches.pop(pipeline, None)
+            ended = self.watches.pop(pipeline, None)
+            if ended is not None:
+                self.store.end_rollout_watch(pipeline, ended.version)
             if cfg.watch_seconds <= 0 or previous is None or previous == version:
                 return
             now = self.clock()
-            self.watches[pipeline] = Watch(
+            w = self.watches[pipeline] = Watch(
                 pipeline, version, previous, now, now + cfg.watch_seconds,
                 self.requests.totals().get(pipeline) or _Counts(0.0),
                 self._before(pipeline, now - cfg.watch_seconds))
+        self._save(w, _Counts(0.0))
 
     def _before(self, pipeline: str, since: float) -> _Counts:
         """The pipeline's requests since ``since``: stored windows and the pending ones."""
@@ -142,10 +203,11 @@ class RolloutWatch:
         w = self.watches.get(pipeline)
         if w is None:
             return None
-        since = _minus(self.requests.totals().get(pipeline) or _Counts(0.0), w.at_start)
+        since = self._after(w)
         left = max(0.0, w.until - self.clock())
+        resumed = "resumed after a restart; " if w.resumed else ""
         return (f"watching v{w.version} against v{w.previous} for {left:.0f} s more "
-                f"({since.requests:,} requests, {since.errors_5xx:,} errors)")
+                f"({resumed}{since.requests:,} requests, {since.errors_5xx:,} errors)")
 
     def check_all(self) -> None:
         for pipeline in sorted(self.watches):
@@ -175,17 +237,22 @@ class RolloutWatch:
         if self.clock() >= w.until:
             log.info("rollout_passed pipeline=%s version=%s", pipeline, w.version)
             self._drop(w)
+        else:
+            with self._lock:
+                if self.watches.get(pipeline) is w:
+                    self._save(w, self._after(w))
         return None
 
     def _drop(self, w: Watch) -> None:
         with self._lock:
             if self.watches.get(w.pipeline) is w:
                 del self.watches[w.pipeline]
+                self.store.end_rollout_watch(w.pipeline, w.version)
 
     def _judge(self, w: Watch) -> tuple[str, str, dict[str, Any]] | None:
         cfg = self.settings.rollout
         alpha = _tail(cfg.z)
-        after = _minus(self.requests.totals().get(w.pipeline) or _Counts(0.0), w.at_start)
+        after = self._after(w)
         before = w.before
         n1 = after.requests
         if n1 >= cfg.min_requests:

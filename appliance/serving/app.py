@@ -62,7 +62,7 @@ def create_app(context: ServingContext) -> Litestar:
         # with a `context` parameter, and the Prometheus registry, to /metrics.
         state=State({
             CONTEXT_KEY: context,
-            METRICS_REGISTRY_KEY: metrics_registry(monitor),
+            METRICS_REGISTRY_KEY: metrics_registry(context),
         }),
         dependencies={"context": Provide(provide_context, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,

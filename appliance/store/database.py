@@ -15,6 +15,7 @@ The queries live by area, each a mixin over the shared connection:
 - ``ingest_attempts.py``: attempts at a file that did not end (crashes, no room);
 - ``bundles_seen.py``: the files of the watched bundle source already handled;
 - ``shadows.py``: shadow scoring (candidates beside production, their windows, outputs);
+- ``rollouts.py``: the version under watch after a promotion (a restart resumes it);
 - ``monitoring.py``: request windows, resources, drift, live performance, counts, retention.
 """
 
@@ -30,6 +31,7 @@ from appliance.store.models import ModelQueries
 from appliance.store.monitoring import MonitoringQueries
 from appliance.store.online_features import OnlineFeatureQueries
 from appliance.store.predictions import PredictionQueries
+from appliance.store.rollouts import RolloutQueries
 from appliance.store.shadows import ShadowQueries
 
 
@@ -45,5 +47,6 @@ class Store(
     IngestAttemptQueries,
     BundleSeenQueries,
     ShadowQueries,
+    RolloutQueries,
 ):
     """The appliance's SQLite database. Thread-safe; one instance per process."""

@@ -32,6 +32,9 @@ KINDS = {
     "training_waiting": "a pipeline has new data, but a feature set it joins has no data yet: "
                         "it trains once that feature set's first file is taken",
     "training_started": "a training job started",
+    "training_memory_capped": "a training's data window would not fit in the memory it may "
+                              "use (train.memory_limit_mb): it trains on the newest rows "
+                              "that fit",
     "trained": "a training job registered a new model version",
     "training_failed": "a training job failed",
     "training_cancelled": "a training job was cancelled because the daemon stopped",

@@ -20,7 +20,8 @@ CHUNK = 5000
 _CORE_TABLES = (("pipelines", "name"), ("datasets", "pipeline"), ("models", "pipeline"),
                 ("ingestions", "pipeline"), ("jobs", "pipeline"),
                 ("training_requests", "pipeline"), ("ingest_attempts", "pipeline"),
-                ("online_features", "feature_set"), ("shadows", "pipeline"))
+                ("online_features", "feature_set"), ("shadows", "pipeline"),
+                ("rollout_watches", "pipeline"))
 _BULK_TABLES = (("predictions", "pipeline"), ("feedback", "pipeline"),
                 ("request_windows", "pipeline"), ("drift_reports", "pipeline"),
                 ("live_performance", "pipeline"), ("events", "pipeline"),

@@ -66,15 +66,18 @@ class EventAndJobQueries:
                 [status, now_iso(), model_version, error, job_id],
             )
 
-    def abandon_running_jobs(self, error: str) -> int:
-        """Mark jobs left 'running' by a previous process as failed; returns how many."""
+    def abandon_running_jobs(self, error: str) -> list[tuple[str, str]]:
+        """Mark jobs left 'running' by a previous process as failed; returns their
+        (pipeline, kind)."""
         with self._atomic() as db:
-            cursor = db.execute(
+            left = db.execute("SELECT pipeline, kind FROM jobs WHERE status = 'running'"
+                              " ORDER BY id").fetchall()
+            db.execute(
                 "UPDATE jobs SET status = 'failed', finished_at = ?, error = ?"
                 " WHERE status = 'running'",
                 [now_iso(), error],
             )
-            return cursor.rowcount
+            return [(r[0], r[1]) for r in left]
 
     def jobs(self, pipeline: str, limit: int = 50) -> list[JobRecord]:
         rows = self._rows(

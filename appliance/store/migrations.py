@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-SCHEMA_VERSION = 10  # the number of migrations; a test keeps them in step
+SCHEMA_VERSION = 11  # the number of migrations; a test keeps them in step
 
 migrations = Migrations("appliance")
 
@@ -335,4 +335,21 @@ def _m_shadow_scoring(db: sqlite_utils.Database) -> None:
             ts REAL NOT NULL,
             output TEXT NOT NULL,
             PRIMARY KEY (pipeline, version, prediction_id)
+        )""")
+
+
+@migrations(name="0025_rollout_watches")
+def _m_rollout_watches(db: sqlite_utils.Database) -> None:
+    # The version under watch after a promotion, per pipeline, with the request counts
+    # the watch compares (JSON, as request windows), so that a restart resumes it.
+    db.execute("""
+        CREATE TABLE rollout_watches (
+            pipeline TEXT PRIMARY KEY,
+            version INTEGER NOT NULL,
+            previous INTEGER NOT NULL,
+            promoted_at REAL NOT NULL,
+            until REAL NOT NULL,
+            checked_at REAL NOT NULL,
+            before_json TEXT NOT NULL,
+            after_json TEXT NOT NULL
         )""")

@@ -191,7 +191,8 @@ class MonitoringQueries:
         """Ingestions per pipeline and status, with their total duration."""
         rows = self._rows(
             "SELECT pipeline, 'ingest' AS kind, status, COUNT(*) AS count,"
-            " COALESCE(SUM(duration_ms), 0) / 1000.0 AS seconds FROM ingestions"
+            " COALESCE(SUM(duration_ms), 0) / 1000.0 AS seconds, MAX(finished_at) AS last_at"
+            " FROM ingestions"
             " GROUP BY pipeline, status ORDER BY pipeline, status"
         )
         return [msgspec.convert(r, CountRecord) for r in rows]

@@ -112,6 +112,20 @@ class WindowRecord(msgspec.Struct, kw_only=True):
     buckets: list[int]
 
 
+class RolloutWatchRecord(msgspec.Struct, kw_only=True):
+    """A newly promoted version under watch (kept so that a restart resumes the watch): the
+    previous version's requests before the promotion, the new one's since, and when they
+    were last counted."""
+    pipeline: str
+    version: int
+    previous: int
+    promoted_at: float
+    until: float
+    checked_at: float
+    before: WindowRecord
+    after: WindowRecord
+
+
 class ResourceRecord(msgspec.Struct, kw_only=True):
     seconds: float
     ts: float
@@ -159,6 +173,7 @@ class CountRecord(msgspec.Struct, kw_only=True):
     status: str
     count: int
     seconds: float
+    last_at: str | None = None  # when the newest of them ended (ISO 8601, UTC)
 
 
 class ShadowRecord(msgspec.Struct, kw_only=True):

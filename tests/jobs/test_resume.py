@@ -143,3 +143,44 @@ def test_a_pending_retry_survives_a_restart_and_giving_up_is_remembered(tmp_path
              what="a run on the new data")
     assert store.jobs("tiny")[0].trigger == "new_data"
     third.shutdown()
+
+
+@pytest.mark.timeout(180)
+def test_a_training_that_kills_the_daemon_is_retried_with_backoff_then_given_up(
+        state_root, start_daemon, tmp_path):
+    """The process dies in the middle of a training (the kernel's out-of-memory killer does
+    this to a run too big for the box): each such death counts as a failed attempt, so the
+    box does not train itself into a crash loop."""
+    (state_root / "appliance.toml").write_text(
+        SLOW + "[jobs]\nretry_attempts = 1\nretry_backoff_seconds = 0.2\n")
+    rng = np.random.default_rng(1)
+    n = 20_000
+    x = rng.normal(size=(n, 6))
+    frame = pl.DataFrame({f"f{i}": x[:, i] for i in range(6)}).with_columns(
+        target=pl.Series((x[:, 0] + rng.normal(size=n) > 0).astype(np.int64)))
+    data = tmp_path / "big.csv"
+    frame.write_csv(data)
+
+    def training(d) -> bool:
+        r = d.get("/v1/pipelines/big")
+        return r.status_code == 200 and r.json()["status"] == "training"
+
+    def events(d) -> list[dict]:
+        return d.get("/v1/events?pipeline=big").json()["events"]
+
+    first = start_daemon(state_root)
+    drop(state_root, "big", data)
+    wait_for(lambda: training(first), timeout=60, what="training to start")
+    first.stop(signal.SIGKILL)
+    second = start_daemon(state_root)          # attempt 1 died: retried after the backoff
+    died = next(e for e in events(second) if e.get("details", {}).get("code") ==
+                "interrupted")
+    assert died["kind"] == "training_failed" and "retry 1 of 1" in died["message"]
+    wait_for(lambda: training(second), timeout=60, what="the retry to start")
+    second.stop(signal.SIGKILL)
+    third = start_daemon(state_root)           # attempt 2 died too: given up
+    assert any("given up on this data" in e["message"] for e in events(third))
+    time.sleep(1.5)
+    assert not training(third)
+    assert [(j["trigger"], j["status"]) for j in history(third, "big")] == [
+        ("new_data", "failed"), ("retry", "failed")]

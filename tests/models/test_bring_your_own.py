@@ -101,3 +101,33 @@ def test_a_mapping_that_cannot_be_proven_is_refused(box, case, needle):
     assert resp.status_code == 422 and needle in resp.json()["message"], resp.text
     listed = box.get("/v1/pipelines/machines/models").json()["models"]
     assert [m["version"] for m in listed] == [1]
+
+
+def test_an_sklearn_classifier_fitted_on_a_pandas_frame_serves_its_own_numbers(box, tmp_path):
+    """The notebook path as users write it: pandas with a `category` column, scikit-learn's
+    LGBMClassifier, then `clf.booster_.save_model(...)` (pandas' category map is in the file,
+    written by LightGBM itself)."""
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("sklearn")
+    frame = pd.read_csv(SAMPLES / "machines_01.csv")
+    x = frame[[*NUMERIC, "machine_type"]].astype({"machine_type": "category"})
+    clf = lgb.LGBMClassifier(n_estimators=40, num_leaves=15, min_child_samples=5,
+                             verbose=-1)
+    clf.fit(x, frame["failed_within_24h"])
+    path = tmp_path / "sklearn_model.txt"
+    clf.booster_.save_model(str(path))
+    assert "pandas_categorical:[[" in path.read_text()
+    out = cli("bundle", "import", str(path), "--pipeline", "machines",
+              "--state-dir", str(box.state_root)).stdout
+    assert out.startswith("machines v2:"), out
+    if box.get("/v1/pipelines/machines/models").json()["models"][0]["stage"] != "production":
+        resp = box.post("/v1/pipelines/machines/models/2/promote", admin=True)
+        assert resp.status_code == 200, resp.text
+    rows = pd.read_csv(SAMPLES / "machines_02.csv").head(40)
+    sent = [{k: (None if pd.isna(v) else v) for k, v in r.items()}     # NaN: JSON null
+            for r in rows[["machine_type", "site", *NUMERIC]].to_dict("records")]
+    got = predictions(box, "machines", sent)
+    assert got["model_version"] == 2
+    want = clf.predict_proba(rows[[*NUMERIC, "machine_type"]].astype(
+        {"machine_type": pd.CategoricalDtype(x["machine_type"].cat.categories)}))[:, 1]
+    assert got["predictions"] == [float(v) for v in want]

@@ -205,3 +205,33 @@ def test_a_text_column_with_any_name_profiles_and_compares(name):
     moved = pl.Series(name, rng.choice(["a", "b", "c"], 1000, p=[0.1, 0.3, 0.6]))
     assert not drift.compare(name, ref, same, SETTINGS).drifted
     assert drift.compare(name, ref, moved, SETTINGS).drifted
+
+
+@pytest.mark.parametrize("n", [10_000, 60_000])
+def test_a_large_batch_is_never_judged_less_sensitively_than_a_tested_one(reference, n):
+    """SD x 1.4 moves PSI to about 0.15, under the effect-size threshold; the tests see it
+    at 1,000 rows, so they see it in a seeded 1,000-row sample of a larger batch too."""
+    for seed in (81, 82):
+        report = evaluate(reference, frame(n, seed, scale={"x0": 1.4}),
+                          np.random.default_rng(seed).beta(2, 5, n))
+        assert report.method == "effect_sizes" and report.rows == n
+        flagged = {f.feature: f for f in report.features if f.drifted}
+        assert list(flagged) == ["x0"], [(f.feature, f.psi, f.p_value) for f in
+                                         report.features]
+        x0 = flagged["x0"]
+        assert x0.psi < SETTINGS.psi_threshold and x0.ks < SETTINGS.ks_threshold
+        assert x0.p_value <= SETTINGS.alpha and x0.test is not None
+        assert not report.prediction.drifted
+
+
+def test_a_large_multiclass_batch_tests_its_predicted_classes_on_the_sample(reference):
+    rng = np.random.default_rng(83)
+    spec = FeatureSpec(task="multiclass", target="y", classes=["a", "b", "c"],
+                       features=SPEC.features)
+    ref = profile.reference_stats(frame(3000, 1), spec, rng.dirichlet([5, 3, 2], 900))
+    n = 12_000
+    same = profile.prediction_values("multiclass", rng.dirichlet([5, 3, 2], n), spec.classes)
+    other = profile.prediction_values("multiclass", rng.dirichlet([3, 3, 3], n), spec.classes)
+    assert not evaluate(ref, frame(n, 84), same).prediction.drifted
+    moved = evaluate(ref, frame(n, 84), other)
+    assert moved.method == "effect_sizes" and moved.prediction.drifted

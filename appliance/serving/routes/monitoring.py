@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from appliance.api_types import DriftResponse, PipelineMetrics, SystemResponse
 from appliance.core import ApplianceError
-from appliance.monitoring import Monitor
+from appliance.monitoring import CandidateCollector
 from appliance.serving.context import Context, ServingContext
 from appliance.serving.errors import ERRORS_HOST, ERRORS_PIPELINE, ERRORS_QUERY
 from appliance.serving.routes.shared import known_pipeline
@@ -18,10 +18,12 @@ from appliance.serving.routes.shared import known_pipeline
 METRICS_REGISTRY_KEY = "prometheus_registry"
 
 
-def metrics_registry(monitor: Monitor) -> CollectorRegistry:
-    """The registry ``/metrics`` renders: the monitor's collector, one per app."""
+def metrics_registry(context: ServingContext) -> CollectorRegistry:
+    """The registry ``/metrics`` renders: the monitor's collector and the candidates' (shadows,
+    the rollout's watch), one per app."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(monitor.collector())
+    registry.register(context.monitor.collector())
+    registry.register(CandidateCollector(context.shadows, context.rollout))
     return registry
 
 

@@ -1,0 +1,99 @@
+"""CSV files as spreadsheets in much of Europe write them: columns separated by `;` and
+numbers with a decimal comma (`1,5`), often with a byte-order mark and CRLF lines. Read as
+configured (`csv_separator`, `csv_decimal`) or found from the file's first lines."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+from appliance.core import ConfigError, config
+from appliance.ingest.formats import csv_dialect
+from tests.ingest.test_ingest_files import Harness
+
+EXCEL_DE = ("\ufeffZeit;Temperatur;Druck;Maschine;Notiz;target\r\n"
+            "2026-03-01 08:00;21,5;1013,25;Fräse;\"ok; geprüft\";0\r\n"
+            "2026-03-01 09:00;-3,75;998;Drehbank;;1\r\n"
+            "2026-03-01 10:00;;1001,5;Fräse;\"zwei\r\nZeilen\";0\r\n") + "".join(
+    f"2026-03-02 {i % 24:02d}:00;{i},25;{1000 + i},5;Presse;;{i % 2}\r\n" for i in range(30))
+
+
+@pytest.fixture
+def h(tmp_path):
+    root = tmp_path / "state"
+    root.mkdir()
+    harness = Harness(root)
+    yield harness
+    harness.store.close()
+
+
+def stored(h: Harness, out) -> pl.DataFrame:
+    return pl.read_parquet(h.state.root / out.record.dataset_path)
+
+
+def test_a_german_spreadsheet_export_is_read_as_such(h):
+    out = h.process("export.csv", EXCEL_DE.encode("utf-8"))
+    assert out.record.status == "accepted", out.record.reason
+    df = stored(h, out)
+    assert df.columns == ["Zeit", "Temperatur", "Druck", "Maschine", "Notiz", "target"]
+    assert df.schema["Temperatur"] == pl.Float64 and df.schema["Druck"] == pl.Float64
+    assert df["Temperatur"][:3].to_list() == [21.5, -3.75, None]
+    assert df["Druck"][:3].to_list() == [1013.25, 998.0, 1001.5]
+    assert df["Notiz"][:3].to_list() == ["ok; geprüft", None, "zwei\r\nZeilen"]
+    assert df.height == 33
+    # A later file of the same shape, with a value that is not a number, names it.
+    bad = EXCEL_DE.replace("-3,75", "warm")
+    refused = h.process("later.csv", bad.encode())
+    assert refused.record.code == "bad_value"
+    assert refused.record.details["column"] == "Temperatur"
+    assert refused.record.details["value"] == "warm" and refused.record.details["row"] == 2
+
+
+def test_a_semicolon_file_with_decimal_points_keeps_them(h):
+    text = "a;b;target\n1.5;x;0\n2.25;y;1\n" + "".join(f"{i}.5;z;{i % 2}\n" for i in range(30))
+    out = h.process("dots.csv", text.encode())
+    assert out.record.status == "accepted", out.record.reason
+    assert stored(h, out)["a"][:2].to_list() == [1.5, 2.25]
+
+
+def test_configured_dialect_wins_and_a_wrong_one_says_which_key(tmp_path):
+    root = tmp_path / "state"
+    root.mkdir()
+    h = Harness(root, '[pipelines.p]\ntarget = "target"\ncsv_separator = "\\t"\n'
+                      'csv_decimal = ","\n'
+                      '[pipelines.q]\ntarget = "target"\ncsv_separator = ","\n')
+    try:
+        tsv = "a\tb\ttarget\n" + "".join(f"{i},5\tk{i % 3}\t{i % 2}\n" for i in range(30))
+        out = h.process("tabs.tsv.csv", tsv.encode())
+        assert out.record.status == "accepted", out.record.reason
+        assert stored(h, out)["a"][:2].to_list() == [0.5, 1.5]
+        semi = "a;b;target\n" + "".join(f"{i};x;{i % 2}\n" for i in range(30))
+        refused = h.process("semi.csv", semi.encode(), pipeline="q")
+        assert refused.record.code == "missing_target"
+        assert "[pipelines.q] csv_separator = ','" in refused.record.reason
+        assert "set it to ';'" in refused.record.reason
+    finally:
+        h.store.close()
+
+
+def test_a_decimal_comma_with_a_comma_separator_is_a_config_error(tmp_path):
+    (tmp_path / "appliance.toml").write_text(
+        '[pipelines.p]\ntarget = "y"\ncsv_separator = ","\ncsv_decimal = ","\n')
+    with pytest.raises(ConfigError) as err:
+        config.load(tmp_path)
+    assert err.value.key == "pipelines.p.csv_decimal"
+
+
+@pytest.mark.parametrize(("text", "separator", "decimal_comma"), [
+    ("a,b\n1,2\n", ",", False),                        # a comma in the header: commas
+    ("a;b\n1,5;2\n", ";", True),
+    ("a;b\n1,5;2.5\n", ";", False),                    # both marks: not sure, so a point
+    ("a;b\n1;2\n", ";", False),                        # integers only: either is the same
+    ("a\tb\n1,5\t2\n", "\t", True),
+    ("a|b\n3.5|4\n", "|", False),
+    ("only\n1\n", ",", False),                         # one column: nothing to find
+    ("x;\"a,b\"\n1,5;2\n", ",", False),                # a comma in the header wins
+], ids=["comma", "semicolon-decimal-comma", "ambiguous", "integers", "tab", "bar",
+        "one-column", "comma-in-header"])
+def test_the_dialect_found_from_the_first_lines(text, separator, decimal_comma):
+    assert csv_dialect(text, "auto", "auto") == (separator, decimal_comma)
