@@ -306,19 +306,21 @@ def test_a_worker_that_cannot_read_the_shared_files_fails_the_fit_clearly(cluste
 
 def lightgbm_linked(pids: dict[str, int]) -> bool:
     """The workers' LightGBM processes are connected to each other (boosting has begun):
-    a connection between two worker processes that is not Dask's."""
+    a TCP connection between two worker processes on ports that are not Dask's."""
     import psutil
 
     dask_ports = {int(addr.rsplit(":", 1)[1]) for addr in pids}
-    listening = {pid: {c.laddr.port for c in psutil.Process(pid).net_connections("tcp")
-                       if c.status == psutil.CONN_LISTEN} - dask_ports
-                 for pid in pids.values()}
+    ends: dict[int, set[tuple[int, int]]] = {}
     for pid in pids.values():
-        others = set().union(*(ports for p, ports in listening.items() if p != pid))
-        for c in psutil.Process(pid).net_connections("tcp"):
-            if c.status == psutil.CONN_ESTABLISHED and c.raddr and c.raddr.port in others:
-                return True
-    return False
+        try:
+            conns = psutil.Process(pid).net_connections("tcp")
+        except psutil.Error:
+            return False
+        ends[pid] = {(c.laddr.port, c.raddr.port) for c in conns
+                     if c.status == psutil.CONN_ESTABLISHED and c.raddr
+                     and c.laddr.port not in dask_ports and c.raddr.port not in dask_ports}
+    a, b = list(ends.values())[:2]
+    return any((remote, local) in b for local, remote in a)
 
 
 @pytest.mark.timeout(170)
