@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from appliance.core import ConfigError, Settings, StateDir, load
+from appliance.core import DASK_INSTALL, ConfigError, Settings, StateDir, dask_missing, load
 
 # Where systemd looks for drop-ins of appliance.service.
 DROPIN_DIRS = (Path("/etc/systemd/system/appliance.service.d"),
@@ -273,6 +273,25 @@ def check_network(settings: Settings | None,
         "; put a firewall or a TLS proxy in front of it too")]
 
 
+def check_dask(settings: Settings | None, state_root: Path | None = None) -> list[Finding]:
+    """When a pipeline trains on Dask: the libraries, the scheduler (a short timeout), and
+    the same dask, distributed and lightgbm versions on the scheduler and workers."""
+    if settings is None:
+        return []
+    users = [n for n in settings.pipelines if settings.engine(n) == "dask"]
+    if not users and settings.train.engine != "dask":
+        return []
+    missing = dask_missing()
+    if missing:
+        return [Finding("dask", "fail", f"engine = \"dask\" needs {', '.join(missing)}, "
+                        "which this install lacks", f"run {DASK_INSTALL}")]
+    from appliance.models import check_dask_cluster
+
+    return [Finding("dask", status, message, fix)
+            for status, message, fix in check_dask_cluster(
+                settings.dask, str(state_root) if state_root else "")]
+
+
 def run_checks(state_root: Path, config: Path | None = None,
                overrides: dict[str, Any] | None = None,
                dropin_dirs: tuple[Path, ...] = DROPIN_DIRS) -> list[Finding]:
@@ -284,6 +303,7 @@ def run_checks(state_root: Path, config: Path | None = None,
     findings += check_port(state, settings)
     findings += check_network(settings, dropin_dirs)
     findings += check_models(state)
+    findings += check_dask(settings, state.root)
     return findings
 
 

@@ -7,10 +7,12 @@ modules too.
 """
 
 from appliance.core.config import (
+    DASK_INSTALL,
     DEFAULT_STATE_DIR,
     PIPELINE_NAME,
     TASK_METRICS,
     ConfigError,
+    DaskSettings,
     DriftSettings,
     FeatureSetSettings,
     IngestSettings,
@@ -20,6 +22,7 @@ from appliance.core.config import (
     Settings,
     TrainSettings,
     cron_trigger,
+    dask_missing,
     load,
     parse,
     reference,
@@ -30,11 +33,13 @@ from appliance.core.statedir import StateDir
 from appliance.core.threads import lower_thread_priority, lower_to_idle
 
 __all__ = [
+    "DASK_INSTALL",
     "DEFAULT_STATE_DIR",
     "PIPELINE_NAME",
     "TASK_METRICS",
     "ApplianceError",
     "ConfigError",
+    "DaskSettings",
     "DriftSettings",
     "FeatureSetSettings",
     "IngestSettings",
@@ -45,6 +50,7 @@ __all__ = [
     "StateDir",
     "TrainSettings",
     "cron_trigger",
+    "dask_missing",
     "load",
     "lower_thread_priority",
     "lower_to_idle",

@@ -18,6 +18,7 @@ from appliance.core.errors import ApplianceError
 from appliance.core.settings import (  # noqa: F401 (re-exported: the settings' one address)
     CONFIG_FILE_NAME,
     DEFAULT_STATE_DIR,
+    DaskSettings,
     DriftSettings,
     FeatureSetSettings,
     IngestSettings,
@@ -132,7 +133,38 @@ def parse(raw: dict[str, Any], path: Path | None = None) -> Settings:
         raise ConfigError(message, key=key, path=path) from None
     settings.pipelines = pipelines
     settings.feature_sets = feature_sets
+    _check_dask(settings, path)
     return settings
+
+
+DASK_INSTALL = "pip install 'appliance[dask]'"
+
+
+def dask_missing() -> list[str]:
+    """The libraries engine = "dask" needs that are not installed (not imported here)."""
+    import importlib.util
+
+    return [name for name in ("dask", "distributed", "sklearn")
+            if importlib.util.find_spec(name) is None]
+
+
+def _check_dask(settings: Settings, path: Path | None) -> None:
+    """engine = "dask" needs a scheduler address and the optional libraries."""
+    users = [n for n in settings.pipelines if settings.engine(n) == "dask"]
+    if not users and settings.train.engine != "dask":
+        return
+    key = (f"pipelines.{users[0]}.train.engine"
+           if users and settings.pipelines[users[0]].train.engine else "train.engine")
+    if not settings.dask.scheduler:
+        raise ConfigError(
+            'engine = "dask" needs the scheduler\'s address: set [dask] scheduler = '
+            '"tcp://HOST:8786"', key="dask.scheduler", path=path)
+    missing = dask_missing()
+    if missing:
+        raise ConfigError(
+            f'engine = "dask" needs {", ".join(missing)}, which this install lacks: run '
+            f"{DASK_INSTALL} (in the appliance's virtualenv), or set engine = \"local\"",
+            key=key, path=path)
 
 
 def _parse_feature_sets(raw: Any, pipelines: dict[str, PipelineSettings],
@@ -262,7 +294,7 @@ def reference() -> list[tuple[str, Any, str]]:
         walk(f"{section}.", type(getattr(Settings(), section)))
     for section in ("monitor", "drift", "retention", "online_store", "bundles"):
         walk(f"{section}.", type(getattr(Settings(), section)))
-    for section in ("shadow", "rollout"):
+    for section in ("shadow", "rollout", "dask"):
         walk(f"{section}.", type(getattr(Settings(), section)))
     walk("pipelines.NAME.", PipelineSettings)
     walk("feature_sets.NAME.", FeatureSetSettings)

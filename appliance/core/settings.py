@@ -1,6 +1,10 @@
 """The settings' shape: every section of ``appliance.toml`` with its defaults and help text
 (the ``doc`` of each field). The README's config reference is checked against these Structs
 by a test; ``appliance.core.config`` loads and checks a file into them.
+
+Kept as one piece: a flat list of declarations, one per setting, read section by section
+like the README's config reference that mirrors it; cut in two, a setting's home would be
+a guess.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import msgspec
 
 Task = Literal["binary", "multiclass", "regression"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+TrainEngine = Literal["local", "dask"]
 CsvSeparator = Literal["auto", ",", ";", "\t", "|"]
 CsvDecimal = Literal["auto", ".", ","]
 
@@ -187,6 +192,34 @@ class TrainSettings(_Section):
                   "when it starts"),
         msgspec.Meta(ge=0),
     ] = 0
+    engine: Annotated[TrainEngine, _doc(
+        "where the fits run: `local` (this box's LightGBM) or `dask` (`lightgbm.dask` on the "
+        "Dask cluster of [dask] scheduler; needs `pip install 'appliance[dask]'`); a "
+        "pipeline's train.engine overrides it")] = "local"
+
+
+class DaskSettings(_Section):
+    scheduler: Annotated[str, _doc(
+        "the Dask scheduler's address for engine = \"dask\", e.g. `tcp://10.0.0.5:8786` "
+        "(`tls://...` with the TLS files below)")] = ""
+    timeout_s: Annotated[float, msgspec.Meta(gt=0), _doc(
+        "the wall-clock limit of one fit on the cluster; past it the fit is cancelled and "
+        "the training job fails (and is retried like any job)")] = 3600.0
+    connect_timeout_s: Annotated[float, msgspec.Meta(gt=0), _doc(
+        "how long to wait for the scheduler (and a first worker) before the job fails")] = 10.0
+    tls_ca_file: Annotated[str, _doc(
+        "CA certificate (PEM) the scheduler's and workers' certificates are checked "
+        "against (distributed's Security tls_ca_file); empty: no TLS")] = ""
+    tls_client_cert: Annotated[str, _doc(
+        "this box's client certificate (PEM) for TLS")] = ""
+    tls_client_key: Annotated[str, _doc(
+        "the key of tls_client_cert (PEM); empty when the certificate file holds it")] = ""
+    require_encryption: Annotated[bool, _doc(
+        "refuse any connection to the cluster that is not encrypted (TLS)")] = False
+    shared_storage: Annotated[bool, _doc(
+        "the workers read the training rows from the data set files themselves (the state "
+        "directory mounted at the same path on every worker, the appliance installed "
+        "there); false: the box sends the rows")] = False
 
 
 class JobsSettings(_Section):
@@ -462,6 +495,8 @@ class PipelineTrainSettings(_Section):
         Annotated[float, msgspec.Meta(gt=0)] | None,
         _doc("overrides train.tune_seconds for this pipeline"),
     ] = None
+    engine: Annotated[TrainEngine | None, _doc(
+        "overrides train.engine for this pipeline: `local` or `dask`")] = None
 
 
 class PipelineSettings(_Section):
@@ -571,9 +606,14 @@ class Settings(_Section):
     bundles: BundleSettings = msgspec.field(default_factory=BundleSettings)
     shadow: ShadowSettings = msgspec.field(default_factory=ShadowSettings)
     rollout: RolloutSettings = msgspec.field(default_factory=RolloutSettings)
+    dask: DaskSettings = msgspec.field(default_factory=DaskSettings)
     pipelines: dict[str, PipelineSettings] = msgspec.field(default_factory=dict)
     feature_sets: dict[str, FeatureSetSettings] = msgspec.field(default_factory=dict)
 
     def pipeline(self, name: str) -> PipelineSettings:
         """The settings of a pipeline; one without config gets every default."""
         return self.pipelines.get(name) or PipelineSettings()
+
+    def engine(self, name: str) -> TrainEngine:
+        """Where a pipeline's fits run: its own train.engine, else the box's."""
+        return self.pipeline(name).train.engine or self.train.engine

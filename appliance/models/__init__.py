@@ -5,6 +5,8 @@ a new labelled batch against the production model (suspect labels).
 ``appliance.models.metrics`` (the metrics and their paired comparisons) is a public module
 too."""
 
+from typing import Any
+
 from appliance.models.backtest import Backtests
 from appliance.models.build import ModelBuilder
 from appliance.models.bundle import bundle_pipeline
@@ -27,6 +29,16 @@ from appliance.models.train import (
     training_threads,
 )
 
+
+def check_dask_cluster(settings: Any, state_root: str = ""
+                       ) -> list[tuple[str, str, str | None]]:
+    """``appliance doctor``'s check of the Dask scheduler of ``settings`` (a DaskSettings):
+    (status, message, fix) per finding. Imports dask only when called."""
+    from appliance.models.dask_engine import check_cluster
+
+    return check_cluster(settings, state_root)
+
+
 __all__ = [
     "Backtests",
     "Candidate",
@@ -45,6 +57,7 @@ __all__ = [
     "TrainingCancelled",
     "apply_policy",
     "bundle_pipeline",
+    "check_dask_cluster",
     "check_frame",
     "decide",
     "export_bundle",

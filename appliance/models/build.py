@@ -17,7 +17,14 @@ import msgspec
 import numpy as np
 import polars as pl
 
-from appliance.core import ApplianceError, PipelineSettings, Settings, StateDir
+from appliance.core import (
+    DASK_INSTALL,
+    ApplianceError,
+    PipelineSettings,
+    Settings,
+    StateDir,
+    dask_missing,
+)
 from appliance.features import CHECK_MAX_ROWS, encode_target, read_rows, to_matrix
 from appliance.models import metrics as m
 from appliance.models.gate import Decision, PastRows, decide
@@ -87,8 +94,15 @@ class ModelBuilder:
         champion = self.live.get(pipeline)
         past = self._past_rows(pipeline, champion)
         exclude = self._match_window(data.frame, past, pipeline, data.window)
-        candidate = train(data.frame, settings, ts, tune_trials=trials, tune_seconds=seconds,
-                          should_stop=should_stop, exclude=exclude)
+        engine = self._engine(pipeline)
+        try:
+            candidate = train(data.frame, settings, ts, tune_trials=trials,
+                              tune_seconds=seconds, should_stop=should_stop, exclude=exclude,
+                              engine=engine,
+                              row_ids=self._row_ids(engine, settings, datasets, data))
+        finally:
+            if engine is not None:
+                engine.close()
         del exclude
         if serving:
             candidate.spec.joins = serving["joins"]
@@ -110,6 +124,7 @@ class ModelBuilder:
                           threads=training_threads(ts.threads))
         del past
         lineage = self._lineage(trigger, datasets, data, rows, candidate, loaded_s)
+        lineage["engine"] = engine.describe() if engine is not None else {"name": "local"}
         lineage["gate"] = {**(decision.details or {}), "reason": decision.reason}
         record = self.registry.register(pipeline, candidate, lineage, extra={
             "gate": lineage["gate"], "champion_metrics": decision.champion_metrics,
@@ -118,15 +133,56 @@ class ModelBuilder:
         self.store.set_pipeline_task(pipeline, candidate.spec.task)
         tuned = (f", tuned over {candidate.tuning['trials_completed']} trials"
                  if candidate.tuning else "")
+        where = f" {engine.where()}" if engine is not None else ""
         self.events.emit(
             "trained",
-            f"v{record.version} trained on {rows} rows in {candidate.seconds:.1f}s{tuned}",
-            pipeline=pipeline, version=record.version, metrics=candidate.metrics,
+            f"v{record.version} trained on {rows} rows{where} in {candidate.seconds:.1f}s"
+            f"{tuned}", pipeline=pipeline, version=record.version, metrics=candidate.metrics,
+            engine=lineage["engine"]["name"],
         )
         apply_policy(pipeline, record.version, settings=self.settings,
                      production=self.production, registry=self.registry, events=self.events,
                      decision=decision, shadows=self.shadows)
         return self.store.model(pipeline, record.version) or record
+
+    def _engine(self, pipeline: str) -> Any:
+        """The pipeline's training engine for one run: None for this box, else a
+        connection to the Dask cluster (dask is imported only here, only then)."""
+        if self.settings.engine(pipeline) != "dask":
+            return None
+        missing = dask_missing()
+        if missing:
+            raise ApplianceError(
+                "dask_not_installed",
+                f"`{pipeline}` trains on Dask (engine = \"dask\"), but {', '.join(missing)} "
+                f"is not installed: run {DASK_INSTALL}, or set engine = \"local\"",
+                {"pipeline": pipeline, "missing": missing})
+        from appliance.models.dask_engine import DaskEngine
+
+        return DaskEngine(self.settings.dask)
+
+    def _row_ids(self, engine: Any, settings: Any, datasets: list[Any], data: Any
+                  ) -> np.ndarray | None:
+        """With [dask] shared_storage: each training row's (data set version, row number in
+        its file), for the workers to read the files themselves, when the frame is the
+        files' rows as they are (else the rows are sent, and the lineage says why)."""
+        if engine is None or not self.settings.dask.shared_storage:
+            return None
+        why = ""
+        if settings.join or settings.derived:
+            why = "the pipeline's joined and derived features are computed on the box"
+        elif data.window.get("kind") != "all":
+            why = "a data window chooses the rows on the box"
+        else:
+            ids = np.concatenate([np.column_stack([np.full(d.rows, d.version, np.int64),
+                                                   np.arange(d.rows, dtype=np.int64)])
+                                  for d in datasets])
+            if len(ids) == data.frame.height:
+                engine.sources = {d.version: str(self.state.root / d.path) for d in datasets}
+                return ids
+            why = "the data sets' row counts do not match the training frame"
+        engine.not_shared = f"shared_storage is on, but {why}"
+        return None
 
     def apply_policy(self, pipeline: str, version: int, source: str = "imported"
                      ) -> PolicyOutcome:

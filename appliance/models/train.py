@@ -253,11 +253,39 @@ class _Fit:
     value: float  # the primary metric on the validation rows
 
 
-def _fit(params: dict[str, Any], train_set: lgb.Dataset, valid_set: lgb.Dataset,
-         x_valid: np.ndarray, y_valid: np.ndarray, task: str, metric: str, ts: TrainSettings,
-         extra_callbacks: list[Any] | None = None) -> _Fit:
+@dataclass
+class _Rows:
+    """What a fit trains on: LightGBM's binned Datasets for a local fit, the encoded rows
+    for an engine that sends them elsewhere (the Dask cluster)."""
+
+    x_valid: np.ndarray
+    y_valid: np.ndarray
+    train_set: lgb.Dataset | None = None
+    valid_set: lgb.Dataset | None = None
+    x_train: np.ndarray | None = None
+    y_train: np.ndarray | None = None
+    feature_names: list[str] | None = None
+    categorical: list[int] | None = None
+    spec: FeatureSpec | None = None
+    # (data set version, row number in its file) of each training row, for workers that
+    # read the files themselves; None: the rows are sent.
+    train_ids: np.ndarray | None = None
+    schema: dict[str, Any] | None = None  # the features' types in the training frame
+
+
+def _fit(params: dict[str, Any], rows: _Rows, task: str, metric: str, ts: TrainSettings,
+         extra_callbacks: list[Any] | None = None, engine: Any = None,
+         should_stop: Callable[[], bool] | None = None,
+         budget_deadline: float | None = None) -> _Fit:
+    if engine is not None:  # the engine's module (dask's) is imported only then
+        from appliance.models.dask_engine import engine_fit
+
+        return engine_fit(params, rows, task, metric, ts, engine, should_stop,
+                          budget_deadline)
+    x_valid, y_valid = rows.x_valid, rows.y_valid
     booster = lgb.train(
-        params, train_set, num_boost_round=ts.num_boost_round, valid_sets=[valid_set],
+        params, rows.train_set, num_boost_round=ts.num_boost_round,
+        valid_sets=[rows.valid_set],
         callbacks=[lgb.early_stopping(ts.early_stopping_rounds, verbose=False),
                    *(extra_callbacks or [])],
         keep_training_booster=True,  # no text round trip here; valid scores stay readable
@@ -340,12 +368,12 @@ def _search_space(trial: Any, base: dict[str, Any], train_rows: int) -> dict[str
     return params
 
 
-def _tune(default: _Fit, train_set: lgb.Dataset, valid_set: lgb.Dataset, x_valid: np.ndarray,
-          y_valid: np.ndarray, task: str, metric: str, ts: TrainSettings, trials: int,
-          seconds: float, train_rows: int,
-          stop: list[Any] | None = None) -> tuple[_Fit, dict[str, Any]]:
+def _tune(default: _Fit, rows: _Rows, task: str, metric: str, ts: TrainSettings, trials: int,
+          seconds: float, train_rows: int, stop: list[Any] | None = None, engine: Any = None,
+          should_stop: Callable[[], bool] | None = None) -> tuple[_Fit, dict[str, Any]]:
     """A budgeted, seeded search (Optuna's TPE) on the validation rows. The configured
-    parameters are the incumbent: a trial replaces them only when it scores better."""
+    parameters are the incumbent: a trial replaces them only when it scores better. With
+    an engine, the trials' fits run there, one after another."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -361,8 +389,17 @@ def _tune(default: _Fit, train_set: lgb.Dataset, valid_set: lgb.Dataset, x_valid
     def objective(trial: Any) -> float:
         nonlocal best
         params = _search_space(trial, default.params, train_rows)
-        fit = _fit(params, train_set, valid_set, x_valid, y_valid, task, metric, ts,
-                   [_Deadline(deadline, optuna.TrialPruned), *(stop or [])])
+        if engine is not None:
+            from appliance.models.dask_engine import BudgetSpent
+
+            try:
+                fit = _fit(params, rows, task, metric, ts, engine=engine,
+                           should_stop=should_stop, budget_deadline=deadline)
+            except BudgetSpent as exc:
+                raise optuna.TrialPruned(str(exc)) from None
+        else:
+            fit = _fit(params, rows, task, metric, ts,
+                       [_Deadline(deadline, optuna.TrialPruned), *(stop or [])])
         if np.isnan(fit.value):
             raise optuna.TrialPruned("the metric could not be computed")
         if (fit.value > best.value) if higher else (fit.value < best.value):
@@ -420,13 +457,16 @@ def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
           params_override: dict[str, Any] | None = None, *, tune_trials: int = 0,
           tune_seconds: float = 600.0,
           should_stop: Callable[[], bool] | None = None,
-          exclude: np.ndarray | None = None) -> Candidate:
+          exclude: np.ndarray | None = None, engine: Any = None,
+          row_ids: np.ndarray | None = None) -> Candidate:
     """Train one candidate on ``df``: infer the task, encode, split, fit with early stopping
     (and, with ``tune_trials``, a budgeted hyperparameter search), and evaluate it.
     ``should_stop`` is polled at every boosting round; when it answers True the training
     raises :class:`TrainingCancelled`. Rows where ``exclude`` is True are not trained on
     (the champion's held-out rows, so that the gate scores both out of sample), unless
-    too few rows would be left."""
+    too few rows would be left. ``engine`` (the Dask engine; None: this box) runs the fits
+    elsewhere; everything before and after them is the same. ``row_ids`` (each row's data
+    set version and row number) lets its workers read the training rows themselves."""
     started = time.monotonic()
     target = settings.target
     if target not in df.columns:
@@ -446,6 +486,8 @@ def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
         df = df.filter(labelled)
         if exclude is not None:
             exclude = exclude[labelled.to_numpy()]
+        if row_ids is not None:
+            row_ids = row_ids[labelled.to_numpy()]
     if df.height < MIN_ROWS:
         raise ApplianceError(
             "too_few_rows",
@@ -471,28 +513,39 @@ def train(df: pl.DataFrame, settings: PipelineSettings, ts: TrainSettings,
     valid_df = df[valid_idx]
     # Drift reference of the features: the training split's distributions.
     reference = reference_stats(df[train_idx], spec)
+    schema = ({f.name: df.schema[f.name] for f in spec.features}
+              if row_ids is not None else None)  # for workers that read the files
     del y_all, df
     n_train = len(y_train)
 
     params = base_params(task, spec, ts, n_train)
     params.update(params_override or {})
-    # The binned data set is built once; tuning trials reuse it (min_data_in_leaf may vary
-    # between trials only without LightGBM's pre-filter of features).
-    train_set = lgb.Dataset(
-        x_train, y_train, feature_name=booster_feature_names(spec.columns),
-        categorical_feature=spec.categorical_indices or "auto", free_raw_data=True,
-        params={"feature_pre_filter": False} if tune_trials else None,
-    )
-    valid_set = lgb.Dataset(x_valid, y_valid, reference=train_set,
-                            params={"feature_pre_filter": False} if tune_trials else None)
-    del x_train
     stop = [_cancel_callback(should_stop)] if should_stop else []
-    fit = _fit(params, train_set, valid_set, x_valid, y_valid, task, metric, ts, stop)
+    rows = _Rows(x_valid, y_valid, feature_names=booster_feature_names(spec.columns),
+                 categorical=list(spec.categorical_indices or []), spec=spec)
+    if engine is not None:
+        rows.x_train, rows.y_train = x_train, y_train
+        if row_ids is not None:
+            rows.train_ids = row_ids[train_idx]
+            rows.schema = schema
+    else:
+        # The binned data set is built once; tuning trials reuse it (min_data_in_leaf may
+        # vary between trials only without LightGBM's pre-filter of features).
+        rows.train_set = lgb.Dataset(
+            x_train, y_train, feature_name=rows.feature_names,
+            categorical_feature=spec.categorical_indices or "auto", free_raw_data=True,
+            params={"feature_pre_filter": False} if tune_trials else None,
+        )
+        rows.valid_set = lgb.Dataset(
+            x_valid, y_valid, reference=rows.train_set,
+            params={"feature_pre_filter": False} if tune_trials else None)
+    del x_train
+    fit = _fit(params, rows, task, metric, ts, stop, engine=engine, should_stop=should_stop)
     tuning = None
     if tune_trials:
-        fit, tuning = _tune(fit, train_set, valid_set, x_valid, y_valid, task, metric, ts,
-                            tune_trials, tune_seconds, n_train, stop)
-    del train_set, valid_set
+        fit, tuning = _tune(fit, rows, task, metric, ts, tune_trials, tune_seconds, n_train,
+                            stop, engine=engine, should_stop=should_stop)
+    del rows
 
     booster = lgb.Booster(model_str=fit.model_text)
     metrics = m.evaluate(task, y_valid, fit.p_valid)
