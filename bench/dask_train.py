@@ -64,7 +64,7 @@ def main() -> None:
 
     started = time.perf_counter()
     cluster = distributed.LocalCluster(n_workers=args.workers, threads_per_worker=1,
-                                       processes=True, dashboard_address=None,
+                                       processes=True, dashboard_address="127.0.0.1:0",
                                        host="127.0.0.1")
     settings.dask.scheduler = cluster.scheduler_address
     print(f"cluster: {args.workers} worker processes x 1 thread, started in "

@@ -27,8 +27,10 @@ from tests.conftest import FAST_CONFIG, ROOT, SAMPLES, drop, wait_for  # noqa: E
 
 @pytest.fixture(scope="module")
 def cluster():
+    # The scheduler's HTTP server (health, metrics) binds the dashboard address even when
+    # told None (8787, taken by the other xdist worker's cluster): a free loopback port.
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, host="127.0.0.1") as c:
+                                  dashboard_address="127.0.0.1:0", host="127.0.0.1") as c:
         yield c
 
 
@@ -328,7 +330,7 @@ def test_a_worker_lost_during_the_fit_fails_the_job_which_is_retried(
         state_root, tmp_path, start_daemon):
     # Its own cluster: this test kills one of its workers.
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None, host="127.0.0.1") as cluster, \
+                                  dashboard_address="127.0.0.1:0", host="127.0.0.1") as cluster, \
             distributed.Client(cluster.scheduler_address, set_as_default=False) as client:
         worker_lost_then_retried(cluster, client, state_root, tmp_path, start_daemon)
 
