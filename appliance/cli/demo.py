@@ -161,11 +161,20 @@ class Demo:
         pause = 1.0 / self.rate if self.rate > 0 else None
         if pause is None:
             return
+        serving = False
         with httpx.Client(timeout=2.0) as client:
             while not self.stop_event.wait(pause):
                 url = self.url()
                 if url is None:
                     continue
+                if not serving:  # clients start once there is a model to ask, so the
+                    try:         # overview's error rate is about predictions, not the wait
+                        ready = client.get(f"{url}/ready").json().get("models", {})
+                    except (httpx.HTTPError, ValueError, AttributeError):
+                        continue
+                    serving = PIPELINE in ready
+                    if not serving:
+                        continue
                 pool = drifted if self.drifted.is_set() else normal
                 rows = [rng.choice(pool) for _ in range(rng.randint(1, 3))]
                 try:

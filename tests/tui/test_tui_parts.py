@@ -359,6 +359,14 @@ def test_headless_demo_runs_the_loop_and_stops_on_sigterm(tmp_path):
             return any(f["status"] == "rejected" for f in files) and \
                 httpx.get(f"{url}/ready").json()["models"].get("machines", 0) >= 1
         wait_for(refused_and_served, 60, what="a served model and a refused file")
+
+        def windows() -> list[dict]:
+            return httpx.get(f"{url}/v1/pipelines/machines/metrics?seconds=600").json()[
+                "windows"]
+        # Its clients start once a model serves: the overview's errors are 0, not the wait.
+        wait_for(lambda: sum(w["requests"] for w in windows()) >= 5, 30,
+                 what="the demo's prediction requests")
+        assert sum(w["errors_4xx"] + w["errors_5xx"] for w in windows()) == 0, windows()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
