@@ -169,8 +169,11 @@ def make_app(url: str, token: str | None = None, *,
     """The console on one daemon; the CLI, the demo and the tests all build it here.
     ``token`` is the admin token (actions), ``read_token`` the one reads send when the
     daemon listens beyond loopback (else the admin token is sent)."""
+    # Reads carry a token (the admin token when there is no read token): whatever answers
+    # proves it holds it first, as before an admin call, so a program holding the port
+    # while the daemon is down never gets it.
     client = ApplianceClient(url, token, transport=transport, discover=discover,
-                             read_token=read_token)
+                             read_token=read_token, check_reads=True)
     return ApplianceApp(client, refresh_seconds=refresh_seconds, clock=clock,
                         open_pipeline=open_pipeline, welcome=welcome)
 

@@ -36,6 +36,13 @@ def _json(status: int, body: object) -> httpx.Response:
                           headers={"content-type": "application/json"})
 
 
+def _identity(request: httpx.Request, token: str) -> httpx.Response:
+    """What a daemon holding ``token`` answers to GET /v1/identity (the console proves it
+    before any call that carries the token)."""
+    challenge = request.url.params["challenge"]
+    return _json(200, Identity(port=80, proofs=[identity_proof(token, challenge, 80)]))
+
+
 async def test_a_missing_route_is_not_available_but_a_missing_pipeline_is_an_error():
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/system":
@@ -239,6 +246,8 @@ async def test_features_light_up_when_the_daemon_gains_them():
 
     def handler(request: httpx.Request) -> httpx.Response:
         key = (request.method, request.url.path)
+        if key == ("GET", "/v1/identity"):
+            return _identity(request, "t")
         if request.url.path in missing or key not in table:
             return _json(404, ErrorBody(code="not_found", message="Not Found"))
         return _json(200, table[key])
@@ -393,6 +402,8 @@ async def test_feature_sets_an_older_daemon_lacks_get_a_placeholder_then_appear(
 
     def handler(request: httpx.Request) -> httpx.Response:
         key = (request.method, request.url.path)
+        if key == ("GET", "/v1/identity"):
+            return _identity(request, "t")
         if request.url.path in missing or key not in table:
             return _json(404, ErrorBody(code="not_found", message="Not Found"))
         return _json(200, table[key])
@@ -455,3 +466,30 @@ async def test_the_client_reads_one_feature_set_and_one_entity_and_quotes_the_ke
     assert online.values == {"rated_current": 11.0}
     assert seen[-1] == "/v1/feature-sets/machine_info/M%201%2F2"
     await client.aclose()
+
+
+async def test_the_console_sends_no_token_with_a_read_to_what_cannot_prove_it_holds_it():
+    """A program on the daemon's port while the daemon is down (or a wrong address) answers
+    the console: it gets no token, not even with a read, and the console says why."""
+    from tests.tui.tui_fixture import clock, routes
+    from tui.app import make_app
+
+    table = routes()
+    seen: list[tuple[str, str | None]] = []
+
+    def impostor(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.path, request.headers.get("authorization")))
+        if request.url.path == "/v1/identity":
+            return _identity(request, "not-the-token")
+        key = (request.method, request.url.path)
+        return _json(200, table[key]) if key in table else _json(
+            404, ErrorBody(code="not_found", message="Not Found"))
+
+    app = make_app("http://appliance.test", "t0ken", transport=httpx.MockTransport(impostor),
+                   clock=clock, refresh_seconds=0.1)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: len(seen) >= 3, 5, "a few polls")
+        problem = app.screen.query_one("#problem", Static)
+        await until(pilot, lambda: "did not prove" in text_of(problem), 5, "the reason")
+    assert seen and {path for path, _ in seen} == {"/v1/identity"}, seen
+    assert all(auth is None for _, auth in seen)
