@@ -89,9 +89,23 @@ async def gather(*calls: Awaitable[Any]) -> list[Any]:
     return [t.result() for t in tasks]
 
 
+def _refused(exc: BaseException) -> bool:
+    """Whether a connect error was a refusal (nothing listens on the port): asyncio wraps
+    the ConnectionRefusedError of each address it tried in "All connection attempts
+    failed", so the cause chain is read, not the message."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ConnectionRefusedError) or "refused" in str(cause).lower():
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def _reason(exc: httpx.TransportError) -> str:
     if isinstance(exc, httpx.ConnectError):
-        return "connection refused" if "refused" in str(exc).lower() else "cannot connect"
+        return "connection refused" if _refused(exc) else "cannot connect"
     if isinstance(exc, httpx.TimeoutException):
         return "no answer in time"
     if isinstance(exc, httpx.RemoteProtocolError):

@@ -60,6 +60,20 @@ async def test_a_missing_route_is_not_available_but_a_missing_pipeline_is_an_err
     await client.aclose()
 
 
+async def test_a_closed_port_is_named_refused_so_the_banner_can_say_what_to_do():
+    # asyncio says "All connection attempts failed"; the refusal is in its cause chain.
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]          # closed again: nothing listens there now
+    client = ApplianceClient(f"http://127.0.0.1:{port}")
+    with pytest.raises(DaemonUnavailable) as exc:
+        await client.pipelines()
+    assert exc.value.reason == "connection refused"
+    await client.aclose()
+
+
 async def test_nothing_answering_is_daemon_unavailable():
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
