@@ -55,6 +55,20 @@ def drop(state_root: Path, pipeline: str, source: Path, name: str | None = None)
     return final
 
 
+def binary_csv(path: Path, rows: int, features: int = 6, seed: int = 0) -> Path:
+    """A seeded binary data set of ``features`` normal columns f0.. whose target follows f0
+    with noise, written as CSV at ``path``."""
+    import numpy as np
+    import polars as pl
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, features))
+    frame = pl.DataFrame({f"f{i}": x[:, i] for i in range(features)}).with_columns(
+        target=pl.Series((x[:, 0] + rng.normal(size=rows) > 0).astype(np.int64)))
+    frame.write_csv(path)
+    return path
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 60.0, every: float = 0.1,
              what: str = "condition") -> object:
     deadline = time.monotonic() + timeout

@@ -499,7 +499,30 @@ class PipelineTrainSettings(_Section):
         "overrides train.engine for this pipeline: `local` or `dask`")] = None
 
 
-class PipelineSettings(_Section):
+class _DroppedFiles(_Section):
+    """How the files dropped for a pipeline or a feature set are read."""
+
+    timestamp_format: Annotated[
+        str | None,
+        _doc("the format of the timestamp column when it is text other than ISO 8601, as "
+             "strftime writes it (\"%m/%d/%Y %I:%M %p\" for 1/31/2026 1:05 PM); unset: "
+             "times as Polars reads them, and a file whose timestamps it can't read, or "
+             "whose day and month order it can't tell, is refused"),
+    ] = None
+    csv_separator: Annotated[
+        CsvSeparator,
+        _doc("what separates the columns of its CSV files: auto (a comma, unless the header "
+             "line has none and has `;`, a tab or `|`), or one of `,` `;` `\\t` `|`"),
+    ] = "auto"
+    csv_decimal: Annotated[
+        CsvDecimal,
+        _doc("the decimal mark of numbers in its CSV files: auto (`,` when the columns are "
+             "not separated by commas and the first lines' numbers are written 1,5; else "
+             "`.`), or `.` or `,`"),
+    ] = "auto"
+
+
+class PipelineSettings(_DroppedFiles):
     target: Annotated[str, _doc("the column to predict")] = "target"
     task: Annotated[Task | None, _doc("binary, multiclass or regression; inferred if unset")] = (
         None
@@ -523,49 +546,13 @@ class PipelineSettings(_Section):
         _doc("a request's entity key with no stored features: its features are missing "
              "(null) or the request is refused (error)"),
     ] = "null"
-    timestamp_format: Annotated[
-        str | None,
-        _doc("the format of the timestamp column when it is text other than ISO 8601, as "
-             "strftime writes it (\"%m/%d/%Y %I:%M %p\" for 1/31/2026 1:05 PM); unset: "
-             "times as Polars reads them, and a file whose timestamps it can't read, or "
-             "whose day and month order it can't tell, is refused"),
-    ] = None
-    csv_separator: Annotated[
-        CsvSeparator,
-        _doc("what separates the columns of its CSV files: auto (a comma, unless the header "
-             "line has none and has `;`, a tab or `|`), or one of `,` `;` `\\t` `|`"),
-    ] = "auto"
-    csv_decimal: Annotated[
-        CsvDecimal,
-        _doc("the decimal mark of numbers in its CSV files: auto (`,` when the columns are "
-             "not separated by commas and the first lines' numbers are written 1,5; else "
-             "`.`), or `.` or `,`"),
-    ] = "auto"
 
 
-class FeatureSetSettings(_Section):
+class FeatureSetSettings(_DroppedFiles):
     key: Annotated[str, _doc("the entity id column the feature set is keyed by")] = ""
     timestamp: Annotated[
         str | None, _doc("time the values became true: point-in-time joins use it")
     ] = None
-    timestamp_format: Annotated[
-        str | None,
-        _doc("the format of the timestamp column when it is text other than ISO 8601, as "
-             "strftime writes it (\"%m/%d/%Y %I:%M %p\" for 1/31/2026 1:05 PM); unset: "
-             "times as Polars reads them, and a file whose timestamps it can't read, or "
-             "whose day and month order it can't tell, is refused"),
-    ] = None
-    csv_separator: Annotated[
-        CsvSeparator,
-        _doc("what separates the columns of its CSV files: auto (a comma, unless the header "
-             "line has none and has `;`, a tab or `|`), or one of `,` `;` `\\t` `|`"),
-    ] = "auto"
-    csv_decimal: Annotated[
-        CsvDecimal,
-        _doc("the decimal mark of numbers in its CSV files: auto (`,` when the columns are "
-             "not separated by commas and the first lines' numbers are written 1,5; else "
-             "`.`), or `.` or `,`"),
-    ] = "auto"
 
 
 class OnlineStoreSettings(_Section):

@@ -8,22 +8,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 from appliance.ingest import InboxWatcher
 from tests.conftest import wait_for
 from tests.ingest.ingest_files import good_csv
 from tests.ingest.test_ingest_daemon import configure, finals, ingestions, settled
 from tests.ingest.test_ingest_files import Harness
-
-
-@pytest.fixture
-def h(tmp_path):
-    root = tmp_path / "state"
-    root.mkdir()
-    harness = Harness(root)
-    yield harness
-    harness.store.close()
 
 
 def watcher_of(h: Harness) -> tuple[InboxWatcher, list[Path]]:

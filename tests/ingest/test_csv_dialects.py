@@ -18,15 +18,6 @@ EXCEL_DE = ("\ufeffZeit;Temperatur;Druck;Maschine;Notiz;target\r\n"
     f"2026-03-02 {i % 24:02d}:00;{i},25;{1000 + i},5;Presse;;{i % 2}\r\n" for i in range(30))
 
 
-@pytest.fixture
-def h(tmp_path):
-    root = tmp_path / "state"
-    root.mkdir()
-    harness = Harness(root)
-    yield harness
-    harness.store.close()
-
-
 def stored(h: Harness, out) -> pl.DataFrame:
     return pl.read_parquet(h.state.root / out.record.dataset_path)
 

@@ -65,15 +65,6 @@ class Harness:
         return left + [p.name for p in self.state.datasets.rglob(".*")]
 
 
-@pytest.fixture
-def h(tmp_path):
-    root = tmp_path / "state"
-    root.mkdir()
-    harness = Harness(root)
-    yield harness
-    harness.store.close()
-
-
 def test_good_csv_becomes_a_typed_versioned_dataset(h):
     content = good_csv(50)
     out = h.process("good.csv", content)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import signal
 import time
 
-import numpy as np
 import polars as pl
 import pytest
 
@@ -16,7 +15,7 @@ from appliance.ingest import Ingester
 from appliance.jobs import Trainer
 from appliance.models import LiveModels, Registry
 from appliance.store import Events, Store
-from tests.conftest import SAMPLES, drop, wait_for
+from tests.conftest import SAMPLES, binary_csv, drop, wait_for
 
 
 def history(daemon, pipeline):
@@ -33,13 +32,7 @@ QUICK = "[ingest]\nsettle_seconds = 0.2\n[train]\nnum_boost_round = 20\nthreads 
 def test_a_training_cut_short_by_a_stop_runs_again_after_the_restart(state_root, start_daemon,
                                                                     tmp_path):
     (state_root / "appliance.toml").write_text(SLOW)
-    rng = np.random.default_rng(0)
-    n = 20_000
-    x = rng.normal(size=(n, 6))
-    frame = pl.DataFrame({f"f{i}": x[:, i] for i in range(6)}).with_columns(
-        target=pl.Series((x[:, 0] + rng.normal(size=n) > 0).astype(np.int64)))
-    data = tmp_path / "big.csv"
-    frame.write_csv(data)
+    data = binary_csv(tmp_path / "big.csv", 20_000, 6, seed=0)
     daemon = start_daemon(state_root)
     drop(state_root, "big", data)
     wait_for(lambda: daemon.get("/v1/pipelines/big").status_code == 200
@@ -153,13 +146,7 @@ def test_a_training_that_kills_the_daemon_is_retried_with_backoff_then_given_up(
     box does not train itself into a crash loop."""
     (state_root / "appliance.toml").write_text(
         SLOW + "[jobs]\nretry_attempts = 1\nretry_backoff_seconds = 0.2\n")
-    rng = np.random.default_rng(1)
-    n = 20_000
-    x = rng.normal(size=(n, 6))
-    frame = pl.DataFrame({f"f{i}": x[:, i] for i in range(6)}).with_columns(
-        target=pl.Series((x[:, 0] + rng.normal(size=n) > 0).astype(np.int64)))
-    data = tmp_path / "big.csv"
-    frame.write_csv(data)
+    data = binary_csv(tmp_path / "big.csv", 20_000, 6, seed=1)
 
     def training(d) -> bool:
         r = d.get("/v1/pipelines/big")

@@ -3,12 +3,10 @@ says so, rather than having the daemon killed in the middle of the training."""
 
 from __future__ import annotations
 
-import numpy as np
-import polars as pl
 import pytest
 
 from appliance.models.memory import MiB, bytes_per_row, rows_that_fit
-from tests.conftest import drop, wait_for
+from tests.conftest import binary_csv, drop, wait_for
 
 SCHEMA = {"f0": "Float64", "f1": "Int64", "kind": "String", "ok": "Boolean",
           "when": "Datetime(time_unit='us', time_zone=None)", "target": "Int64"}
@@ -36,13 +34,8 @@ def test_a_window_over_the_memory_limit_trains_on_its_newest_rows(state_root, st
     (state_root / "appliance.toml").write_text(
         "[ingest]\nsettle_seconds = 0.2\n[train]\nnum_boost_round = 30\nthreads = 1\n"
         "memory_limit_mb = 1\n[pipelines.big]\ntarget = \"target\"\n")
-    rng = np.random.default_rng(2)
     n = 12_000
-    x = rng.normal(size=(n, 5))
-    frame = pl.DataFrame({f"f{i}": x[:, i] for i in range(5)}).with_columns(
-        target=pl.Series((x[:, 0] + rng.normal(size=n) > 0).astype(np.int64)))
-    data = tmp_path / "big.csv"
-    frame.write_csv(data)
+    data = binary_csv(tmp_path / "big.csv", n, 5, seed=2)
     daemon = start_daemon(state_root)
     drop(state_root, "big", data)
     daemon.wait_ready_model("big", 1, timeout=90)
