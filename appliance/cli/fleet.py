@@ -89,6 +89,15 @@ def table_text(rows: list[list[str]]) -> str:
                      for r in [HEADER, *rows])
 
 
+def _load(path: str) -> list[FleetBox] | None:
+    """The fleet file's boxes, or None after saying why it can't be used."""
+    try:
+        return load_fleet(path)
+    except FleetFileError as exc:
+        click.echo(f"appliance: {exc}", err=True)
+        return None
+
+
 async def _poll(boxes: list[FleetBox], timeout: float) -> list[BoxState]:
     poller = FleetPoller(boxes, timeout=timeout)
     try:
@@ -104,10 +113,8 @@ def status_fleet(path: str, as_json: bool, timeout: float, url_given: bool = Fal
         click.echo("appliance: --fleet takes each box's URL from the fleet file; drop --url",
                    err=True)
         return 2
-    try:
-        boxes = load_fleet(path)
-    except FleetFileError as exc:
-        click.echo(f"appliance: {exc}", err=True)
+    boxes = _load(path)
+    if boxes is None:
         return 2
     states = asyncio.run(_poll(boxes, timeout))
     for s in states:
@@ -135,9 +142,7 @@ def tui_fleet(path: str, refresh: float | None, single_box_flags: bool = False) 
         click.echo("appliance: --fleet takes each box's URL and tokens from the fleet file; "
                    "drop --url, --token, --read-token and --pipeline", err=True)
         return 2
-    try:
-        boxes = load_fleet(path)
-    except FleetFileError as exc:
-        click.echo(f"appliance: {exc}", err=True)
+    boxes = _load(path)
+    if boxes is None:
         return 2
     return run(boxes, refresh_seconds=refresh or 5.0)
