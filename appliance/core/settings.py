@@ -452,6 +452,10 @@ class RolloutSettings(_Section):
     latency_ratio: Annotated[float, msgspec.Meta(ge=1), _doc(
         "the latency test: more than 1% of the new version's requests slower than this "
         "times the previous version's p99, by `rollout.z`")] = 1.5
+    latency_min_ms: Annotated[float, msgspec.Meta(ge=0), _doc(
+        "and slower than the previous version's p99 by at least this many ms: a burst of "
+        "the box's own load (a training, the drift check a promotion starts) slows every "
+        "version alike and rolls none back")] = 20.0
     check_seconds: Annotated[float, msgspec.Meta(gt=0), _doc(
         "how often a version under watch is checked")] = 5.0
 

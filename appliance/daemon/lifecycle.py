@@ -73,7 +73,7 @@ STOP_BUDGET_SECONDS = 8.0
 LIVE_KEYS = ("log.level", "ingest.*", "train.*", "jobs.*", "pipelines.*", "retention.*",
              "server.max_batch_rows", "server.predict_fast_path", "bundles.allow_unsigned",
              "bundles.max_member_mb", "shadow.*", "rollout.watch_seconds", "rollout.z",
-             "rollout.min_requests", "rollout.latency_ratio")
+             "rollout.min_requests", "rollout.latency_ratio", "rollout.latency_min_ms")
 
 STATUS_SECONDS = 5.0  # how often the STATUS= line is refreshed (sent only when it changed)
 

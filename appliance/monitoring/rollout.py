@@ -12,9 +12,10 @@ it: 0.13% at 3), so a single bad request never rolls back:
   least :data:`ERROR_RATE_FLOOR`, so a previous version with no errors does not make one
   error significant): rolled back when ``P(X >= e) < tail(z)``.
 - **latency**: the new version's requests slower than ``rollout.latency_ratio`` times the
-  previous version's p99 (counted from the latency histogram, whole buckets above it),
-  against a binomial at 1% (the share of the previous version's requests over its own
-  p99). Judged once both have ``rollout.min_requests``.
+  previous version's p99 and by at least ``rollout.latency_min_ms`` (the box's own load
+  comes in bursts that slow every version alike), counted from the latency histogram
+  (whole buckets above it), against a binomial at 1% (the share of the previous
+  version's requests over its own p99). Judged once both have ``rollout.min_requests``.
 - **performance**: with feedback on at least ``monitor.performance_min_labelled``
   predictions of each, the per-row loss (log loss; squared error for regression) of the
   new version's predictions since the promotion against the previous version's over the
@@ -272,7 +273,8 @@ class RolloutWatch:
                 p99_old = percentile(before.buckets, 0.99)
                 p99_new = percentile(after.buckets, 0.99)
                 if p99_old is not None and p99_new is not None:
-                    limit = p99_old * cfg.latency_ratio
+                    limit = max(p99_old * cfg.latency_ratio,
+                                p99_old + cfg.latency_min_ms / 1000)
                     first = next((i + 1 for i, b in enumerate(LATENCY_BOUNDS) if b >= limit),
                                  len(LATENCY_BOUNDS))
                     slow = sum(after.buckets[first:])
@@ -281,8 +283,9 @@ class RolloutWatch:
                     if p_value < alpha:
                         return "latency", (
                             f"answered {slow:,} of its {n1:,} requests slower than "
-                            f"{cfg.latency_ratio:g}x v{w.previous}'s p99 "
-                            f"({p99_old * 1000:.2f} ms): p99 {p99_new * 1000:.2f} ms vs "
+                            f"{limit * 1000:.2f} ms ({cfg.latency_ratio:g}x v{w.previous}'s "
+                            f"p99, and at least {cfg.latency_min_ms:g} ms over it): p99 "
+                            f"{p99_new * 1000:.2f} ms vs "
                             f"{p99_old * 1000:.2f} ms, significantly slower (p = "
                             f"{p_value:.2g}, needs < {alpha:.2g})"), {
                             "p99_ms": p99_new * 1000, "previous_p99_ms": p99_old * 1000,

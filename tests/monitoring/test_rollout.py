@@ -183,10 +183,11 @@ def test_one_bad_request_rolls_nothing_back_and_a_slow_version_is_rolled_back(se
     assert rollout.check("machines") is None
     assert services.live.get("machines").version == 2
     # Now every request takes far longer than v1's p99 (under a millisecond on a quiet box;
-    # tens of ms on a loaded one, 2 cores shared with other tests): 3x it, at least 25 ms,
-    # so the rollout's test (slower than 1.5x v1's p99) sees every one of them as slow.
+    # tens of ms on a loaded one, 2 cores shared with other tests): 3x it and 50 ms more,
+    # so the rollout's test (slower than 1.5x v1's p99, and by rollout.latency_min_ms = 20
+    # ms) sees every one of them as slow.
     p99_before = percentile(rollout.watches["machines"].before.buckets, 0.99) or 0.0
-    delay = max(0.025, 3 * p99_before)
+    delay = 3 * p99_before + 0.05
     inject(services.live.get("machines"), rows, lambda: time.sleep(delay))
     send(services, rows)
     assert rollout.check("machines") == "latency"
