@@ -119,6 +119,17 @@ class DaemonProcess:
             return r.status_code == 200 and r.json()["models"].get(pipeline, 0) >= version
         wait_for(ok, timeout=timeout, what=f"{pipeline} v{version} to be served")
 
+    def wait_jobs_closed(self, pipeline: str, count: int, timeout: float = 90) -> list[dict]:
+        """The pipeline's job history, oldest first, once `count` jobs exist and none is
+        running. A new version is served before its job row is closed (the swap is part of
+        the job), so a test that saw the model go live waits here before reading jobs."""
+        def closed() -> list[dict] | None:
+            resp = self.get(f"/v1/pipelines/{pipeline}/jobs")
+            h = resp.json()["history"][::-1] if resp.status_code == 200 else []
+            return h if len(h) >= count and all(j["status"] != "running" for j in h) else None
+        return wait_for(closed, timeout=timeout,  # type: ignore[return-value]
+                        what=f"{count} {pipeline} jobs to close")
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

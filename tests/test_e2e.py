@@ -98,8 +98,8 @@ def test_job_history_records_trigger_and_version(machines_state, start_daemon):
     daemon = start_daemon(machines_state)
     drop(machines_state, "machines", SAMPLES / "machines_01.csv")
     daemon.wait_ready_model("machines", 1)
-    jobs = daemon.get("/v1/pipelines/machines/jobs").json()
-    assert [(j["trigger"], j["status"], j["model_version"]) for j in jobs["history"]] == [
+    jobs = daemon.wait_jobs_closed("machines", 1, timeout=30)
+    assert [(j["trigger"], j["status"], j["model_version"]) for j in jobs] == [
         ("new_data", "succeeded", 1)
     ]
     assert daemon.get("/v1/pipelines/nope/jobs").status_code == 404

@@ -311,5 +311,5 @@ def test_a_pipelines_file_before_its_feature_set_trains_once_the_features_come(
     assert daemon.get("/v1/pipelines/wear/jobs").json()["history"] == []
     drop(state_root, "machine_info", files["info"])
     daemon.wait_ready_model("wear", 1, timeout=15)
-    jobs = daemon.get("/v1/pipelines/wear/jobs").json()["history"]
+    jobs = daemon.wait_jobs_closed("wear", 1, timeout=30)
     assert [(j["trigger"], j["status"]) for j in jobs] == [("new_data", "succeeded")]

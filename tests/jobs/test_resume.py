@@ -43,7 +43,7 @@ def test_a_training_cut_short_by_a_stop_runs_again_after_the_restart(state_root,
     (state_root / "appliance.toml").write_text(QUICK)
     again = start_daemon(state_root)
     again.wait_ready_model("big", 1, timeout=90)
-    jobs = history(again, "big")
+    jobs = again.wait_jobs_closed("big", 2, timeout=30)
     assert [(j["trigger"], j["status"]) for j in jobs] == [
         ("new_data", "cancelled"), ("new_data", "succeeded")], jobs
     kinds = [e["kind"] for e in again.get("/v1/events?pipeline=big").json()["events"]]

@@ -67,9 +67,7 @@ def jobs(daemon) -> list[dict]:
 
 
 def wait_jobs_done(daemon, count: int) -> list[dict]:
-    return wait_for(lambda: (h := jobs(daemon)) and len(h) >= count and all(
-        j["status"] != "running" for j in h) and h, timeout=90,
-        what=f"{count} training jobs to finish")  # type: ignore[return-value]
+    return daemon.wait_jobs_closed("machines", count)
 
 
 def newest_model(daemon) -> dict:
