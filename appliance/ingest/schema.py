@@ -32,6 +32,16 @@ from appliance.ingest.work import Work
 
 INFER_ROWS = 10_000                 # rows a first CSV file's column types are inferred from
 
+# What spreadsheets, R, pandas, databases and the UCI data sets write for a missing value
+# (compared lower-case, stripped). In a column of numbers, booleans or dates they are read
+# as missing; in a text column they stay text (a category "NA" may be North America).
+MISSING_MARKERS = ("na", "n/a", "nan", "null", "none", "#n/a", "#na", "<na>", "?", "-", "--")
+
+
+def is_marker(text: pl.Expr) -> pl.Expr:
+    """Whether a text value is one of :data:`MISSING_MARKERS`."""
+    return text.str.strip_chars().str.to_lowercase().is_in(MISSING_MARKERS)
+
 
 # --- types: what a pipeline's schema may hold, and lossless casts -----------------------
 
@@ -74,6 +84,7 @@ def lossless(col: str, have: pl.DataType, want: pl.DataType,
         return x.cast(pl.String)
     if have == pl.String or isinstance(have, (pl.Categorical, pl.Enum)):
         s = x.cast(pl.String).str.strip_chars()
+        s = pl.when(~is_marker(s)).then(s)      # a missing marker is a missing value
         if want == pl.Boolean:
             low = s.str.to_lowercase()
             return (pl.when(low.is_in(["true", "1"])).then(pl.lit(True))
@@ -113,6 +124,11 @@ def convert_first(work: Work, path: Path, lf: pl.LazyFrame, have: dict[str, Any]
     """The first file of a pipeline: its column types are inferred, and fix the schema."""
     ts = work.timestamp
     if work.fmt == ".parquet":
+        texts = [c for c, t in have.items() if t == pl.String and c != ts]
+        if texts:
+            head = polars_call(lambda: lf.select(texts).head(INFER_ROWS).collect())
+            lf = _markers_as_missing(work, lf, numbers_with_markers(head, texts, False))
+            have = dict(polars_call(lf.collect_schema))
         exprs = []
         for col, dtype in have.items():
             kept = kept_type(dtype)
@@ -134,13 +150,24 @@ def convert_first(work: Work, path: Path, lf: pl.LazyFrame, have: dict[str, Any]
     except PolarsFailure:
         head_schema = None
 
+    text_head: list[pl.DataFrame] = []
+
+    def text() -> pl.DataFrame:
+        if not text_head:
+            text_head.append(polars_call(lambda: read_csv_text_head(path, work, INFER_ROWS)))
+        return text_head[0]
+
     def first_pass(scan: pl.LazyFrame) -> None:
         scan = _plain_types(scan)
         schema = dict(polars_call(scan.collect_schema))
         if any(t == pl.Date or isinstance(t, pl.Datetime) for t in schema.values()) or (
                 ts in schema and schema[ts] == pl.String):
-            text = polars_call(lambda: read_csv_text_head(path, work, INFER_ROWS))
-            check_first(work, schema, text)
+            check_first(work, schema, text())
+        texts = [c for c, t in schema.items() if t == pl.String and c != ts
+                 and c not in as_text]
+        if texts:
+            scan = _markers_as_missing(
+                work, scan, numbers_with_markers(text(), texts, work.decimal_comma))
         sink(work, path, _timestamp_parsed(work, scan, schema), tmp)
 
     try:
@@ -159,6 +186,53 @@ def convert_first(work: Work, path: Path, lf: pl.LazyFrame, have: dict[str, Any]
         work.warnings.append(
             f"column types were inferred from the whole file, as `{err.details['column']}` "
             f"changes type after row {INFER_ROWS}")
+
+
+def numbers_with_markers(head: pl.DataFrame, columns: list[str],
+                         decimal_comma: bool) -> dict[str, tuple[pl.DataType, list[str]]]:
+    """The text columns of a first file's rows ``head`` that hold only numbers and missing
+    markers (at least one of each): each with the type its numbers take and the markers
+    seen. A column of numbers with an `n/a` among them is a column of numbers."""
+    found: dict[str, tuple[pl.DataType, list[str]]] = {}
+    for col in columns:
+        if col not in head.columns:
+            continue
+        v = head.select(pl.col(col).cast(pl.String).str.strip_chars().alias("v")).drop_nulls()
+        marks = v.filter(is_marker(pl.col("v")))["v"].unique(maintain_order=True)
+        rest = v.filter(~is_marker(pl.col("v")) & (pl.col("v") != ""))
+        if marks.len() == 0 or rest.height == 0:
+            continue
+        number = pl.col("v").str.replace(",", ".", literal=True) if decimal_comma \
+            else pl.col("v")
+        for dtype in (pl.Int64(), pl.Float64()):
+            if rest.select(number.cast(dtype, strict=False).is_null().any()).item() is False:
+                found[col] = (dtype, marks.head(3).to_list())
+                break
+    return found
+
+
+def _markers_as_missing(work: Work, lf: pl.LazyFrame,
+                        found: dict[str, tuple[pl.DataType, list[str]]]) -> pl.LazyFrame:
+    """``lf`` with the columns of :func:`numbers_with_markers` read as numbers, their
+    markers as missing values. A column with other text further down than the rows looked
+    at stays text."""
+    found = dict(found)
+    while found:
+        casts = {c: lossless(c, pl.String(), dtype, work.decimal_comma)
+                 for c, (dtype, _) in found.items()}
+        try:
+            check_values(work, lf, casts, {c: dtype for c, (dtype, _) in found.items()})
+        except ApplianceError as err:
+            if err.code != "bad_value" or err.details.get("column") not in found:
+                raise
+            del found[err.details["column"]]   # text after all: kept as text
+            continue
+        for col, (_, marks) in found.items():
+            shown = ", ".join(repr(m) for m in marks)
+            work.warnings.append(f"column `{col}` holds numbers: {shown} in it were read as "
+                                 "missing values")
+        return lf.with_columns(e.alias(c) for c, e in casts.items())
+    return lf
 
 
 def _timestamp_parsed(work: Work, lf: pl.LazyFrame, schema: dict[str, Any]) -> pl.LazyFrame:
@@ -235,7 +309,14 @@ def check_values(work: Work, lf: pl.LazyFrame, casts: dict[str, pl.Expr],
     """Refuse the file at the first value of ``casts`` that does not convert."""
     if not casts:
         return
-    bad = {c: (pl.col(c).is_not_null() & e.is_null()) for c, e in casts.items()}
+    have = polars_call(lf.collect_schema)
+
+    def given(c: str) -> pl.Expr:  # a value was there: not null, and not a missing marker
+        if have.get(c) == pl.String:
+            return pl.col(c).is_not_null() & ~is_marker(pl.col(c)).fill_null(False)
+        return pl.col(c).is_not_null()
+
+    bad = {c: (given(c) & e.is_null()) for c, e in casts.items()}
     flags = polars_call(lambda: lf.select([b.any().alias(c) for c, b in bad.items()]).collect())
     for col in casts:
         if flags[col][0]:

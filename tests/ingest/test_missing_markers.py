@@ -1,0 +1,92 @@
+"""Missing values as spreadsheets, R, pandas and the UCI data sets write them (`n/a`, `NA`,
+`?`, `-`): in a column of numbers they are missing values, so the column stays a column of
+numbers; in a text column they stay text."""
+
+from __future__ import annotations
+
+import io
+
+import polars as pl
+
+from tests.ingest.test_ingest_files import Harness
+
+
+def rows(n: int, value=lambda i: f"{i * 0.5}", label=lambda i: "NA" if i % 3 else "EU") -> str:
+    return "temp,count,region,target\n" + "".join(
+        f"{value(i)},{i},{label(i)},{i % 2}\n" for i in range(n))
+
+
+def stored(h: Harness, out) -> pl.DataFrame:
+    return pl.read_parquet(h.state.root / out.record.dataset_path)
+
+
+def test_a_column_of_numbers_with_markers_is_numbers_and_a_text_column_keeps_them(h):
+    markers = ["n/a", "NA", "?", "-", " N/A ", "null", "NaN"]
+    text = rows(40, value=lambda i: markers[i % 7] if i % 5 == 0 else f"{i}.25")
+    out = h.process("first.csv", text.encode())
+    assert out.record.status == "accepted", out.record.reason
+    df = stored(h, out)
+    assert df.schema["temp"] == pl.Float64 and df.schema["region"] == pl.String
+    assert df["temp"][:6].to_list() == [None, 1.25, 2.25, 3.25, 4.25, None]
+    assert df["temp"].null_count() == 8
+    assert df["region"][:3].to_list() == ["EU", "NA", "NA"]   # text: "NA" is a region
+    assert any("`temp` holds numbers" in w and "'n/a'" in w
+               for w in out.record.warnings), out.record.warnings
+    # A later file: the same markers are missing values, in any of the schema's number types.
+    later = rows(10, value=lambda i: "?" if i == 3 else f"{i}")
+    later = later.replace("\n3,", "\n?,", 1)
+    out = h.process("later.csv", later.replace(",3,", ",n/a,").encode())
+    assert out.record.status == "accepted", out.record.reason
+    df = stored(h, out)
+    assert df["temp"].to_list()[2:5] == [2.0, None, 4.0]
+    assert df["count"].dtype == pl.Int64 and df["count"][3] is None
+    # A word that is not a marker is still a bad value, named.
+    refused = h.process("bad.csv", rows(10, value=lambda i: "warm" if i == 4 else "1").encode())
+    assert refused.record.code == "bad_value"
+    assert refused.record.details["column"] == "temp" and refused.record.details["value"] == "warm"
+
+
+def test_integers_with_markers_stay_integers(h):
+    out = h.process("ints.csv", rows(30, value=lambda i: "-" if i == 7 else str(i)).encode())
+    assert out.record.status == "accepted", out.record.reason
+    df = stored(h, out)
+    assert df.schema["temp"] == pl.Int64 and df["temp"][7] is None and df["temp"][8] == 8
+
+
+def test_text_past_the_rows_looked_at_keeps_the_column_text(h):
+    # Markers among numbers in the first 10,000 rows, a word after them: the column is text,
+    # as it was before markers were read, and nothing is refused.
+    text = rows(10_050, value=lambda i: "n/a" if i == 2 else ("high" if i == 10_040
+                                                               else str(i)))
+    out = h.process("long.csv", text.encode())
+    assert out.record.status == "accepted", out.record.reason
+    df = stored(h, out)
+    assert df.schema["temp"] == pl.String and df["temp"][2] == "n/a"
+    assert not any("holds numbers" in w for w in out.record.warnings)
+
+
+def test_a_first_parquet_file_with_numbers_as_text_and_markers(h):
+    frame = pl.DataFrame({"temp": ["1.5", "n/a", "2.5", "?"] * 10,
+                          "code": ["NA", "EU", "-", "x"] * 10, "target": [0, 1] * 20})
+    buf = io.BytesIO()
+    frame.write_parquet(buf)
+    out = h.process("first.parquet", buf.getvalue())
+    assert out.record.status == "accepted", out.record.reason
+    df = stored(h, out)
+    assert df.schema["temp"] == pl.Float64 and df["temp"][:4].to_list() == [1.5, None, 2.5, None]
+    assert df.schema["code"] == pl.String and df["code"][:3].to_list() == ["NA", "EU", "-"]
+
+
+def test_decimal_comma_numbers_with_markers(tmp_path):
+    root = tmp_path / "state"
+    root.mkdir()
+    h = Harness(root, '[pipelines.p]\ntarget = "target"\ncsv_separator = ";"\n'
+                      'csv_decimal = ","\n')
+    try:
+        text = "a;target\n" + "".join(
+            f"{'n/a' if i == 1 else f'{i},5'};{i % 2}\n" for i in range(30))
+        out = h.process("semi.csv", text.encode())
+        assert out.record.status == "accepted", out.record.reason
+        assert stored(h, out)["a"][:3].to_list() == [0.5, None, 2.5]
+    finally:
+        h.store.close()
