@@ -110,6 +110,7 @@ _SIMPLE_TYPES: dict[str, pl.DataType] = {
     "UInt8": pl.UInt8(), "UInt16": pl.UInt16(), "UInt32": pl.UInt32(), "UInt64": pl.UInt64(),
     "Float32": pl.Float32(), "Float64": pl.Float64(), "String": pl.String(),
     "Boolean": pl.Boolean(), "Date": pl.Date(),
+    "Null": pl.Null(),   # a column that has had no value yet: typed by its first values
 }
 _DATETIME = re.compile(r"Datetime\(time_unit='(ns|us|ms)', time_zone=(None|'([^']*)')\)")
 

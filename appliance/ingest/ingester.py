@@ -293,11 +293,12 @@ class Ingester:
         dup = self.store.taken_with_hash(work.pipeline, work.content_hash())
         if dup is not None:
             return self._duplicate(work, dup)
-        return self._finish_dataset(work, tmp, target, schema is None)
+        return self._finish_dataset(work, tmp, target, schema)
 
     # --- the two endings -----------------------------------------------------------------
 
-    def _finish_dataset(self, work: Work, tmp: Path, target: str, first: bool) -> Outcome:
+    def _finish_dataset(self, work: Work, tmp: Path, target: str,
+                        stored: dict[str, str] | None) -> Outcome:
         limits = self.settings.ingest
         stats = polars_call(lambda: pl.scan_parquet(tmp, glob=False).select(
             pl.len().alias("rows"), pl.col(target).null_count().alias("nulls")).collect())
@@ -327,18 +328,24 @@ class Ingester:
             work.warnings.append(f"{nulls} rows with a null {self._role(work)} were dropped")
             rows -= nulls
         schema = polars_call(lambda: pl.scan_parquet(tmp, glob=False).collect_schema())
-        return self._accept(work, tmp, rows, {c: str(t) for c, t in schema.items()}, first)
+        return self._accept(work, tmp, rows, {c: str(t) for c, t in schema.items()}, stored)
 
     def _role(self, work: Work) -> str:
         return "key" if work.pipeline in self.settings.feature_sets else "target"
 
     def _accept(self, work: Work, tmp: Path, rows: int, schema: dict[str, str],
-                first: bool) -> Outcome:
+                stored: dict[str, str] | None) -> Outcome:
+        """Keep the data set. The first file fixes the pipeline's schema; a later one types
+        the schema's columns that had no value until it (stored as "Null")."""
         pipeline = work.pipeline
         with work.timed("store"):
             self.store.ensure_pipeline(pipeline)
-            if first:
+            if stored is None:
                 self.store.set_pipeline_schema(pipeline, schema)
+            elif "Null" in stored.values():
+                typed = {c: schema.get(c, t) if t == "Null" else t for c, t in stored.items()}
+                if typed != stored:
+                    self.store.set_pipeline_schema(pipeline, typed)
             version = self.store.next_dataset_version(pipeline)
             folder = self.state.pipeline_dir(self.state.datasets, pipeline)
             dataset = folder / f"v{version:06d}.parquet"

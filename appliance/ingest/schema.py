@@ -10,6 +10,7 @@ column, row and value (:func:`check_values`); extra columns are dropped.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,7 @@ def convert_first(work: Work, path: Path, lf: pl.LazyFrame, have: dict[str, Any]
             have = dict(polars_call(lf.collect_schema))
         exprs = []
         for col, dtype in have.items():
-            kept = kept_type(dtype)
+            kept = pl.Null() if dtype == pl.Null else kept_type(dtype)
             if kept is None:
                 raise unsupported_type(work.name, col, dtype)
             exprs.append(pl.col(col) if kept == dtype else pl.col(col).cast(kept))
@@ -166,8 +167,13 @@ def convert_first(work: Work, path: Path, lf: pl.LazyFrame, have: dict[str, Any]
         texts = [c for c, t in schema.items() if t == pl.String and c != ts
                  and c not in as_text]
         if texts:
-            scan = _markers_as_missing(
-                work, scan, numbers_with_markers(text(), texts, work.decimal_comma))
+            numbers = numbers_with_markers(text(), texts, work.decimal_comma)
+            scan = _markers_as_missing(work, scan, numbers)
+            head = text()
+            blank = [c for c in texts if c not in numbers and c in head.columns
+                     and head[c].null_count() == head.height]
+            if blank:
+                scan = _empty_untyped(work, scan, blank)
         sink(work, path, _timestamp_parsed(work, scan, schema), tmp)
 
     try:
@@ -235,6 +241,61 @@ def _markers_as_missing(work: Work, lf: pl.LazyFrame,
     return lf
 
 
+def _empty_untyped(work: Work, lf: pl.LazyFrame, columns: list[str]) -> pl.LazyFrame:
+    """``lf`` with the columns that have no value in the whole file left untyped (Null), so
+    that the first later file with values in them gives them their type: a sensor that was
+    off in the first export is a column of numbers, not text, once it sends numbers."""
+    flags = polars_call(lambda: lf.select(pl.col(c).is_not_null().any() for c in columns)
+                        .collect())
+    empty = [c for c in columns if not flags[c][0]]
+    if not empty:
+        return lf
+    work.warnings.append(
+        f"column(s) {', '.join(f'`{c}`' for c in empty[:20])} have no value yet: each takes "
+        "its type from the first later file that has values in it")
+    return lf.with_columns(pl.lit(None).alias(c) for c in empty)
+
+
+def _types_for_untyped(work: Work, path: Path, have: dict[str, Any],
+                       columns: list[str]) -> dict[str, pl.DataType]:
+    """Types for schema columns no earlier file had a value in, from this file's values,
+    inferred as a first file's are (Null again when this file has none either)."""
+    found: dict[str, pl.DataType] = {}
+    if work.fmt == ".parquet":
+        for col in columns:
+            kept = pl.Null() if have[col] == pl.Null else kept_type(have[col])
+            if kept is None:
+                raise unsupported_type(work.name, col, have[col])
+            found[col] = kept
+        return found
+    values = polars_call(lambda: scan_csv(path, work, infer_schema=False).select(
+        pl.col(c).drop_nulls().head(INFER_ROWS).implode() for c in columns).collect())
+    for col in columns:
+        texts = pl.DataFrame({col: values[col][0]})
+        if texts.height == 0:
+            found[col] = pl.Null()
+            continue
+        numbers = numbers_with_markers(texts, [col], work.decimal_comma)
+        if col in numbers:
+            found[col] = numbers[col][0]
+            continue
+        buf = io.BytesIO()
+        texts.write_csv(buf, separator="\t")
+        data = buf.getvalue()
+        dtype = polars_call(lambda data=data, col=col: pl.read_csv(
+            data, separator="\t", try_parse_dates=True,
+            decimal_comma=work.decimal_comma).schema[col])
+        kept = kept_type(dtype) or pl.String()
+        if kept == pl.Date or isinstance(kept, pl.Datetime):
+            check_first(work, {col: kept}, texts)      # a day-first reading is warned of
+        found[col] = kept
+    typed = {c: t for c, t in found.items() if t != pl.Null}
+    if typed:
+        work.warnings.append("column(s) with no value until now take their type from this "
+                             "file: " + ", ".join(f"`{c}` {t}" for c, t in typed.items()))
+    return found
+
+
 def _timestamp_parsed(work: Work, lf: pl.LazyFrame, schema: dict[str, Any]) -> pl.LazyFrame:
     """The scan with its timestamp column parsed by ``timestamp_format`` (when set and the
     column is text), refused at the first value that does not match it."""
@@ -269,6 +330,9 @@ def convert_to_schema(work: Work, path: Path, lf: pl.LazyFrame,
                                            else "")
         work.warnings.append(f"extra column(s) dropped: {shown}")
     wants = {c: dtype_from_name(t) for c, t in schema.items()}
+    untyped = [c for c, w in wants.items() if w == pl.Null]
+    if untyped:
+        wants.update(_types_for_untyped(work, path, have, untyped))
     ts = work.timestamp if work.timestamp_format and work.timestamp in schema else None
     formats = {ts: work.timestamp_format} if ts else {}
     if work.fmt == ".parquet":
@@ -286,13 +350,15 @@ def convert_to_schema(work: Work, path: Path, lf: pl.LazyFrame,
     # instead, after a pass that finds the first value that does not cast.
     as_text: set[str] = set(formats)   # a timestamp with a format: text, parsed by it
     for _ in range(len(schema) + 1):
-        overrides = {c: w for c, w in wants.items() if w is not None and c not in as_text}
+        overrides = {c: w for c, w in wants.items() if w is not None and w != pl.Null
+                     and c not in as_text}
         scan = scan_csv(path, work, infer_schema=False, schema_overrides=overrides)
         casts = {c: lossless(c, pl.String(), wants[c], work.decimal_comma,  # type: ignore[arg-type]
                              formats.get(c))
                  for c in as_text}
         check_values(work, scan, casts, wants)
-        exprs = [casts.get(c, pl.col(c)) for c in schema]
+        exprs = [casts.get(c, pl.lit(None).alias(c) if wants[c] == pl.Null else pl.col(c))
+                 for c in schema]
         try:
             sink(work, path, scan.select(exprs), tmp)
             return

@@ -90,3 +90,60 @@ def test_decimal_comma_numbers_with_markers(tmp_path):
         assert stored(h, out)["a"][:3].to_list() == [0.5, None, 2.5]
     finally:
         h.store.close()
+
+
+# --- a column with no value in the first file --------------------------------------------
+
+
+def schema_of(h: Harness) -> dict[str, str]:
+    return h.store.pipeline("p").schema
+
+
+def test_a_column_empty_in_the_first_file_takes_its_type_from_the_first_values(h):
+    first = "v,dead,target\n" + "".join(f"{i}.5,,{i % 2}\n" for i in range(30))
+    out = h.process("first.csv", first.encode())
+    assert out.record.status == "accepted", out.record.reason
+    assert schema_of(h)["dead"] == "Null"
+    assert any("`dead` have no value yet" in w for w in out.record.warnings)
+    # Still nothing in it: still untyped.
+    out = h.process("second.csv", first.replace("0.5,", "0.75,").encode())
+    assert out.record.status == "accepted", out.record.reason
+    assert schema_of(h)["dead"] == "Null"
+    # The sensor comes back: numbers (with a marker), and the schema says so from now on.
+    third = "v,dead,target\n" + "".join(
+        f"{i},{'n/a' if i == 2 else f'{20 + i}.5'},{i % 2}\n" for i in range(30))
+    out = h.process("third.csv", third.encode())
+    assert out.record.status == "accepted", out.record.reason
+    assert schema_of(h)["dead"] == "Float64" and schema_of(h)["v"] == "Float64"
+    assert any("`dead` Float64" in w for w in out.record.warnings), out.record.warnings
+    assert stored(h, out)["dead"][:3].to_list() == [20.5, 21.5, None]
+    # Text there now is a bad value, as in any column of numbers.
+    refused = h.process("fourth.csv", third.replace("23.5", "broken").encode())
+    assert refused.record.code == "bad_value" and refused.record.details["column"] == "dead"
+    # Every data set reads as one frame, the old ones' column as missing numbers.
+    frames = [pl.read_parquet(p) for p in sorted((h.state.root / "datasets/p").glob("*.parquet"))]
+    joined = pl.concat(frames, how="diagonal_relaxed")
+    assert joined.schema["dead"] == pl.Float64 and joined["dead"].null_count() == 61
+
+
+def test_an_untyped_column_takes_text_and_parquet_types_too(h):
+    first = "v,note,flag,target\n" + "".join(f"{i},,,{i % 2}\n" for i in range(30))
+    assert h.process("first.csv", first.encode()).record.status == "accepted"
+    assert schema_of(h)["note"] == "Null" and schema_of(h)["flag"] == "Null"
+    later = pl.DataFrame({"v": [1, 2] * 15, "note": ["ok, fine", None] * 15,
+                          "flag": [True, None] * 15, "target": [0, 1] * 15})
+    buf = io.BytesIO()
+    later.write_parquet(buf)
+    out = h.process("later.parquet", buf.getvalue())
+    assert out.record.status == "accepted", out.record.reason
+    assert schema_of(h)["note"] == "String" and schema_of(h)["flag"] == "Boolean"
+
+
+def test_a_column_empty_only_in_the_first_rows_is_typed_by_the_whole_first_file(h):
+    first = "v,late,target\n" + "".join(
+        f"{i},{'' if i < 10_005 else '7'},{i % 2}\n" for i in range(10_010))
+    out = h.process("first.csv", first.encode())
+    assert out.record.status == "accepted", out.record.reason
+    # Not left untyped: it has values further down (read as Polars' text inference left it).
+    assert schema_of(h)["late"] != "Null"
+    assert stored(h, out)["late"].drop_nulls().len() == 5
