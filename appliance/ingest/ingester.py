@@ -76,6 +76,7 @@ from appliance.ingest.schema import (
     check_values,
     convert_first,
     convert_to_schema,
+    is_marker,
     lossless,
 )
 from appliance.ingest.work import HashJob, Work
@@ -300,8 +301,14 @@ class Ingester:
     def _finish_dataset(self, work: Work, tmp: Path, target: str,
                         stored: dict[str, str] | None) -> Outcome:
         limits = self.settings.ingest
+        # A text target's missing markers (`NA`, `?`, ...) are missing labels, not a class
+        # (a feature set's key keeps them: it is an identifier).
+        unlabelled = pl.col(target).is_null()
+        if self._role(work) == "target" and polars_call(
+                lambda: pl.scan_parquet(tmp, glob=False).collect_schema())[target] == pl.String:
+            unlabelled = unlabelled | is_marker(pl.col(target)).fill_null(False)
         stats = polars_call(lambda: pl.scan_parquet(tmp, glob=False).select(
-            pl.len().alias("rows"), pl.col(target).null_count().alias("nulls")).collect())
+            pl.len().alias("rows"), unlabelled.sum().alias("nulls")).collect())
         rows, nulls = int(stats["rows"][0]), int(stats["nulls"][0])
         if rows == 0:
             code = "header_only" if work.fmt != ".parquet" else "no_rows"
@@ -322,7 +329,7 @@ class Ingester:
             work.temps.append(kept)
             with work.timed("drop_null_targets"):
                 polars_call(lambda: pl.scan_parquet(tmp, glob=False)
-                            .filter(pl.col(target).is_not_null())
+                            .filter(~unlabelled)
                             .sink_parquet(kept, sync_on_close="all"))
             os.replace(kept, tmp)
             work.warnings.append(f"{nulls} rows with a null {self._role(work)} were dropped")

@@ -147,3 +147,14 @@ def test_a_column_empty_only_in_the_first_rows_is_typed_by_the_whole_first_file(
     # Not left untyped: it has values further down (read as Polars' text inference left it).
     assert schema_of(h)["late"] != "Null"
     assert stored(h, out)["late"].drop_nulls().len() == 5
+
+
+def test_a_text_targets_markers_are_missing_labels_not_a_class(h):
+    text = "x,target\n" + "".join(
+        f"{i},{'yes' if i % 2 else 'no'}\n" if i % 7 else f"{i},{'NA' if i % 2 else '?'}\n"
+        for i in range(40))
+    out = h.process("labels.csv", text.encode())
+    assert out.record.status == "accepted", out.record.reason
+    assert sorted(stored(h, out)["target"].unique().to_list()) == ["no", "yes"]
+    assert out.record.rows == 34
+    assert "6 rows with a null target were dropped" in out.record.warnings
