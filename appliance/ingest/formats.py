@@ -264,7 +264,15 @@ def open_csv(work: Work, path: Path, limits: IngestSettings, separator: str = "a
             "too_many_columns",
             f"`{name}` has {len(header)} columns, over the limit of {limits.max_columns} "
             "(ingest.max_columns)", {"columns": len(header), "limit": limits.max_columns})
-    dupes = sorted(c for c, n in Counter(header).items() if n > 1)
+    # A column with a blank name (what a separator at the end of every line leaves) is
+    # dropped: it can't be told from the next file's, and a later export without the
+    # trailing separator would lack it. The original keeps its values, in archive/.
+    work.unnamed = [i for i, c in enumerate(header) if not c.strip()]
+    if work.unnamed:
+        where = ", ".join(str(i + 1) for i in work.unnamed[:10])
+        work.warnings.append(f"{len(work.unnamed)} column(s) with no name in the header "
+                             f"(position {where}) were dropped")
+    dupes = sorted(c for c, n in Counter(c for c in header if c.strip()).items() if n > 1)
     if dupes:
         raise ApplianceError(
             "duplicate_columns",
@@ -276,6 +284,9 @@ def open_csv(work: Work, path: Path, limits: IngestSettings, separator: str = "a
         have = dict(polars_call(lf.collect_schema))
     except PolarsFailure as exc:
         raise csv_failure(work, path, exc) from None
+    if work.unnamed:
+        named = work.named(list(have))
+        lf, have = lf.select(named), {c: have[c] for c in named}
     return lf, have
 
 

@@ -160,6 +160,8 @@ def convert_first(work: Work, path: Path, lf: pl.LazyFrame, have: dict[str, Any]
 
     def first_pass(scan: pl.LazyFrame) -> None:
         scan = _plain_types(scan)
+        if work.unnamed:
+            scan = scan.select(work.named(list(polars_call(scan.collect_schema))))
         schema = dict(polars_call(scan.collect_schema))
         if any(t == pl.Date or isinstance(t, pl.Datetime) for t in schema.values()) or (
                 ts in schema and schema[ts] == pl.String):

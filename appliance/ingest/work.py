@@ -54,6 +54,13 @@ class Work:
     timestamp: str | None = None        # the section's timestamp column, and its format
     timestamp_format: str | None = None
     hash_error: OSError | None = None
+    unnamed: list[int] = field(default_factory=list)  # a CSV's columns with a blank name
+
+    def named(self, columns: list[str]) -> list[str]:
+        """A CSV's ``columns``, in file order, without those whose header is blank (they
+        are dropped: see open_csv)."""
+        skip = set(self.unnamed)
+        return [c for i, c in enumerate(columns) if i not in skip]
 
     def digest(self) -> str | None:
         """The file's sha256, once its hashing thread is done (None if it failed)."""

@@ -158,3 +158,23 @@ def test_a_text_targets_markers_are_missing_labels_not_a_class(h):
     assert sorted(stored(h, out)["target"].unique().to_list()) == ["no", "yes"]
     assert out.record.rows == 34
     assert "6 rows with a null target were dropped" in out.record.warnings
+
+
+def test_columns_with_no_name_are_dropped_so_the_next_export_fits(h):
+    # Excel and many loggers end every line with the separator: a column with no name.
+    trailing = "a,,b,target,\n" + "".join(f"{i},,x,{i % 2},\n" for i in range(30))
+    out = h.process("trailing.csv", trailing.encode())
+    assert out.record.status == "accepted", out.record.reason
+    assert list(schema_of(h)) == ["a", "b", "target"]
+    assert "2 column(s) with no name in the header (position 2, 5) were dropped" \
+        in out.record.warnings
+    plain = "a,b,target\n" + "".join(f"{i},y,{i % 2}\n" for i in range(30))
+    out = h.process("plain.csv", plain.encode())
+    assert out.record.status == "accepted", out.record.reason
+    assert out.record.warnings == []
+    again = h.process("again.csv", trailing.replace(",x,", ",z,").encode())
+    assert again.record.status == "accepted", again.record.reason
+    assert stored(h, again).columns == ["a", "b", "target"]
+    # A repeated real name is still refused.
+    dup = h.process("dup.csv", b"a,a,target\n1,2,0\n")
+    assert dup.record.code == "duplicate_columns"
