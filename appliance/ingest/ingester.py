@@ -308,8 +308,10 @@ class Ingester:
                 lambda: pl.scan_parquet(tmp, glob=False).collect_schema())[target] == pl.String:
             unlabelled = unlabelled | is_marker(pl.col(target)).fill_null(False)
         stats = polars_call(lambda: pl.scan_parquet(tmp, glob=False).select(
-            pl.len().alias("rows"), unlabelled.sum().alias("nulls")).collect())
+            pl.len().alias("rows"), unlabelled.sum().alias("nulls"),
+            pl.all_horizontal(pl.all().is_null()).sum().alias("blank")).collect())
         rows, nulls = int(stats["rows"][0]), int(stats["nulls"][0])
+        blank = int(stats["blank"][0])        # blank lines, or lines of separators only
         if rows == 0:
             code = "header_only" if work.fmt != ".parquet" else "no_rows"
             raise ApplianceError(code, f"`{work.name}` has a header but no rows",
@@ -332,7 +334,11 @@ class Ingester:
                             .filter(~unlabelled)
                             .sink_parquet(kept, sync_on_close="all"))
             os.replace(kept, tmp)
-            work.warnings.append(f"{nulls} rows with a null {self._role(work)} were dropped")
+            if blank:
+                work.warnings.append(f"{blank} empty rows were dropped")
+            if nulls > blank:
+                work.warnings.append(
+                    f"{nulls - blank} rows with a null {self._role(work)} were dropped")
             rows -= nulls
         schema = polars_call(lambda: pl.scan_parquet(tmp, glob=False).collect_schema())
         return self._accept(work, tmp, rows, {c: str(t) for c, t in schema.items()}, stored)

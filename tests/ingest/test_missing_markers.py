@@ -178,3 +178,13 @@ def test_columns_with_no_name_are_dropped_so_the_next_export_fits(h):
     # A repeated real name is still refused.
     dup = h.process("dup.csv", b"a,a,target\n1,2,0\n")
     assert dup.record.code == "duplicate_columns"
+
+
+def test_empty_rows_are_dropped_and_counted_apart_from_missing_labels(h):
+    text = "a,b,target\n" + "".join(f"{i},x,{'' if i == 3 else i % 2}\n\n,,\n"
+                                    for i in range(30))
+    out = h.process("gaps.csv", text.encode())
+    assert out.record.status == "accepted", out.record.reason
+    assert out.record.rows == 29
+    assert out.record.warnings == ["60 empty rows were dropped",
+                                   "1 rows with a null target were dropped"]
