@@ -134,6 +134,9 @@ def decide(candidate: Candidate, champion: LoadedModel | None, min_improvement: 
     ok, why = m.passes(c_base, 0.0, baseline_z)
     baseline = Check("baseline", "baseline", n, c_base, 0.0, baseline_z, ok,
                      f"vs the baseline (class prior or mean): {why}")
+    needed = None if ok else m.rows_to_show(c_base, 0.0, baseline_z, n)
+    if needed is not None:   # too few rows to tell, not a model that learned nothing
+        baseline.extra["rows_to_show"] = needed
     champ: Check | None = None
     champion_metrics = None
     if champion is not None:
@@ -161,6 +164,9 @@ def decide(candidate: Candidate, champion: LoadedModel | None, min_improvement: 
     else:
         lead = baseline.text
     reason = f"{lead}; {where}" + "".join(f". {ch.text}" for ch in checks[2:])
+    if needed is not None:
+        reason += (f". Too few rows to tell: if its gain over the baseline holds, it needs "
+                   f"about {needed} held-out rows to be shown (more data will tell)")
     primary = champ if champ is not None and champ.comparison is not None else baseline
     return Decision(promote, reason, champion_metrics,
                     _details(primary, checks, promote, name, reason))

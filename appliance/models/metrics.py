@@ -274,6 +274,18 @@ def passes(c: Comparison, min_improvement: float, z: float,
     return ok, f"{shown}: {word} (needs {margin}by {z:g} SE)".replace("needs by", "needs")
 
 
+def rows_to_show(c: Comparison, min_improvement: float, z: float, rows: int) -> int | None:
+    """How many rows like these a gain of this size beyond ``min_improvement`` would need
+    to pass at ``z`` standard errors, if it held (the standard error shrinks as one over
+    the square root of the rows); None when it passes, or no such gain can be read."""
+    if z <= 0 or c.se is None or not np.isfinite(c.se) or c.se <= 0 or rows <= 0:
+        return None
+    edge = c.gain - min_improvement
+    if not np.isfinite(edge) or edge <= 0 or edge > z * c.se:
+        return None
+    return int(np.ceil(rows * (z * c.se / edge) ** 2 - 1e-9))
+
+
 def significant_loss(c: Comparison, z: float) -> tuple[bool, str]:
     """A one-sided test that the challenger is worse than the reference: its loss is over
     ``z`` standard errors (``z`` = 0: any loss). Returns whether it is, and the numbers."""

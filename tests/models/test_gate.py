@@ -13,7 +13,13 @@ import polars as pl
 import pytest
 
 from appliance.models.holdout import HOLDOUT_FILE, match_rows
-from appliance.models.metrics import Comparison, compare, passes, significant_loss
+from appliance.models.metrics import (
+    Comparison,
+    compare,
+    passes,
+    rows_to_show,
+    significant_loss,
+)
 
 # --- the one-sided test ------------------------------------------------------------------
 
@@ -36,6 +42,40 @@ def test_one_sided_test_needs_the_margin_and_the_standard_errors(gain, se, margi
     assert f"needs a gain > {margin:g}" in why
     if z and se:
         assert f"by {z:g} SE" in why and f"{gain / se:.1f} SE" in why
+
+
+def test_rows_to_show_a_gain_scale_with_its_standard_errors():
+    c = Comparison(metric="auc", challenger=0.815, reference=0.8, gain=0.015, se=0.010)
+    assert rows_to_show(c, 0.0, 2.0, 400) == 712      # 400 * (2 * 0.010 / 0.015) ** 2
+    assert rows_to_show(c, 0.005, 2.0, 400) == 1600   # beyond a margin: (0.02 / 0.01) ** 2
+    at = Comparison("auc", 0.815, 0.8, 0.015, 0.010 * (400 / 712) ** 0.5)
+    assert passes(at, 0.0, 2.0)[0] or abs(at.gain / at.se - 2.0) < 1e-3
+    assert rows_to_show(Comparison("auc", 0.83, 0.8, 0.03, 0.01), 0.0, 2.0, 400) is None
+    assert rows_to_show(Comparison("auc", 0.79, 0.8, -0.01, 0.01), 0.0, 2.0, 400) is None
+    assert rows_to_show(Comparison("auc", 0.85, 0.8, 0.05, None), 0.0, 2.0, 400) is None
+
+
+def test_a_real_gain_on_too_few_rows_is_told_how_many_would_show_it():
+    """A model with a real signal, judged on 30 held-out rows, is not shown to beat the
+    baseline; the rows it asks for are about right: scored on that many new rows, such a
+    model passes about half the time or more (the gain's estimate is itself noisy)."""
+    rng = np.random.default_rng(5)
+
+    def scored(n: int) -> Comparison:
+        s = rng.normal(size=n)
+        y = (rng.random(n) < 1 / (1 + np.exp(-0.8 * s))).astype(np.float64)
+        return compare("binary", "auc", y, 1 / (1 + np.exp(-s)), np.full(n, y.mean()))
+
+    asked = []
+    for _ in range(200):
+        c = scored(30)
+        if not passes(c, 0.0, 2.0)[0] and (k := rows_to_show(c, 0.0, 2.0, 30)):
+            asked.append(k)
+    assert len(asked) > 20
+    median = int(np.median(asked))
+    assert 30 < median < 2000
+    passed = sum(passes(scored(median), 0.0, 2.0)[0] for _ in range(100))
+    assert passed >= 40, (median, passed)
 
 
 def _equally_good(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
