@@ -269,7 +269,17 @@ def _types_for_untyped(work: Work, path: Path, have: dict[str, Any],
             if kept is None:
                 raise unsupported_type(work.name, col, have[col])
             found[col] = kept
-        return found
+    else:
+        found = _csv_types_for_untyped(work, path, columns)
+    typed = {c: t for c, t in found.items() if t != pl.Null}
+    if typed:
+        work.warnings.append("column(s) with no value until now take their type from this "
+                             "file: " + ", ".join(f"`{c}` {t}" for c, t in typed.items()))
+    return found
+
+
+def _csv_types_for_untyped(work: Work, path: Path, columns: list[str]) -> dict[str, pl.DataType]:
+    found: dict[str, pl.DataType] = {}
     values = polars_call(lambda: scan_csv(path, work, infer_schema=False).select(
         pl.col(c).drop_nulls().head(INFER_ROWS).implode() for c in columns).collect())
     for col in columns:
@@ -291,10 +301,6 @@ def _types_for_untyped(work: Work, path: Path, have: dict[str, Any],
         if kept == pl.Date or isinstance(kept, pl.Datetime):
             check_first(work, {col: kept}, texts)      # a day-first reading is warned of
         found[col] = kept
-    typed = {c: t for c, t in found.items() if t != pl.Null}
-    if typed:
-        work.warnings.append("column(s) with no value until now take their type from this "
-                             "file: " + ", ".join(f"`{c}` {t}" for c, t in typed.items()))
     return found
 
 

@@ -137,6 +137,7 @@ def test_an_untyped_column_takes_text_and_parquet_types_too(h):
     out = h.process("later.parquet", buf.getvalue())
     assert out.record.status == "accepted", out.record.reason
     assert schema_of(h)["note"] == "String" and schema_of(h)["flag"] == "Boolean"
+    assert any("`note` String" in w and "`flag` Boolean" in w for w in out.record.warnings)
 
 
 def test_a_column_empty_only_in_the_first_rows_is_typed_by_the_whole_first_file(h):
