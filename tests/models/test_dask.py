@@ -367,7 +367,9 @@ def worker_lost_then_retried(cluster, client, state_root, tmp_path, start_daemon
     message = failed[0]["message"]
     assert failed[0]["details"]["code"] == "dask_worker_lost", message
     assert victim in message and cluster.scheduler_address in message
-    assert events_of(daemon, "training_retry_scheduled")
+    # The retry is scheduled just after the failure is recorded: wait for it, don't race it.
+    wait_for(lambda: events_of(daemon, "training_retry_scheduled"), timeout=10,
+             what="the retry to be scheduled")
     client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed worker
     wait_for(lambda: [e for e in events_of(daemon, "training_started")
                       if e["details"].get("trigger") == "retry"], timeout=30,
