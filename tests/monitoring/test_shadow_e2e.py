@@ -110,8 +110,10 @@ def test_a_better_shadow_is_promoted_and_a_worse_one_rejected(state_root, start_
     # The production of `worse` never changed; `better` now answers with v2.
     assert predict(daemon, "worse", rows[:1])["model_version"] == 1
     assert predict(daemon, "better", rows[:1])["model_version"] == 2
-    kinds = [(e["kind"], e["pipeline"]) for e in daemon.get("/v1/events").json()["events"]]
-    assert ("shadow_started", "better") in kinds and ("not_promoted", "worse") in kinds
+    # The event follows the stage change by a moment: wait for it, don't race it.
+    wait_for(lambda: {("shadow_started", "better"), ("not_promoted", "worse")} <= {
+        (e["kind"], e["pipeline"]) for e in daemon.get("/v1/events").json()["events"]},
+        timeout=10, what="the shadow's events")
 
 
 def test_a_shadow_survives_a_restart_with_its_numbers(state_root, start_daemon, tmp_path):
