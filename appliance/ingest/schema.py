@@ -166,8 +166,7 @@ def convert_first(work: Work, path: Path, lf: pl.LazyFrame, have: dict[str, Any]
         if any(t == pl.Date or isinstance(t, pl.Datetime) for t in schema.values()) or (
                 ts in schema and schema[ts] == pl.String):
             check_first(work, schema, text())
-        texts = [c for c, t in schema.items() if t == pl.String and c != ts
-                 and c not in as_text]
+        texts = [c for c, t in schema.items() if t == pl.String and c != ts]
         if texts:
             numbers = numbers_with_markers(text(), texts, work.decimal_comma)
             scan = _markers_as_missing(work, scan, numbers)
@@ -279,6 +278,8 @@ def _types_for_untyped(work: Work, path: Path, have: dict[str, Any],
 
 
 def _csv_types_for_untyped(work: Work, path: Path, columns: list[str]) -> dict[str, pl.DataType]:
+    """From the first ``INFER_ROWS`` values of each column, read as text by one streaming
+    pass, with the numbers-and-markers rule and then Polars' own inference."""
     found: dict[str, pl.DataType] = {}
     values = polars_call(lambda: scan_csv(path, work, infer_schema=False).select(
         pl.col(c).drop_nulls().head(INFER_ROWS).implode() for c in columns).collect())
