@@ -239,6 +239,13 @@ def _check_csv(where: str, section: PipelineSettings | FeatureSetSettings,
         raise ConfigError(
             "a decimal comma needs another column separator: set csv_separator = \";\" (or "
             "\"\\t\"), or leave it \"auto\"", key=f"{where}.csv_decimal", path=path)
+    try:  # a text codec Python knows (not a bytes-to-bytes one such as base64)
+        "a,b\n".encode(section.csv_encoding)
+    except LookupError:
+        raise ConfigError(
+            f"{section.csv_encoding!r} is not a text encoding Python knows; use \"utf-8\", "
+            "\"cp1252\", \"latin-1\" or \"utf-16\", say", key=f"{where}.csv_encoding",
+            path=path) from None
 
 
 def _check_pipeline_train(name: str, p: PipelineSettings, path: Path | None) -> None:

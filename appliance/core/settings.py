@@ -524,6 +524,12 @@ class _DroppedFiles(_Section):
              "not separated by commas and the first lines' numbers are written 1,5; else "
              "`.`), or `.` or `,`"),
     ] = "auto"
+    csv_encoding: Annotated[
+        str,
+        _doc("the text encoding of its CSV files: `utf-8` (a byte-order mark is skipped), or "
+             "another Python codec name, such as `cp1252` (Excel's \"CSV\" on Western European "
+             "Windows) or `latin-1`, which is converted to UTF-8 as the file is read"),
+    ] = "utf-8"
 
 
 class PipelineSettings(_DroppedFiles):

@@ -24,7 +24,7 @@ import os
 import re
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,53 +139,116 @@ def csv_dialect(text: str, separator: str, decimal: str) -> tuple[str, bool]:
 
 
 def gunzip(work: Work, limits: IngestSettings, room: Callable[[], int]) -> Path:
-    """Decompress a .csv.gz beside the claimed file (a hidden name, cleaned up after), on a
-    running byte budget: refused once it passes ``ingest.max_file_mb``, and stopped with
-    :class:`NoRoom` once it passes half the disk space above ``ingest.min_free_mb``
-    (``room()`` at the start; the other half is the conversion's) or once the disk falls
-    to that floor meanwhile. A gzip bomb so stops before it fills the disk."""
+    """Decompress a .csv.gz beside the claimed file (a hidden name, cleaned up after), on
+    the running byte budget of :func:`_write_budgeted`: a gzip bomb stops before it fills
+    the disk."""
+    def chunks(raw: Any) -> Iterator[bytes]:
+        total = 0
+        with gzip.GzipFile(fileobj=raw) as gz:
+            while True:
+                try:
+                    chunk = gz.read(CHUNK)
+                except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+                    raise ApplianceError(
+                        "unparseable",
+                        f"`{work.name}` is not a valid gzip file: {exc or 'it ends early'} "
+                        f"(after {total} decompressed bytes)",
+                        {"error": str(exc) or "truncated", "decompressed_bytes": total},
+                    ) from None
+                if not chunk:
+                    return
+                total += len(chunk)
+                yield chunk
+
+    out = _write_budgeted(work, work.claimed, ".csv", chunks, limits, room, "decompresses to")
+    if out is None:
+        raise ApplianceError("empty_file", f"`{work.name}` decompresses to nothing",
+                             {"size_bytes": work.size})
+    return out
+
+
+def to_utf8(work: Work, source: Path, encoding: str, limits: IngestSettings,
+            room: Callable[[], int]) -> Path:
+    """A CSV in another text encoding (``csv_encoding``) converted to UTF-8 beside the
+    claimed file, on the same byte budget as gunzip. A byte that is not text in that
+    encoding refuses the file, naming where."""
+    def chunks(raw: Any) -> Iterator[bytes]:
+        decoder = codecs.getincrementaldecoder(encoding)()
+        read = 0
+        while True:
+            data = raw.read(CHUNK)
+            try:
+                text = decoder.decode(data, final=not data)
+            except UnicodeDecodeError as exc:
+                offset = read + exc.start
+                raise _not_text(work, source, encoding, offset) from None
+            read += len(data)
+            if text:
+                yield text.encode("utf-8")
+            if not data:
+                return
+
+    out = _write_budgeted(work, source, ".utf8.csv", chunks, limits, room,
+                          "converted to UTF-8 takes")
+    return out if out is not None else source
+
+
+def _not_text(work: Work, path: Path, encoding: str, offset: int) -> ApplianceError:
+    with open(path, "rb") as f:
+        before = f.read(offset)
+        sample = f.read(8)
+    line = before.count(b"\n") + 1
+    return ApplianceError(
+        "not_text",
+        f"`{work.name}` is not {encoding} text: byte offset {offset} (line {line}) starts "
+        f"the invalid bytes {sample!r}; set [{work.section}] csv_encoding to the encoding it "
+        "is in, or save it as UTF-8",
+        {"byte_offset": offset, "line": line, "bytes": sample.hex(), "encoding": encoding,
+         "config_key": f"{work.section}.csv_encoding"})
+
+
+def is_utf8(encoding: str) -> bool:
+    """Whether ``csv_encoding`` is UTF-8, which Polars reads as it is."""
+    return codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
+
+
+def _write_budgeted(work: Work, source: Path, suffix: str,
+                    chunks: Callable[[Any], Iterator[bytes]], limits: IngestSettings,
+                    room: Callable[[], int], verb: str) -> Path | None:
+    """Write what ``chunks`` makes of ``source`` to a hidden file beside the claimed one
+    (cleaned up after), on a running byte budget: refused once it passes
+    ``ingest.max_file_mb``, and stopped with :class:`NoRoom` once it passes half the disk
+    space above ``ingest.min_free_mb`` (``room()`` at the start; the other half is the
+    conversion's) or once the disk falls to that floor meanwhile. None when it wrote
+    nothing."""
     limit = limits.max_file_mb * 1024 * 1024
     room_at_start = room()
     budget = min(limit, max(room_at_start, 0) // 2)
-    out = work.claimed.with_name("." + work.claimed.name + ".csv")
+    out = work.claimed.with_name("." + work.claimed.name + suffix)
     work.temps.append(out)
     total = 0
-    fd = os.open(work.claimed, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as raw, gzip.GzipFile(fileobj=raw) as gz, open(out, "wb") as f:
-        while True:
-            try:
-                chunk = gz.read(CHUNK)
-            except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-                raise ApplianceError(
-                    "unparseable",
-                    f"`{work.name}` is not a valid gzip file: {exc or 'it ends early'} "
-                    f"(after {total} decompressed bytes)",
-                    {"error": str(exc) or "truncated", "decompressed_bytes": total},
-                ) from None
-            if not chunk:
-                break
+    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as raw, open(out, "wb") as f:
+        for chunk in chunks(raw):
             total += len(chunk)
             if total > limit:
                 raise ApplianceError(
                     "file_too_large",
-                    f"`{work.name}` decompresses to more than {limits.max_file_mb} MB "
+                    f"`{work.name}` {verb} more than {limits.max_file_mb} MB "
                     "(ingest.max_file_mb)",
                     {"decompressed_bytes_over": total, "limit_mb": limits.max_file_mb},
                 )
             left = room() if total % _ROOM_CHECK_BYTES < len(chunk) else 1
             if total > budget or left <= 0:
                 raise NoRoom(
-                    f"`{work.name}` decompresses to more than {total / 1e6:.0f} MB, over "
+                    f"`{work.name}` {verb} more than {total / 1e6:.0f} MB, over "
                     f"half the {room_at_start / 1e6:.0f} MB the state directory's disk had "
                     f"free above ingest.min_free_mb ({limits.min_free_mb} MB) when it began",
                     {"decompressed_bytes_over": total, "budget_bytes": budget,
                      "room_bytes_at_start": room_at_start, "room_bytes_left": left,
                      "min_free_mb": limits.min_free_mb})
             f.write(chunk)
-    if total == 0:
-        raise ApplianceError("empty_file", f"`{work.name}` decompresses to nothing",
-                             {"size_bytes": work.size})
-    return out
+    return out if total else None
 
 
 def open_parquet(work: Work, path: Path,
@@ -247,7 +310,7 @@ def open_csv(work: Work, path: Path, limits: IngestSettings, separator: str = "a
         text = decoder.decode(head[bom:], final=len(head) < _PROBE_BYTES)
     except UnicodeDecodeError as exc:
         raise not_utf8(name, bom + exc.start, head[: bom + exc.start].count(b"\n") + 1,
-                       head[bom + exc.start: bom + exc.start + 8]) from None
+                       head[bom + exc.start: bom + exc.start + 8], work.section) from None
     if len(head) == _PROBE_BYTES and "\n" not in text and "\r" not in text:
         raise ApplianceError(
             "unparseable",
@@ -310,7 +373,7 @@ def csv_failure(work: Work, path: Path, exc: PolarsFailure) -> ApplianceError:
     if "utf-8" in text.lower() or "utf8" in text.lower():
         offset, line, sample = _locate_bad_utf8(path)
         if offset is not None:
-            return not_utf8(name, offset, line, sample)
+            return not_utf8(name, offset, line, sample, work.section)
     m = re.search(r"could not parse `(.*?)` as dtype `([^`]+)` at column '(.*?)'", text, re.S)
     if m:
         value, dtype, col = m.group(1), m.group(2), m.group(3)

@@ -63,11 +63,13 @@ from appliance.ingest.faults import (
 from appliance.ingest.formats import (
     PolarsFailure,
     gunzip,
+    is_utf8,
     open_csv,
     open_parquet,
     polars_call,
     read_failure,
     scan_csv,
+    to_utf8,
 )
 from appliance.ingest.names import ACCEPTED_SUFFIXES, claim_time, file_format, original_name
 from appliance.ingest.outcomes import Outcome, final_name, free_name, reason_path, write_reason
@@ -246,6 +248,10 @@ class Ingester:
         if fmt == ".parquet":
             lf, have = open_parquet(work, source, limits)
         else:
+            if not is_utf8(section.csv_encoding):
+                with work.timed("to_utf8"):
+                    source = work.source = to_utf8(work, source, section.csv_encoding,
+                                                   limits, self._room)
             lf, have = open_csv(work, source, limits, section.csv_separator,
                                 section.csv_decimal)
         if feature_set is not None:

@@ -111,12 +111,24 @@ def write_reason(final: Path, record: IngestionRecord) -> None:
 # --- refusals raised by more than one step -----------------------------------------------
 
 
-def not_utf8(name: str, offset: int, line: int | None, sample: bytes) -> ApplianceError:
+def not_utf8(name: str, offset: int, line: int | None, sample: bytes,
+             section: str = "") -> ApplianceError:
+    # The usual other encodings: UTF-16 (Excel's "Unicode Text", NUL bytes between
+    # letters), and Western European Windows (Excel's plain "CSV", a lone 0x80-0xFF byte).
+    if not section:
+        hint = ""
+    elif sample.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in sample:
+        hint = f", or set [{section}] csv_encoding = \"utf-16\""
+    else:
+        hint = (f", or set [{section}] csv_encoding = \"cp1252\" if it comes from Windows "
+                "in Western Europe")
     return ApplianceError(
         "not_utf8",
         f"`{name}` is not UTF-8 text: byte offset {offset} (line {line}) starts the invalid "
         f"bytes {sample[:8]!r}; save the file as UTF-8 (for example, from a spreadsheet, "
-        "'CSV UTF-8')", {"byte_offset": offset, "line": line, "bytes": sample[:8].hex()})
+        f"'CSV UTF-8'){hint}",
+        {"byte_offset": offset, "line": line, "bytes": sample[:8].hex(),
+         "config_key": f"{section}.csv_encoding" if section else None})
 
 
 def bad_value(work: Work, col: str, row: int | None, value: Any,

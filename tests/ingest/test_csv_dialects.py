@@ -4,6 +4,8 @@ configured (`csv_separator`, `csv_decimal`) or found from the file's first lines
 
 from __future__ import annotations
 
+import gzip
+
 import polars as pl
 import pytest
 
@@ -88,3 +90,77 @@ def test_a_decimal_comma_with_a_comma_separator_is_a_config_error(tmp_path):
         "one-column", "comma-in-header"])
 def test_the_dialect_found_from_the_first_lines(text, separator, decimal_comma):
     assert csv_dialect(text, "auto", "auto") == (separator, decimal_comma)
+
+
+# --- text encodings other than UTF-8 -------------------------------------------------------
+
+EXCEL_CP1252 = ("Zeit;Temperatur;Maschine;Notiz;target\r\n"
+                "2026-03-01 08:00;21,5;Fräse;Öl nachgefüllt, 12 €;0\r\n") + "".join(
+    f"2026-03-02 {i % 24:02d}:00;{i},25;Drehbank;;{i % 2}\r\n" for i in range(30))
+
+
+def encoded_harness(tmp_path, encoding: str | None) -> Harness:
+    root = tmp_path / "state"
+    root.mkdir()
+    line = f'csv_encoding = "{encoding}"\n' if encoding else ""
+    return Harness(root, f'[pipelines.p]\ntarget = "target"\n{line}')
+
+
+def test_a_windows_excel_csv_is_read_with_its_encoding(tmp_path):
+    h = encoded_harness(tmp_path, "cp1252")
+    try:
+        out = h.process("export.csv", EXCEL_CP1252.encode("cp1252"))
+        assert out.record.status == "accepted", out.record.reason
+        df = stored(h, out)
+        assert df["Maschine"][0] == "Fräse" and df["Notiz"][0] == "Öl nachgefüllt, 12 €"
+        assert df["Temperatur"][:2].to_list() == [21.5, 0.25]
+        # Compressed too: decompressed, then converted.
+        later = EXCEL_CP1252.replace("Fräse", "Säge").encode("cp1252")
+        out = h.process("later.csv.gz", gzip.compress(later, mtime=0))
+        assert out.record.status == "accepted", out.record.reason
+        assert stored(h, out)["Maschine"][0] == "Säge"
+        assert h.leftovers() == []
+        # A byte that is no character in cp1252 refuses the file, naming where and the key.
+        bad = EXCEL_CP1252.encode("cp1252").replace(b"Dreh", b"Dr\x81h", 1)
+        refused = h.process("bad.csv", bad)
+        assert refused.record.code == "not_text", refused.record.reason
+        assert refused.record.details["line"] == 3
+        assert "[pipelines.p] csv_encoding" in refused.record.reason
+    finally:
+        h.store.close()
+
+
+def test_an_excel_unicode_text_file_is_read_as_utf16(tmp_path):
+    h = encoded_harness(tmp_path, "utf-16")
+    try:
+        text = EXCEL_CP1252.replace(";", "\t").replace("21,5", "21.5").replace(",25", ".25")
+        out = h.process("unicode.csv", text.encode("utf-16"))   # with its byte-order mark
+        assert out.record.status == "accepted", out.record.reason
+        df = stored(h, out)
+        assert df.columns == ["Zeit", "Temperatur", "Maschine", "Notiz", "target"]
+        assert df["Maschine"][0] == "Fräse" and df["Temperatur"][0] == 21.5
+    finally:
+        h.store.close()
+
+
+@pytest.mark.parametrize(("data", "suggested"), [
+    (EXCEL_CP1252.encode("cp1252"), 'csv_encoding = "cp1252"'),
+    (EXCEL_CP1252.encode("utf-16"), 'csv_encoding = "utf-16"'),
+], ids=["cp1252", "utf-16"])
+def test_by_default_utf8_and_the_refusal_names_the_key_to_set(tmp_path, data, suggested):
+    h = encoded_harness(tmp_path, None)
+    try:
+        refused = h.process("export.csv", data)
+        assert refused.record.code == "not_utf8"
+        assert f"[pipelines.p] {suggested}" in refused.record.reason, refused.record.reason
+    finally:
+        h.store.close()
+
+
+@pytest.mark.parametrize("name", ["klingon", "base64"])
+def test_an_encoding_python_cannot_read_as_text_is_a_config_error(tmp_path, name):
+    (tmp_path / "appliance.toml").write_text(
+        f'[pipelines.p]\ntarget = "y"\ncsv_encoding = "{name}"\n')
+    with pytest.raises(ConfigError) as err:
+        config.load(tmp_path)
+    assert err.value.key == "pipelines.p.csv_encoding"
