@@ -78,7 +78,7 @@ from appliance.ingest.schema import (
     check_values,
     convert_first,
     convert_to_schema,
-    is_marker,
+    keep_labelled_rows,
     lossless,
 )
 from appliance.ingest.work import HashJob, Work
@@ -306,46 +306,8 @@ class Ingester:
 
     def _finish_dataset(self, work: Work, tmp: Path, target: str,
                         stored: dict[str, str] | None) -> Outcome:
-        limits = self.settings.ingest
-        # A text target's missing markers (`NA`, `?`, ...) are missing labels, not a class
-        # (a feature set's key keeps them: it is an identifier).
-        unlabelled = pl.col(target).is_null()
-        if self._role(work) == "target" and polars_call(
-                lambda: pl.scan_parquet(tmp, glob=False).collect_schema())[target] == pl.String:
-            unlabelled = unlabelled | is_marker(pl.col(target)).fill_null(False)
-        stats = polars_call(lambda: pl.scan_parquet(tmp, glob=False).select(
-            pl.len().alias("rows"), unlabelled.sum().alias("nulls"),
-            pl.all_horizontal(pl.all().is_null()).sum().alias("blank")).collect())
-        rows, nulls = int(stats["rows"][0]), int(stats["nulls"][0])
-        blank = int(stats["blank"][0])        # blank lines, or lines of separators only
-        if rows == 0:
-            code = "header_only" if work.fmt != ".parquet" else "no_rows"
-            raise ApplianceError(code, f"`{work.name}` has a header but no rows",
-                                 {"columns": list(polars_call(
-                                     lambda: pl.scan_parquet(tmp, glob=False).collect_schema()))})
-        if rows > limits.max_rows:
-            raise ApplianceError(
-                "too_many_rows", f"`{work.name}` has {rows} rows, over the limit of "
-                f"{limits.max_rows} (ingest.max_rows)", {"rows": rows, "limit": limits.max_rows})
-        if nulls:
-            if nulls == rows:
-                raise ApplianceError(
-                    "no_rows", f"every row of `{work.name}` has a null {self._role(work)} "
-                    f"`{target}`",
-                    {"column": target, "rows": rows})
-            kept = tmp.with_name(tmp.name + ".kept")
-            work.temps.append(kept)
-            with work.timed("drop_null_targets"):
-                polars_call(lambda: pl.scan_parquet(tmp, glob=False)
-                            .filter(~unlabelled)
-                            .sink_parquet(kept, sync_on_close="all"))
-            os.replace(kept, tmp)
-            if blank:
-                work.warnings.append(f"{blank} empty rows were dropped")
-            if nulls > blank:
-                work.warnings.append(
-                    f"{nulls - blank} rows with a null {self._role(work)} were dropped")
-            rows -= nulls
+        rows = keep_labelled_rows(work, tmp, target, self._role(work),
+                                  self.settings.ingest.max_rows)
         schema = polars_call(lambda: pl.scan_parquet(tmp, glob=False).collect_schema())
         return self._accept(work, tmp, rows, {c: str(t) for c, t in schema.items()}, stored)
 

@@ -5,12 +5,14 @@ A pipeline's first file fixes its schema: its column types are inferred (from it
 ``INFER_ROWS`` rows, or the whole file when a later value does not fit them) and kept as
 types a data set may hold (:func:`kept_type`). A later file is cast to that schema, but only
 losslessly (:func:`lossless`): a value that does not convert refuses the file, naming its
-column, row and value (:func:`check_values`); extra columns are dropped.
+column, row and value (:func:`check_values`); extra columns are dropped. Rows without a
+label are then dropped and counted (:func:`keep_labelled_rows`).
 """
 
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 from typing import Any
 
@@ -400,6 +402,52 @@ def check_values(work: Work, lf: pl.LazyFrame, casts: dict[str, pl.Expr],
             row = int(found[ROW_INDEX][0]) + 1 if found.height else None
             value = found[col][0] if found.height else None
             raise bad_value(work, col, row, value, wants[col])
+
+
+def keep_labelled_rows(work: Work, tmp: Path, target: str, role: str, max_rows: int) -> int:
+    """The converted file ``tmp`` without its rows that have no ``target`` (a pipeline's
+    target, or a feature set's key: its ``role``), counted in warnings, empty rows apart;
+    refused when no row is left, or over ``max_rows``. Returns the rows kept."""
+    # A text target's missing markers (`NA`, `?`, ...) are missing labels, not a class
+    # (a feature set's key keeps them: it is an identifier).
+    unlabelled = pl.col(target).is_null()
+    if role == "target" and polars_call(
+            lambda: pl.scan_parquet(tmp, glob=False).collect_schema())[target] == pl.String:
+        unlabelled = unlabelled | is_marker(pl.col(target)).fill_null(False)
+    stats = polars_call(lambda: pl.scan_parquet(tmp, glob=False).select(
+        pl.len().alias("rows"), unlabelled.sum().alias("nulls"),
+        pl.all_horizontal(pl.all().is_null()).sum().alias("blank")).collect())
+    rows, nulls = int(stats["rows"][0]), int(stats["nulls"][0])
+    blank = int(stats["blank"][0])        # blank lines, or lines of separators only
+    if rows == 0:
+        code = "header_only" if work.fmt != ".parquet" else "no_rows"
+        raise ApplianceError(code, f"`{work.name}` has a header but no rows",
+                             {"columns": list(polars_call(
+                                 lambda: pl.scan_parquet(tmp, glob=False).collect_schema()))})
+    if rows > max_rows:
+        raise ApplianceError(
+            "too_many_rows", f"`{work.name}` has {rows} rows, over the limit of "
+            f"{max_rows} (ingest.max_rows)", {"rows": rows, "limit": max_rows})
+    if nulls:
+        if nulls == rows:
+            raise ApplianceError(
+                "no_rows", f"every row of `{work.name}` has a null {role} "
+                f"`{target}`",
+                {"column": target, "rows": rows})
+        kept = tmp.with_name(tmp.name + ".kept")
+        work.temps.append(kept)
+        with work.timed("drop_null_targets"):
+            polars_call(lambda: pl.scan_parquet(tmp, glob=False)
+                        .filter(~unlabelled)
+                        .sink_parquet(kept, sync_on_close="all"))
+        os.replace(kept, tmp)
+        if blank:
+            work.warnings.append(f"{blank} empty rows were dropped")
+        if nulls > blank:
+            work.warnings.append(
+                f"{nulls - blank} rows with a null {role} were dropped")
+        rows -= nulls
+    return rows
 
 
 def sink(work: Work, path: Path, lf: pl.LazyFrame, tmp: Path) -> None:
