@@ -10,6 +10,7 @@ from typing import Any
 from appliance.models.backtest import Backtests
 from appliance.models.build import ModelBuilder
 from appliance.models.bundle import bundle_pipeline
+from appliance.models.data import Source, load_training_data
 from appliance.models.export import export_bundle
 from appliance.models.gate import Decision, decide
 from appliance.models.importer import ModelImporter, PolicyParts
@@ -22,9 +23,7 @@ from appliance.models.signing import generate_keys, load_private_key
 from appliance.models.suspect import LabelCheck, check_frame, label_profile
 from appliance.models.train import (
     Candidate,
-    Source,
     TrainingCancelled,
-    load_training_data,
     train,
     training_threads,
 )

@@ -27,6 +27,7 @@ from appliance.core import (
 )
 from appliance.features import CHECK_MAX_ROWS, encode_target, read_rows, to_matrix
 from appliance.models import metrics as m
+from appliance.models.data import Source, load_training_data
 from appliance.models.gate import Decision, PastRows, decide
 from appliance.models.holdout import holdout_sample, match_rows, read_holdout
 from appliance.models.memory import rows_that_fit
@@ -37,8 +38,6 @@ from appliance.models.registry import Registry, library_versions
 from appliance.models.suspect import label_profile
 from appliance.models.train import (
     Candidate,
-    Source,
-    load_training_data,
     train,
     training_threads,
 )

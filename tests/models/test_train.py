@@ -12,6 +12,7 @@ import pytest
 
 from appliance.core import parse
 from appliance.features import FeatureSpec, RowEncoder, build_spec, infer_task, to_matrix
+from appliance.models import Source, load_training_data
 from appliance.models.metrics import auc, compare
 from tests.models.conftest import MACHINES, machines
 
@@ -217,6 +218,47 @@ def test_window_of_rows_without_timestamp_reads_only_the_newest_files(lab):
     lineage = lab.train("plain").lineage
     assert [(d["version"], d["rows_used"]) for d in lineage["datasets"]] == [(2, 100), (3, 300)]
     assert lineage["split"] == "stratified random"
+
+
+def test_a_row_sent_again_with_its_id_trains_once_as_sent_last(lab):
+    # Daily exports of the last two days: each reading comes twice, and a label corrected
+    # upstream comes with its fix. Rows are trained on once, as sent last.
+    m = machines("machines_01.csv")
+    day1, day2 = m.slice(0, 2000), m.slice(1000, 2000)
+    wrong = day1.with_columns(pl.when(pl.int_range(pl.len()) >= 1000)
+                              .then(1 - pl.col("failed_within_24h"))
+                              .otherwise(pl.col("failed_within_24h")).alias("failed_within_24h"))
+    lab.configure({"pipelines": {"machines": MACHINES}})
+    lab.ingest("machines", wrong, "day1")
+    lab.ingest("machines", day2, "day2")
+    lineage = lab.train("machines").lineage
+    assert lineage["rows"] == 3000 and lineage["window"]["replaced_rows"] == 1000
+    assert lineage["window"]["kind"] == "all, the newest row per `reading_id`"
+    assert [(d["version"], d["rows_used"]) for d in lineage["datasets"]] == [(1, 1000),
+                                                                           (2, 2000)]
+    # The frame trained on holds the corrected labels only.
+    sources = [Source(d.version, lab.state.root / d.path, d.rows)
+               for d in lab.store.training_datasets("machines")]
+    frame = load_training_data(sources, parse({"pipelines": {"machines": MACHINES}})
+                               .pipeline("machines")).frame
+    assert frame.sort("reading_id").equals(m.slice(0, 3000).sort("reading_id")
+                                           .select(frame.columns))
+
+    # With a window too, the newest copy wins.
+    lab.configure({"pipelines": {"machines": {**MACHINES, "train": {"window_rows": 2500}}}})
+    windowed = lab.train("machines").lineage
+    assert windowed["window"]["kind"] == "last 2500 rows, the newest row per `reading_id`"
+    assert windowed["rows"] + windowed["window"]["replaced_rows"] == 2500
+
+
+def test_an_id_that_repeats_within_a_file_replaces_nothing(lab):
+    m = machines("machines_01.csv")
+    lab.configure({"pipelines": {"machines": {**MACHINES, "id": "machine_id"}}})
+    lab.ingest("machines", m.slice(0, 1500), "a")
+    lab.ingest("machines", m.slice(1500, 1500), "b")
+    lineage = lab.train("machines").lineage
+    assert lineage["rows"] == 3000 and "replaced_rows" not in lineage["window"]
+    assert "`machine_id` repeats within a data set" in lineage["window"]["newest_per_id"]
 
 
 # --- tuning ------------------------------------------------------------------------------
