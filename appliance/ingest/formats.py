@@ -20,6 +20,7 @@ import codecs
 import csv
 import gzip
 import io
+import mmap
 import os
 import re
 import zlib
@@ -205,6 +206,60 @@ def _not_text(work: Work, path: Path, encoding: str, offset: int) -> ApplianceEr
         "is in, or save it as UTF-8",
         {"byte_offset": offset, "line": line, "bytes": sample.hex(), "encoding": encoding,
          "config_key": f"{work.section}.csv_encoding"})
+
+
+def repeated_headers(path: Path) -> int:
+    """How many lines after the first repeat the header line exactly: CSV files joined end
+    to end (`cat a.csv b.csv`), or a logger that writes its header again at each restart.
+    Read as data, each such line turns every column of numbers into text. A byte search
+    over the file (memory-mapped), so it costs a fraction of reading it."""
+    with open(path, "rb") as f:
+        header = _header_line(f.readline())
+        # A header of numbers only may be a first row of data: identical rows stay.
+        if not re.search(rb"[A-Za-z_]", header) or os.fstat(f.fileno()).st_size == 0:
+            return 0
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            found = 0
+            for prefix in (b"\n", b"\n" + codecs.BOM_UTF8):
+                needle = prefix + header
+                at = mm.find(needle)
+                while at != -1:
+                    end = at + len(needle)
+                    if mm[end:end + 1] in (b"\n", b"\r", b""):
+                        found += 1
+                    at = mm.find(needle, end)
+            return found
+
+
+def _header_line(line: bytes) -> bytes:
+    line = line[len(codecs.BOM_UTF8):] if line.startswith(codecs.BOM_UTF8) else line
+    return line.rstrip(b"\r\n")
+
+
+def drop_repeated_headers(work: Work, source: Path, limits: IngestSettings,
+                          room: Callable[[], int]) -> Path:
+    """A copy of ``source`` without the lines after the first that repeat its header line
+    (see :func:`repeated_headers`), on gunzip's byte budget."""
+    def chunks(raw: Any) -> Iterator[bytes]:
+        first = raw.readline()
+        header = _header_line(first)
+        yield first
+        out: list[bytes] = []
+        size = 0
+        for line in raw:
+            if _header_line(line) == header:
+                continue
+            out.append(line)
+            size += len(line)
+            if size >= CHUNK:
+                yield b"".join(out)
+                out, size = [], 0
+        if out:
+            yield b"".join(out)
+
+    out = _write_budgeted(work, source, ".noheaders.csv", chunks, limits, room,
+                          "without its repeated headers takes")
+    return out if out is not None else source
 
 
 def is_utf8(encoding: str) -> bool:

@@ -62,12 +62,14 @@ from appliance.ingest.faults import (
 )
 from appliance.ingest.formats import (
     PolarsFailure,
+    drop_repeated_headers,
     gunzip,
     is_utf8,
     open_csv,
     open_parquet,
     polars_call,
     read_failure,
+    repeated_headers,
     scan_csv,
     to_utf8,
 )
@@ -252,6 +254,13 @@ class Ingester:
                 with work.timed("to_utf8"):
                     source = work.source = to_utf8(work, source, section.csv_encoding,
                                                    limits, self._room)
+            with work.timed("header_scan"):
+                repeats = repeated_headers(source)
+            if repeats:
+                source = work.source = drop_repeated_headers(work, source, limits, self._room)
+                work.warnings.append(
+                    f"{repeats} repeated header lines were dropped (files joined end to end, "
+                    "or a logger that writes its header at each restart)")
             lf, have = open_csv(work, source, limits, section.csv_separator,
                                 section.csv_decimal)
         if feature_set is not None:

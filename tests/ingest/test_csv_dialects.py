@@ -164,3 +164,27 @@ def test_an_encoding_python_cannot_read_as_text_is_a_config_error(tmp_path, name
     with pytest.raises(ConfigError) as err:
         config.load(tmp_path)
     assert err.value.key == "pipelines.p.csv_encoding"
+
+
+# --- header lines repeated inside a file ---------------------------------------------------
+
+
+def test_files_joined_end_to_end_drop_their_repeated_headers(h):
+    # `cat day1.csv day2.csv`, one of them saved with a byte-order mark and CRLF lines.
+    day1 = "t,temp,kind,target\n" + "".join(f"{i},{i}.5,a,{i % 2}\n" for i in range(40))
+    day2 = "\ufefft,temp,kind,target\r\n" + "".join(
+        f"{i},{i}.25,b,{i % 2}\r\n" for i in range(40, 80))
+    out = h.process("joined.csv", (day1 + day2 + day1.split("\n", 1)[0]).encode())
+    assert out.record.status == "accepted", out.record.reason
+    df = stored(h, out)
+    assert df.schema["temp"] == pl.Float64 and df.schema["t"] == pl.Int64
+    assert df.height == 80 and df["temp"][40] == 40.25
+    assert "2 repeated header lines were dropped (files joined end to end, or a logger " \
+           "that writes its header at each restart)" in out.record.warnings
+    assert h.leftovers() == []
+    # A later file whose header comes again after ten thousand rows (a logger restarted).
+    head = "t,temp,kind,target\n"
+    rows = "".join(f"{i},{i}.5,a,{i % 2}\n" for i in range(10_050))
+    out = h.process("logger.csv", (head + rows[:200_000] + head + rows[200_000:]).encode())
+    assert out.record.status == "accepted", out.record.reason
+    assert stored(h, out).height == 10_050
