@@ -218,7 +218,11 @@ def repeated_headers(path: Path) -> int:
         # A header of numbers only may be a first row of data: identical rows stay.
         if not re.search(rb"[A-Za-z_]", header) or os.fstat(f.fileno()).st_size == 0:
             return 0
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        try:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):  # a file system that can't map files: not checked
+            return 0
+        with mapped as mm:
             found = 0
             for prefix in (b"\n", b"\n" + codecs.BOM_UTF8):
                 needle = prefix + header
