@@ -85,7 +85,11 @@ def test_suspect_batches_are_held_released_and_discarded(trained_template, tmp_p
 
     # 1. Inverted labels: held with suspect_labels, the good model keeps serving, nothing
     #    trains on it.
-    bad = write(inverted(rows), tmp_path, "machines_02_inverted.csv")
+    # Other readings than machines_02.csv's (dropped below as the normal batch): a row sent
+    # again under its id would replace this batch's copy (see test_train), and step 5
+    # checks that a released batch trains.
+    other = rows.with_columns(pl.col("reading_id").str.replace("R02-", "R12-", literal=True))
+    bad = write(inverted(other), tmp_path, "machines_02_inverted.csv")
     drop(state, "machines", bad)
     item = checked(daemon, bad.name)
     assert item["dataset_version"] == 2

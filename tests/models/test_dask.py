@@ -255,7 +255,7 @@ def test_a_scheduler_that_is_down_fails_the_job_while_the_box_serves(
 def test_workers_reading_shared_storage_build_the_matrix_the_box_would_send(cluster,
                                                                              tmp_path):
     from appliance.features import build_spec, encode_target, to_matrices
-    from appliance.models.train import read_datasets
+    from appliance.models.data import read_datasets
 
     paths = []
     for i, seed in enumerate((4, 5)):
