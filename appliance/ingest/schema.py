@@ -415,10 +415,8 @@ def keep_labelled_rows(work: Work, tmp: Path, target: str, role: str, max_rows: 
             lambda: pl.scan_parquet(tmp, glob=False).collect_schema())[target] == pl.String:
         unlabelled = unlabelled | is_marker(pl.col(target)).fill_null(False)
     stats = polars_call(lambda: pl.scan_parquet(tmp, glob=False).select(
-        pl.len().alias("rows"), unlabelled.sum().alias("nulls"),
-        pl.all_horizontal(pl.all().is_null()).sum().alias("blank")).collect())
+        pl.len().alias("rows"), unlabelled.sum().alias("nulls")).collect())
     rows, nulls = int(stats["rows"][0]), int(stats["nulls"][0])
-    blank = int(stats["blank"][0])        # blank lines, or lines of separators only
     if rows == 0:
         code = "header_only" if work.fmt != ".parquet" else "no_rows"
         raise ApplianceError(code, f"`{work.name}` has a header but no rows",
@@ -434,6 +432,9 @@ def keep_labelled_rows(work: Work, tmp: Path, target: str, role: str, max_rows: 
                 "no_rows", f"every row of `{work.name}` has a null {role} "
                 f"`{target}`",
                 {"column": target, "rows": rows})
+        # Blank lines, or lines of separators only: every column read, so only now.
+        blank = int(polars_call(lambda: pl.scan_parquet(tmp, glob=False).select(
+            pl.all_horizontal(pl.all().is_null()).sum()).collect()).item())
         kept = tmp.with_name(tmp.name + ".kept")
         work.temps.append(kept)
         with work.timed("drop_null_targets"):
