@@ -78,8 +78,9 @@ from appliance.ingest.outcomes import Outcome, final_name, free_name, reason_pat
 from appliance.ingest.schema import (
     INFER_ROWS,
     check_values,
-    convert_first,
-    convert_to_schema,
+    convert,
+    header_written_differently,
+    is_repeated_header,
     keep_labelled_rows,
     lossless,
 )
@@ -247,6 +248,7 @@ class Ingester:
         target = feature_set.key if feature_set else self.settings.pipeline(work.pipeline).target
         record = self.store.pipeline(work.pipeline)
         schema = record.schema if record is not None and record.schema else None
+        opened = len(work.warnings)
         if fmt == ".parquet":
             lf, have = open_parquet(work, source, limits)
         else:
@@ -254,13 +256,6 @@ class Ingester:
                 with work.timed("to_utf8"):
                     source = work.source = to_utf8(work, source, section.csv_encoding,
                                                    limits, self._room)
-            with work.timed("header_scan"):
-                repeats = repeated_headers(source)
-            if repeats:
-                source = work.source = drop_repeated_headers(work, source, limits, self._room)
-                work.warnings.append(
-                    f"{repeats} repeated header lines were dropped (files joined end to end, "
-                    "or a logger that writes its header at each restart)")
             lf, have = open_csv(work, source, limits, section.csv_separator,
                                 section.csv_decimal)
         if feature_set is not None:
@@ -298,11 +293,32 @@ class Ingester:
         scratch.mkdir(exist_ok=True)
         work.temps.append(scratch)
         tmp = scratch / "data.parquet"
+        def without_headers(repeats: int) -> tuple[Path, pl.LazyFrame, dict[str, Any]]:
+            clean = work.source = drop_repeated_headers(work, source, limits, self._room)
+            del work.warnings[opened:]
+            work.warnings.append(
+                f"{repeats} repeated header lines were dropped (files joined end to end, or "
+                "a logger that writes its header at each restart)")
+            return (clean, *open_csv(work, clean, limits, section.csv_separator,
+                                     section.csv_decimal))
+
+        # A line repeating the header shows as a value equal to its column's name, so it is
+        # looked for only then, and other files pay nothing for it; in a schema of text
+        # only, where it casts without an error, it is looked for at once.
+        if fmt != ".parquet" and schema and all(t == "String" for t in schema.values()) \
+                and (repeats := repeated_headers(source)):
+            source, lf, have = without_headers(repeats)
         with work.timed("convert"):
-            if schema is None:
-                convert_first(work, source, lf, have, tmp)
-            else:
-                convert_to_schema(work, source, lf, have, schema, tmp)
+            try:
+                convert(work, source, lf, have, schema, tmp)
+            except ApplianceError as err:
+                if not is_repeated_header(work, err):
+                    raise
+                repeats = repeated_headers(source)
+                if not repeats:
+                    raise header_written_differently(err) from None
+                source, lf, have = without_headers(repeats)
+                convert(work, source, lf, have, schema, tmp)
         _step("converted", name)
         # Duplicates are found once the hash is done: a duplicate costs a conversion, but a
         # new file (the usual case) costs no extra read for its hash.

@@ -122,6 +122,38 @@ def lossless(col: str, have: pl.DataType, want: pl.DataType,
 # --- converting: one streaming pass from the source to a Parquet file -------------------
 
 
+def convert(work: Work, path: Path, lf: pl.LazyFrame, have: dict[str, Any],
+            schema: dict[str, str] | None, tmp: Path) -> None:
+    """A dropped file to ``tmp``: the first of its pipeline fixes the schema, a later one is
+    cast to it."""
+    if schema is None:
+        convert_first(work, path, lf, have, tmp)
+    else:
+        convert_to_schema(work, path, lf, have, schema, tmp)
+
+
+def is_repeated_header(work: Work, err: ApplianceError) -> bool:
+    """Whether a CSV's refusal may come from a line that repeats its header: a value equal
+    to its column's name, or such a line among the rows types were inferred from."""
+    if work.fmt == ".parquet":
+        return False
+    if err.code == "repeated_header":
+        return True
+    column, value = err.details.get("column"), err.details.get("value")
+    return err.code == "bad_value" and isinstance(column, str) and value is not None \
+        and str(value).strip() == column.strip()
+
+
+def header_written_differently(err: ApplianceError) -> ApplianceError:
+    """The refusal for a line that repeats the header (:func:`is_repeated_header`) but not
+    byte for byte, so it could not be dropped."""
+    if err.code != "bad_value":
+        return err
+    return ApplianceError(
+        "repeated_header", f"{err.message.split(': value')[0]} holds the header line again, "
+        "written differently (spaces, quotes); remove such lines", err.details)
+
+
 def convert_first(work: Work, path: Path, lf: pl.LazyFrame, have: dict[str, Any],
                   tmp: Path) -> None:
     """The first file of a pipeline: its column types are inferred, and fix the schema."""
@@ -170,6 +202,12 @@ def convert_first(work: Work, path: Path, lf: pl.LazyFrame, have: dict[str, Any]
             check_first(work, schema, text())
         texts = [c for c, t in schema.items() if t == pl.String and c != ts]
         if texts:
+            head = text().select(work.named(text().columns))
+            if head.filter(pl.all_horizontal(pl.col(c).str.strip_chars() == c.strip()
+                                             for c in head.columns)).height:
+                raise ApplianceError(
+                    "repeated_header", f"`{work.name}` repeats its header line among its "
+                    "rows, written differently (spaces, quotes); remove those lines", {})
             numbers = numbers_with_markers(text(), texts, work.decimal_comma)
             scan = _markers_as_missing(work, scan, numbers)
             head = text()
@@ -186,7 +224,8 @@ def convert_first(work: Work, path: Path, lf: pl.LazyFrame, have: dict[str, Any]
             first_pass(scan_csv(path, work, infer_schema_length=INFER_ROWS,
                                 try_parse_dates=True, schema_overrides=as_text or None))
     except ApplianceError as err:
-        if err.code != "bad_value" or err.details.get("column") == ts:
+        if err.code != "bad_value" or err.details.get("column") == ts \
+                or is_repeated_header(work, err):
             raise
         # A value past the rows the types were inferred from does not fit them (a 2.5
         # after ten thousand integers): infer from the whole file instead.

@@ -188,3 +188,30 @@ def test_files_joined_end_to_end_drop_their_repeated_headers(h):
     out = h.process("logger.csv", (head + rows[:200_000] + head + rows[200_000:]).encode())
     assert out.record.status == "accepted", out.record.reason
     assert stored(h, out).height == 10_050
+
+
+def test_a_repeated_header_in_a_later_file_or_in_a_schema_of_text_only(h, tmp_path):
+    first = "t,temp,kind,target\n" + "".join(f"{i},{i}.5,a,{i % 2}\n" for i in range(40))
+    assert h.process("first.csv", first.encode()).record.status == "accepted"
+    later = first + "".join(f"{i},{i}.5,b,{i % 2}\n" for i in range(40, 60))
+    out = h.process("later.csv", later.replace("\n40,", "\nt,temp,kind,target\n40,").encode())
+    assert out.record.status == "accepted", out.record.reason
+    assert stored(h, out).height == 60
+    assert out.record.warnings[-1].startswith("1 repeated header lines were dropped")
+    # Only text: nothing fails to cast, so the header is looked for at once.
+    root = tmp_path / "text"
+    root.mkdir()
+    texts = Harness(root)
+    try:
+        words = "kind,target\n" + "".join(f"k{i % 3},{'yes' if i % 2 else 'no'}\n"
+                                          for i in range(40))
+        assert texts.process("a.csv", words.encode()).record.status == "accepted"
+        out = texts.process("b.csv", (words + words).encode())
+        assert out.record.status == "accepted", out.record.reason
+        assert sorted(stored(texts, out)["target"].unique()) == ["no", "yes"]
+        # Written differently (spaces): not dropped by bytes, refused with the reason.
+        odd = "t,temp,kind,target\n" + "".join(f"{i},{i}.5,a,{i % 2}\n" for i in range(5))
+        refused = h.process("odd.csv", (odd + "t, temp, kind, target\n").encode())
+        assert refused.record.code == "repeated_header", refused.record.reason
+    finally:
+        texts.store.close()
