@@ -29,7 +29,7 @@ from appliance.core.config import (
     resolve_state_dir,
 )
 from appliance.core.errors import ApplianceError, preview
-from appliance.core.statedir import StateDir
+from appliance.core.statedir import StateDir, fsync_dir
 from appliance.core.threads import lower_thread_priority, lower_to_idle
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "TrainSettings",
     "cron_trigger",
     "dask_missing",
+    "fsync_dir",
     "load",
     "lower_thread_priority",
     "lower_to_idle",

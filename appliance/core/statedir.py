@@ -121,7 +121,7 @@ def _ensure_secret(path: Path) -> str:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path.read_text().strip()
 
 
@@ -132,7 +132,8 @@ def _replace_once(tmp: Path, path: Path) -> None:
         os.replace(tmp, path)
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a folder's entries (a file created, renamed or removed in it) durable."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)

@@ -51,7 +51,7 @@ from typing import Any
 
 import polars as pl
 
-from appliance.core import ApplianceError, Settings, StateDir
+from appliance.core import ApplianceError, Settings, StateDir, fsync_dir
 from appliance.features import dtype_from_name
 from appliance.ingest.faults import (
     CRASHES_TOLERATED,
@@ -591,10 +591,6 @@ def _scalars(details: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    with contextlib.suppress(OSError):  # a file system that can't sync folders
+        fsync_dir(folder)
 

@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from appliance import __version__
-from appliance.core import ApplianceError, StateDir
+from appliance.core import ApplianceError, StateDir, fsync_dir
 from appliance.features import FeatureSpec
 from appliance.models.holdout import HOLDOUT_FILE, holdout_file, holdout_sample
 from appliance.models.predictor import LoadedModel
@@ -48,14 +48,6 @@ def _write_synced(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def library_versions() -> dict[str, str]:
@@ -185,9 +177,9 @@ class Registry:
             _write_synced(tmp / "model.json", meta_bytes)
             for name, data in others.items():
                 _write_synced(tmp / name, data)
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             os.rename(tmp, final)
-            _fsync_dir(root)
+            fsync_dir(root)
         except OSError as exc:
             # Nothing half-written stays behind (a crash leaves it to cleanup()).
             shutil.rmtree(tmp, ignore_errors=True)
