@@ -257,7 +257,7 @@ class Trainer:
                     "trains on fewer rows)", pipeline=pipeline, level="error",
                     code="interrupted", attempts=attempt)
                 continue
-            delay = jobs.retry_backoff_seconds * 2 ** (attempt - 1)
+            delay = self._backoff(attempt)
             self.store.schedule_training_retry(pipeline, attempt, time.time() + delay)
             self.events.emit(
                 "training_failed",
@@ -360,6 +360,10 @@ class Trainer:
             if seq is not None:
                 self.store.finish_training_request(pipeline, seq)
 
+    def _backoff(self, attempt: int) -> float:
+        """The wait before retry ``attempt``: the backoff, doubled at each further one."""
+        return self.settings.jobs.retry_backoff_seconds * 2 ** (attempt - 1)
+
     def _retry_later(self, pipeline: str, seq: int | None) -> None:
         jobs = self.settings.jobs
         attempt = self._failures.get(pipeline, 0) + 1
@@ -372,7 +376,7 @@ class Trainer:
                                             self.store.next_dataset_version(pipeline) - 1)
             return
         self._failures[pipeline] = attempt
-        delay = jobs.retry_backoff_seconds * 2 ** (attempt - 1)
+        delay = self._backoff(attempt)
         # Kept, with its time: stopped before it comes due, the daemon retries after a start.
         self.store.schedule_training_retry(pipeline, attempt, time.time() + delay)
         if self.schedule_retry is None or self._closed:

@@ -122,16 +122,18 @@ def _newest_per_id(frame: pl.DataFrame, id_col: str, window: dict[str, Any]) -> 
     trains beside the wrong one. Only when the id is unique within every data set, as a
     row id is; an `id` that repeats within a file (a machine's id, say) replaces nothing,
     and the lineage says so. Rows without an id are all kept."""
+    # Only the two key columns are looked at, and the frame is copied only when rows go:
+    # a large window is not held twice.
     ids = pl.col(id_col)
-    repeats = frame.filter(ids.is_not_null()).select(
-        pl.struct(WINDOW_COLUMN, id_col).is_duplicated().any()).item()
-    if repeats:
+    keys = frame.select(WINDOW_COLUMN, id_col).filter(ids.is_not_null())
+    if keys.select(pl.struct(WINDOW_COLUMN, id_col).is_duplicated().any()).item():
         window["newest_per_id"] = (f"not applied: `{id_col}` repeats within a data set, so "
                                    "it is not a row id")
         return _with_rows_used(frame, window)
-    kept = frame.filter(ids.is_null() | ids.is_last_distinct())
-    replaced = frame.height - kept.height
-    if replaced:
-        window["replaced_rows"] = replaced
-        window["kind"] = f"{window['kind']}, the newest row per `{id_col}`"
-    return _with_rows_used(kept, window)
+    keep = frame.select(ids.is_null() | ids.is_last_distinct()).to_series()
+    replaced = keep.len() - int(keep.sum())
+    if not replaced:
+        return _with_rows_used(frame, window)
+    window["replaced_rows"] = replaced
+    window["kind"] = f"{window['kind']}, the newest row per `{id_col}`"
+    return _with_rows_used(frame.filter(keep), window)

@@ -142,14 +142,11 @@ class RolloutWatch:
                             "bounds", r.pipeline, r.version)
                 self.store.end_rollout_watch(r.pipeline, r.version)
                 continue
-            carried = _Counts(0.0)
-            carried.add(r.after)
-            before = _Counts(0.0)
-            before.add(r.before)
+            carried = _counts([r.after])
             left = max(0.0, r.until - r.checked_at)
             self.watches[r.pipeline] = Watch(
                 r.pipeline, r.version, r.previous, r.promoted_at, now + left,
-                self.requests.totals().get(r.pipeline) or _Counts(0.0), before,
+                self.requests.totals().get(r.pipeline) or _Counts(0.0), _counts([r.before]),
                 carried=carried, resumed=True)
             log.info("rollout_resumed pipeline=%s version=%s seconds_left=%.0f requests=%d",
                      r.pipeline, r.version, left, carried.requests)
