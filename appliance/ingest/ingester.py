@@ -79,7 +79,6 @@ from appliance.ingest.schema import (
     INFER_ROWS,
     check_values,
     convert,
-    header_written_differently,
     is_repeated_header,
     keep_labelled_rows,
     lossless,
@@ -315,8 +314,8 @@ class Ingester:
                 if not is_repeated_header(work, err):
                     raise
                 repeats = repeated_headers(source)
-                if not repeats:
-                    raise header_written_differently(err) from None
+                if not repeats:  # a value that happens to equal its column's name
+                    raise
                 source, lf, have = without_headers(repeats)
                 convert(work, source, lf, have, schema, tmp)
         _step("converted", name)

@@ -144,16 +144,6 @@ def is_repeated_header(work: Work, err: ApplianceError) -> bool:
         and str(value).strip() == column.strip()
 
 
-def header_written_differently(err: ApplianceError) -> ApplianceError:
-    """The refusal for a line that repeats the header (:func:`is_repeated_header`) but not
-    byte for byte, so it could not be dropped."""
-    if err.code != "bad_value":
-        return err
-    return ApplianceError(
-        "repeated_header", f"{err.message.split(': value')[0]} holds the header line again, "
-        "written differently (spaces, quotes); remove such lines", err.details)
-
-
 def convert_first(work: Work, path: Path, lf: pl.LazyFrame, have: dict[str, Any],
                   tmp: Path) -> None:
     """The first file of a pipeline: its column types are inferred, and fix the schema."""

@@ -209,9 +209,22 @@ def test_a_repeated_header_in_a_later_file_or_in_a_schema_of_text_only(h, tmp_pa
         out = texts.process("b.csv", (words + words).encode())
         assert out.record.status == "accepted", out.record.reason
         assert sorted(stored(texts, out)["target"].unique()) == ["no", "yes"]
-        # Written differently (spaces): not dropped by bytes, refused with the reason.
-        odd = "t,temp,kind,target\n" + "".join(f"{i},{i}.5,a,{i % 2}\n" for i in range(5))
-        refused = h.process("odd.csv", (odd + "t, temp, kind, target\n").encode())
-        assert refused.record.code == "repeated_header", refused.record.reason
+        # Written differently (spaces): not dropped by bytes. A first file says so; a later
+        # one is refused for the value, as when a value merely equals its column's name.
+        odd = "kind,target\n" + "".join(f"k{i},{i % 2}\n" for i in range(5))
+        (tmp_path / "odd-first").mkdir()
+        first = Harness(tmp_path / "odd-first")
+        try:
+            refused = first.process("odd.csv", (odd + " kind , target\n").encode())
+            assert refused.record.code == "repeated_header", refused.record.reason
+            assert "written differently" in refused.record.reason
+        finally:
+            first.store.close()
+        later = "t,temp,kind,target\n" + "".join(f"{i},{i}.5,a,{i % 2}\n" for i in range(5))
+        refused = h.process("odd.csv", (later + "t, temp, kind, target\n").encode())
+        assert refused.record.code == "bad_value", refused.record.reason
+        coincidence = later + ",temp,kind,1\n"    # a row whose value equals its name
+        refused = h.process("coincidence.csv", coincidence.encode())
+        assert refused.record.code == "bad_value" and refused.record.details["column"] == "temp"
     finally:
         texts.store.close()
